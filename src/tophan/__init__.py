@@ -1,0 +1,75 @@
+"""tophan: daemonless application packaging and deployment on Linux overlayfs.
+
+The Python API is the product; the CLI is one client of it::
+
+    from tophan import Store
+
+    store = Store.init("/var/lib/tophan")
+    with open("base.tar", "rb") as f:
+        store.layers.import_tar(f, "base")
+    ws = store.workspaces.create("job", ["base"])   # mounted at ws.mountpoint
+    ...
+    store.workspaces.unmount("job")
+    store.layers.commit("job", "result")
+
+Heavy modules are imported lazily so that ``import tophan`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchiveError",
+    "Exists",
+    "InUse",
+    "IntegrityError",
+    "Layer",
+    "MountError",
+    "NotFound",
+    "Store",
+    "TophanError",
+    "UsageError",
+    "Workspace",
+    "__version__",
+]
+
+_LAZY = {
+    "Store": "tophan.store",
+    "Layer": "tophan.layers",
+    "Workspace": "tophan.workspace",
+    "TophanError": "tophan.errors",
+    "UsageError": "tophan.errors",
+    "NotFound": "tophan.errors",
+    "Exists": "tophan.errors",
+    "InUse": "tophan.errors",
+    "MountError": "tophan.errors",
+    "ArchiveError": "tophan.errors",
+    "IntegrityError": "tophan.errors",
+}
+
+if TYPE_CHECKING:
+    from tophan.errors import (
+        ArchiveError,
+        Exists,
+        IntegrityError,
+        InUse,
+        MountError,
+        NotFound,
+        TophanError,
+        UsageError,
+    )
+    from tophan.layers import Layer
+    from tophan.store import Store
+    from tophan.workspace import Workspace
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tophan' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

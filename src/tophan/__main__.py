@@ -1,0 +1,5 @@
+import sys
+
+from tophan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,614 @@
+"""The command line: parse, call the library, print. No logic lives here.
+
+Two entry points share it: ``tophan`` and ``overlayd`` (the seed tool's contract, kept exactly:
+exit 0 success, 1 runtime failure, 2 usage error; on failure stdout is empty and stderr holds one
+line ``<prog>: <message>``; on success stderr is empty; help goes to stderr with exit 0).
+
+The parser is hand-written on purpose: argparse prints multi-line usage on errors (the contract
+wants one line) and costs more start-up time than a path command may spend.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from tophan import __version__
+from tophan.errors import TophanError, UsageError
+
+if TYPE_CHECKING:
+    from tophan.store import Store
+
+OVERLAYD_VERSION = "0.1.0"
+
+USAGE = """\
+{prog} {version} — overlayfs layers and workspaces{extra}
+
+usage: {prog} [--root PATH] [-v] <command> [args]
+
+commands:
+  init [path]                         initialize a store (safe to re-run)
+  layer create <name> [--from DIR]    create an empty layer (or one from a directory)
+  layer list [--json]                 TAB-separated: name<TAB>created_at
+  layer rm <name>                     remove a layer name (refused while a workspace uses it)
+  layer path <name>                   print the layer's content directory
+  layer info <name> [--json]          key=value metadata, including the digest
+  layer commit <ws> <newlayer>        turn an unmounted workspace's changes into a layer
+  layer import <tar|-> <name>         import a plain, gzip or zstd tar ('-' = stdin)
+  layer export <name> <tar|-> [--compress gzip|zstd]
+                                      write the layer's canonical tar ('-' = stdout)
+  layer verify [name...] [--json]     recompute digests; exit 1 if any layer changed
+  ws create <name> -l L1 [-l L2 ...] [-m PATH] [--no-mount]
+                                      create (and mount) a workspace; first -l is the top layer
+  ws list [--json]                    name<TAB>mounted|unmounted<TAB>mountpoint<TAB>lowers
+  ws info|path|upper <name>           metadata / mountpoint / upper directory
+  ws mount|unmount|rm <name>          (rm takes --force); `workspace` is an alias of `ws`
+  materialize <name> -l L1 [-l L2 ...] -m PATH
+                                      create and mount a workspace, printing PATH
+  gc [--json]                         remove staging leftovers and unreferenced layers
+  fsck [--json]                       check every layer's digest and every reference
+  version                             print the version
+  help                                print this help
+
+global flags:
+  --root PATH     store root (default: {root_rule})
+  -v, --verbose   more detail on stderr
+
+names: {name_rule}.
+"""
+
+
+class Args:
+    """Parsed arguments of one subcommand: positionals plus options by name."""
+
+    def __init__(self) -> None:
+        self.pos: list[str] = []
+        self.opts: dict[str, Any] = {}
+
+    def flag(self, name: str) -> bool:
+        return bool(self.opts.get(name))
+
+
+# A spec: (positional count min, max (-1 = any), {flag: (key, takes_value, repeatable)}).
+Spec = tuple[int, int, dict[str, tuple[str, bool, bool]]]
+JSON = {"--json": ("json", False, False)}
+
+
+def parse(argv: list[str], spec: Spec, what: str) -> Args:
+    lo, hi, flags = spec
+    out = Args()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a.startswith("-") and a != "-" and not out.opts.get("--"):
+            if a == "--":
+                out.opts["--"] = True
+                continue
+            key, _, inline = a.partition("=")
+            if key not in flags:
+                raise UsageError(f"{what}: unknown option {key}", "see `help`")
+            dest, takes_value, repeatable = flags[key]
+            if not takes_value:
+                out.opts[dest] = True
+                continue
+            if not inline:
+                if i >= len(argv):
+                    raise UsageError(f"{what}: {key} needs a value")
+                inline = argv[i]
+                i += 1
+            if repeatable:
+                out.opts.setdefault(dest, []).append(inline)
+            else:
+                out.opts[dest] = inline
+        else:
+            out.pos.append(a)
+    if len(out.pos) < lo or (hi >= 0 and len(out.pos) > hi):
+        raise UsageError(f"{what}: wrong number of arguments", "see `help`")
+    return out
+
+
+class Cli:
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.root: str | None = None
+        self.verbose = False
+        self._store: Store | None = None
+        self.out = sys.stdout
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @property
+    def overlayd(self) -> bool:
+        return self.prog == "overlayd"
+
+    def root_path(self) -> str:
+        from tophan import store
+
+        if self.root:
+            return self.root
+        return store.overlayd_default_root() if self.overlayd else store.default_root()
+
+    def store(self) -> Store:
+        if self._store is None:
+            from tophan.store import Store
+
+            self._store = Store(self.root_path(), overlayd=self.overlayd)
+        return self._store
+
+    def usage(self) -> str:
+        from tophan import names
+
+        if self.overlayd:
+            rule, extra, version = "$OVERLAYD_ROOT or ./.overlayd", "", OVERLAYD_VERSION
+        else:
+            rule = "$TOPHAN_ROOT, else /var/lib/tophan as root, ~/.local/share/tophan otherwise"
+            extra, version = "", __version__
+        return USAGE.format(
+            prog=self.prog, version=version, extra=extra, root_rule=rule, name_rule=names.NAME_RULE
+        )
+
+    def emit(self, text: str) -> None:
+        self.out.write(text)
+
+    def emit_json(self, obj: Any) -> None:
+        import json
+
+        self.emit(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+    def emit_kv(self, pairs: list[tuple[str, str]]) -> None:
+        self.emit("".join(f"{k}={v}\n" for k, v in pairs))
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            sys.stderr.write(f"{self.prog}: {text}\n")
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def run(self, argv: list[str]) -> int:
+        i = 0
+        while i < len(argv):
+            a = argv[i]
+            if a == "--root" or a.startswith("--root="):
+                if "=" in a:
+                    self.root = a.split("=", 1)[1]
+                elif i + 1 < len(argv):
+                    self.root = argv[i + 1]
+                    i += 1
+                else:
+                    raise UsageError("--root needs a value")
+            elif a in ("-v", "--verbose"):
+                self.verbose = True
+            elif a == "--version":
+                return self.cmd_version([])
+            elif a in ("-h", "--help"):
+                sys.stderr.write(self.usage())
+                return 0
+            elif a.startswith("-"):
+                raise UsageError(f"unknown option {a}", "see `help`")
+            else:
+                break
+            i += 1
+        if i >= len(argv):
+            raise UsageError("no command given", "see `help`")
+        cmd, rest = argv[i], argv[i + 1 :]
+        if cmd == "workspace":
+            cmd = "ws"
+        handler = self.commands().get(cmd)
+        if handler is None:
+            raise UsageError(f"unknown command: {cmd}", "see `help`")
+        return handler(rest)
+
+    def commands(self) -> dict[str, Callable[[list[str]], int]]:
+        return {
+            "init": self.cmd_init,
+            "layer": self.cmd_layer,
+            "ws": self.cmd_ws,
+            "materialize": self.cmd_materialize,
+            "gc": self.cmd_gc,
+            "fsck": self.cmd_fsck,
+            "version": self.cmd_version,
+            "help": self.cmd_help,
+        }
+
+    def sub(self, group: str, argv: list[str], table: dict[str, Callable[[list[str]], int]]) -> int:
+        if not argv:
+            raise UsageError(f"{group}: missing subcommand", "see `help`")
+        if argv[0] in ("-h", "--help", "help"):
+            sys.stderr.write(self.usage())
+            return 0
+        handler = table.get(argv[0])
+        if handler is None:
+            raise UsageError(f"unknown {group} subcommand: {argv[0]}", "see `help`")
+        if any(a in ("-h", "--help") for a in argv[1:]):
+            sys.stderr.write(self.usage())
+            return 0
+        return handler(argv[1:])
+
+    # -- top-level commands --------------------------------------------------------------------
+
+    def cmd_version(self, argv: list[str]) -> int:
+        parse(argv, (0, 0, {}), "version")
+        if self.overlayd:
+            self.emit(f"overlayd {OVERLAYD_VERSION} (tophan {__version__})\n")
+        else:
+            self.emit(f"tophan {__version__}\n")
+        return 0
+
+    def cmd_help(self, argv: list[str]) -> int:
+        sys.stderr.write(self.usage())
+        return 0
+
+    def cmd_init(self, argv: list[str]) -> int:
+        from tophan.store import Store
+
+        if any(a in ("-h", "--help") for a in argv):
+            sys.stderr.write(self.usage())
+            return 0
+        args = parse(argv, (0, 1, {}), "init")
+        path = args.pos[0] if args.pos else self.root_path()
+        Store.init(path, overlayd=self.overlayd)
+        self.emit(f"{path}\n")
+        return 0
+
+    def cmd_gc(self, argv: list[str]) -> int:
+        from tophan import maintenance
+
+        args = parse(argv, (0, 0, JSON), "gc")
+        report = maintenance.gc(self.store())
+        if args.flag("json"):
+            self.emit_json(
+                {"staging_removed": report.staging_removed, "layers_removed": report.layers_removed}
+            )
+        else:
+            self.emit_kv(
+                [
+                    ("staging_removed", str(report.staging_removed)),
+                    ("layers_removed", str(len(report.layers_removed))),
+                ]
+            )
+        return 0
+
+    def cmd_fsck(self, argv: list[str]) -> int:
+        from tophan import maintenance
+
+        args = parse(argv, (0, 0, JSON), "fsck")
+        report = maintenance.fsck(self.store())
+        if args.flag("json"):
+            self.emit_json(
+                {
+                    "ok": report.ok,
+                    "layers_checked": report.layers_checked,
+                    "problems": report.problems,
+                }
+            )
+        else:
+            self.emit("".join(f"{p}\n" for p in report.problems))
+            self.emit(f"checked {report.layers_checked} layers: ")
+            self.emit("ok\n" if report.ok else f"{len(report.problems)} problems\n")
+        return 0 if report.ok else 1
+
+    # -- layer ---------------------------------------------------------------------------------
+
+    def cmd_layer(self, argv: list[str]) -> int:
+        return self.sub(
+            "layer",
+            argv,
+            {
+                "create": self.layer_create,
+                "list": self.layer_list,
+                "ls": self.layer_list,
+                "rm": self.layer_rm,
+                "path": self.layer_path,
+                "info": self.layer_info,
+                "commit": self.layer_commit,
+                "import": self.layer_import,
+                "export": self.layer_export,
+                "verify": self.layer_verify,
+            },
+        )
+
+    def layer_create(self, argv: list[str]) -> int:
+        args = parse(argv, (1, 1, {"--from": ("from", True, False)}), "layer create")
+        _check(args.pos[0], "layer")
+        layers = self.store().layers
+        layer = (
+            layers.import_dir(args.opts["from"], args.pos[0])
+            if "from" in args.opts
+            else (layers.create(args.pos[0]))
+        )
+        self.log(f"layer {layer.name} is {layer.digest}")
+        self.emit(f"{layer.name}\n")
+        return 0
+
+    def layer_list(self, argv: list[str]) -> int:
+        args = parse(argv, (0, 0, JSON), "layer list")
+        layers = self.store().layers.all()
+        if args.flag("json"):
+            self.emit_json([layer.as_dict() for layer in layers])
+        else:
+            self.emit("".join(f"{la.name}\t{la.created_at}\n" for la in layers))
+        return 0
+
+    def layer_rm(self, argv: list[str]) -> int:
+        args = parse(argv, (1, 1, {}), "layer rm")
+        _check(args.pos[0], "layer")
+        self.store().layers.remove(args.pos[0])
+        return 0
+
+    def layer_path(self, argv: list[str]) -> int:
+        args = parse(argv, (1, 1, {}), "layer path")
+        _check(args.pos[0], "layer")
+        self.emit(f"{self.store().layers.get(args.pos[0]).path}\n")
+        return 0
+
+    def layer_info(self, argv: list[str]) -> int:
+        args = parse(argv, (1, 1, JSON), "layer info")
+        _check(args.pos[0], "layer")
+        layer = self.store().layers.get(args.pos[0])
+        if args.flag("json"):
+            self.emit_json(layer.as_dict())
+        else:
+            self.emit_kv(layer.info_lines())
+        return 0
+
+    def layer_commit(self, argv: list[str]) -> int:
+        args = parse(argv, (2, 2, {}), "layer commit")
+        _check(args.pos[0], "workspace")
+        _check(args.pos[1], "layer")
+        layer = self.store().layers.commit(args.pos[0], args.pos[1])
+        self.log(f"layer {layer.name} is {layer.digest}")
+        self.emit(f"{layer.name}\n")
+        return 0
+
+    def layer_import(self, argv: list[str]) -> int:
+        args = parse(argv, (2, 2, {}), "layer import")
+        src, name = args.pos
+        _check(name, "layer")
+        store = self.store()
+        if src == "-":
+            layer = store.layers.import_tar(sys.stdin.buffer, name, label="-")
+        else:
+            try:
+                f = open(src, "rb")  # noqa: SIM115 - closed below, after the import
+            except OSError as e:
+                raise TophanError(f"cannot read {src}: {e.strerror}") from e
+            with f:
+                layer = store.layers.import_tar(f, name, label=os.path.abspath(src))
+        self.log(f"layer {layer.name} is {layer.digest}")
+        self.emit(f"{layer.name}\n")
+        return 0
+
+    def layer_export(self, argv: list[str]) -> int:
+        spec: Spec = (2, 2, {"--compress": ("compress", True, False)})
+        args = parse(argv, spec, "layer export")
+        name, dest = args.pos
+        _check(name, "layer")
+        compress = args.opts.get("compress")
+        if compress not in (None, "gzip", "zstd"):
+            raise UsageError(f"layer export: unknown --compress {compress}", "use gzip or zstd")
+        layers = self.store().layers
+        layers.get(name)
+        if dest == "-":
+            sys.stdout.flush()
+            with os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20) as out:
+                digest = layers.export(name, out, compress=compress)
+        else:
+            digest = _write_atomically(
+                dest, lambda out: layers.export(name, out, compress=compress)
+            )
+        self.log(f"exported {name} ({digest})")
+        return 0
+
+    def layer_verify(self, argv: list[str]) -> int:
+        args = parse(argv, (0, -1, JSON), "layer verify")
+        for n in args.pos:
+            _check(n, "layer")
+        results = self.store().layers.verify(args.pos or None)
+        if args.flag("json"):
+            self.emit_json(
+                [
+                    {"digest": r.digest, "names": r.names, "ok": r.ok, "actual": r.actual}
+                    for r in results
+                ]
+            )
+        else:
+            for r in results:
+                state = "ok" if r.ok else f"CHANGED (now {r.actual or r.error})"
+                self.emit(f"{','.join(r.names) or '-'}\t{r.digest}\t{state}\n")
+        return 0 if all(r.ok for r in results) else 1
+
+    # -- ws ------------------------------------------------------------------------------------
+
+    def cmd_ws(self, argv: list[str]) -> int:
+        return self.sub(
+            "ws",
+            argv,
+            {
+                "create": self.ws_create,
+                "list": self.ws_list,
+                "ls": self.ws_list,
+                "info": self.ws_info,
+                "path": self.ws_path,
+                "upper": self.ws_upper,
+                "mount": self.ws_mount,
+                "unmount": self.ws_unmount,
+                "umount": self.ws_unmount,
+                "rm": self.ws_rm,
+            },
+        )
+
+    CREATE_FLAGS = {  # noqa: RUF012 - a constant table
+        "-l": ("layers", True, True),
+        "--layer": ("layers", True, True),
+        "-m": ("mountpoint", True, False),
+        "--mount": ("mountpoint", True, False),
+        "--no-mount": ("no_mount", False, False),
+    }
+
+    def ws_create(self, argv: list[str]) -> int:
+        args = parse(argv, (1, 1, self.CREATE_FLAGS), "ws create")
+        return self._create(args, mount=not args.flag("no_mount"))
+
+    def cmd_materialize(self, argv: list[str]) -> int:
+        if any(a in ("-h", "--help") for a in argv):
+            sys.stderr.write(self.usage())
+            return 0
+        args = parse(argv, (1, 1, self.CREATE_FLAGS), "materialize")
+        if args.flag("no_mount"):
+            raise UsageError("materialize always mounts the workspace")
+        if "mountpoint" not in args.opts:
+            raise UsageError("materialize requires -m PATH")
+        return self._create(args, mount=True)
+
+    def _create(self, args: Args, *, mount: bool) -> int:
+        name = args.pos[0]
+        _check(name, "workspace")
+        layers = args.opts.get("layers", [])
+        if not layers:
+            raise UsageError("at least one -l layer required")
+        for layer in layers:
+            _check(layer, "layer")
+        ws = self.store().workspaces.create(
+            name, layers, mountpoint=args.opts.get("mountpoint"), mount=mount
+        )
+        self.emit(f"{ws.mountpoint}\n")
+        return 0
+
+    def ws_list(self, argv: list[str]) -> int:
+        args = parse(argv, (0, 0, JSON), "ws list")
+        wss = self.store().workspaces
+        rows = [(ws, wss.is_mounted(ws)) for ws in wss.all()]
+        if args.flag("json"):
+            self.emit_json([ws.as_dict(m) for ws, m in rows])
+        else:
+            self.emit(
+                "".join(
+                    f"{ws.name}\t{'mounted' if m else 'unmounted'}\t{ws.mountpoint}\t"
+                    f"{','.join(ws.lowers)}\n"
+                    for ws, m in rows
+                )
+            )
+        return 0
+
+    def _ws(self, argv: list[str], what: str, spec: Spec = (1, 1, {})) -> tuple[Args, str]:
+        args = parse(argv, spec, what)
+        return args, _check(args.pos[0], "workspace")
+
+    def ws_info(self, argv: list[str]) -> int:
+        args, name = self._ws(argv, "ws info", (1, 1, JSON))
+        wss = self.store().workspaces
+        ws = wss.get(name)
+        mounted = wss.is_mounted(ws)
+        if args.flag("json"):
+            self.emit_json(ws.as_dict(mounted))
+        else:
+            self.emit_kv(ws.info_lines(mounted))
+        return 0
+
+    def ws_path(self, argv: list[str]) -> int:
+        _, name = self._ws(argv, "ws path")
+        self.emit(f"{self.store().workspaces.get(name).mountpoint}\n")
+        return 0
+
+    def ws_upper(self, argv: list[str]) -> int:
+        _, name = self._ws(argv, "ws upper")
+        self.emit(f"{self.store().workspaces.get(name).upper}\n")
+        return 0
+
+    def ws_mount(self, argv: list[str]) -> int:
+        _, name = self._ws(argv, "ws mount")
+        self.store().workspaces.mount(name)
+        return 0
+
+    def ws_unmount(self, argv: list[str]) -> int:
+        _, name = self._ws(argv, "ws unmount")
+        self.store().workspaces.unmount(name)
+        return 0
+
+    def ws_rm(self, argv: list[str]) -> int:
+        force: Spec = (1, 1, {"--force": ("force", False, False), "-f": ("force", False, False)})
+        args, name = self._ws(argv, "ws rm", force)
+        self.store().workspaces.remove(name, force=args.flag("force"))
+        return 0
+
+
+def _check(name: str, kind: str) -> str:
+    from tophan import names
+
+    return names.check(name, kind)
+
+
+def _write_atomically(dest: str, write: Callable[[IO[bytes]], str]) -> str:
+    """Write a file by temp-file-and-rename, so a failed export leaves no partial file."""
+    d = os.path.dirname(os.path.abspath(dest))
+    tmp = os.path.join(d, f".{os.path.basename(dest)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb", buffering=1 << 20) as out:
+            digest = write(out)
+        os.replace(tmp, dest)
+    except OSError as e:
+        _unlink(tmp)
+        raise TophanError(f"cannot write {dest}: {e.strerror}") from e
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return digest
+
+
+def _unlink(path: str) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _main(prog: str, argv: list[str] | None) -> int:
+    cli = Cli(prog)
+    buf = _Buffered()
+    cli.out = buf
+    try:
+        rc = cli.run(sys.argv[1:] if argv is None else argv)
+    except TophanError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return e.rc
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except OSError as e:
+        # Anything the library did not translate: still one line, never a traceback.
+        where = f" ({e.filename})" if e.filename else ""
+        sys.stderr.write(f"{prog}: {e.strerror or e}{where}\n")
+        return 1
+    buf.flush_to(sys.stdout)
+    return rc
+
+
+class _Buffered:
+    """Holds stdout until the command succeeded: on failure stdout stays empty."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.parts.append(s)
+        return len(s)
+
+    def flush_to(self, out: IO[str]) -> None:
+        try:
+            out.write("".join(self.parts))
+            out.flush()
+        except BrokenPipeError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _main("tophan", argv)
+
+
+def overlayd_main(argv: list[str] | None = None) -> int:
+    return _main("overlayd", argv)

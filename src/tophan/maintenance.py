@@ -1,0 +1,68 @@
+"""Store-wide housekeeping: ``gc`` (remove what nothing references) and ``fsck`` (check it all)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tophan.store import read_json
+
+if TYPE_CHECKING:
+    from tophan.store import Store
+
+
+@dataclass
+class GcReport:
+    staging_removed: int = 0
+    layers_removed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FsckReport:
+    problems: list[str] = field(default_factory=list)
+    layers_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def gc(store: Store) -> GcReport:
+    """Remove staging leftovers and layer trees no name or workspace references."""
+    report = GcReport()
+    with store.lock():
+        report.staging_removed = store.clean_tmp()
+        referenced = store.layers.referenced_digests()
+        for digest in sorted(store.layers.stored_digests()):
+            if digest not in referenced:
+                store.trash(store.path("layers", digest.split(":", 1)[1]))
+                report.layers_removed.append(digest)
+    return report
+
+
+def fsck(store: Store) -> FsckReport:
+    """Recompute every stored layer's digest and check names and workspaces point at layers."""
+    report = FsckReport()
+    stored = set(store.layers.stored_digests())
+    for r in store.layers.verify():
+        report.layers_checked += 1
+        if r.ok:
+            continue
+        who = ",".join(r.names) or "unnamed"
+        found = r.actual or r.error
+        report.problems.append(f"layer {r.digest} ({who}) changed: now {found}")
+    refs = store.path("refs", "layers")
+    for name in sorted(os.listdir(refs)):
+        try:
+            digest = read_json(os.path.join(refs, name))["digest"]
+        except (OSError, ValueError, KeyError) as e:
+            report.problems.append(f"layer name {name}: unreadable ref ({e})")
+            continue
+        if digest not in stored:
+            report.problems.append(f"layer name {name} points at missing layer {digest}")
+    for ws in store.workspaces.all():
+        for layer, digest in zip(ws.lowers, ws.lower_digests, strict=True):
+            if digest not in stored:
+                report.problems.append(f"workspace {ws.name}: layer {layer} ({digest}) is missing")
+    return report

@@ -1,0 +1,267 @@
+"""The store: where it lives, its layout, atomic writes, locks, staging, and gc.
+
+Layout (see docs/store.md)::
+
+    <root>/store.json            format version, xattr namespace
+    <root>/version               "1" (what overlayd writes; kept so its scripts recognise a store)
+    <root>/layers/<hex>/         tree/ (the immutable layer tree) + layer.json
+    <root>/refs/layers/<name>    JSON: digest + provenance of a layer name
+    <root>/workspaces/<name>/    ws.json, upper/, work/, merged/
+    <root>/tmp/                  staging: everything is built here, then renamed into place
+    <root>/lock                  writers hold flock(LOCK_EX) on it while they publish or remove
+
+Readers never lock: every file they read was made visible by one rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from tophan.errors import NotFound, TophanError
+
+if TYPE_CHECKING:
+    from tophan.layers import Layers
+    from tophan.workspace import Workspaces
+
+FORMAT_VERSION = 1
+XattrNs = Literal["trusted", "user"]
+
+
+def default_root() -> str:
+    """``$TOPHAN_ROOT``, else /var/lib/tophan for root, else the XDG data dir."""
+    env = os.environ.get("TOPHAN_ROOT")
+    if env:
+        return env
+    if os.geteuid() == 0 and not _in_user_namespace():
+        return "/var/lib/tophan"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return os.path.join(data, "tophan")
+
+
+def overlayd_default_root() -> str:
+    """The seed tool's rule, kept exactly: ``$OVERLAYD_ROOT``, else ``./.overlayd``."""
+    return os.environ.get("OVERLAYD_ROOT") or "./.overlayd"
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return fields[:3] != ["0", "0", "4294967295"]
+
+
+def is_privileged() -> bool:
+    """Real root: may create device nodes and use trusted.* xattrs."""
+    return os.geteuid() == 0 and not _in_user_namespace()
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` so that readers see either the old file or the new one, never a part."""
+    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def rmtree(path: str) -> None:
+    """Remove a tree we own, even one with read-only directories (layers keep exact modes)."""
+
+    def fix(func: Any, p: str, exc_info: Any) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        if not isinstance(exc, PermissionError):
+            raise exc
+        # Only an unprivileged owner gets here: make the parent (and p, if a dir) writable.
+        for d in (os.path.dirname(p), p):
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(d).st_mode):
+                    os.chmod(d, 0o700)
+        if func in (os.open, os.scandir):
+            rmtree(p)
+        else:
+            func(p)
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+
+        shutil.rmtree(path, onerror=fix)
+    else:
+        os.unlink(path)
+
+
+@dataclass
+class Staging:
+    """A private directory under tmp/, locked while in use so ``gc`` leaves it alone."""
+
+    path: str
+    _fd: int
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        rmtree(self.path)
+
+
+class Store:
+    """An opened tophan store. ``Store.init(path)`` creates one; ``Store(path)`` opens one."""
+
+    def __init__(self, root: str, *, overlayd: bool = False) -> None:
+        self.root_arg = root
+        self.root = os.path.abspath(root)
+        self.overlayd = overlayd
+        try:
+            meta = read_json(os.path.join(self.root, "store.json"))
+        except (OSError, ValueError) as e:
+            cmd = "overlayd init" if overlayd else "tophan init"
+            raise NotFound(f"no store at {root}", f"run `{cmd}` first, or pass --root PATH") from e
+        if meta.get("format") != FORMAT_VERSION:
+            raise TophanError(
+                f"store {root} has format {meta.get('format')!r};"
+                f" this tophan reads format {FORMAT_VERSION}",
+                "use a matching tophan version",
+            )
+        self.xattr_ns: XattrNs = "user" if meta.get("xattr_ns") == "user" else "trusted"
+        self._layers: Layers | None = None
+        self._workspaces: Workspaces | None = None
+
+    @classmethod
+    def init(cls, root: str, *, overlayd: bool = False) -> Store:
+        """Create the store (idempotent) and open it."""
+        top = os.path.abspath(root)
+        try:
+            for sub in ("", "layers", "refs", "refs/layers", "workspaces", "tmp"):
+                os.makedirs(os.path.join(top, sub), mode=0o755, exist_ok=True)
+            meta_path = os.path.join(top, "store.json")
+            if not os.path.exists(meta_path):
+                ns = "trusted" if is_privileged() else "user"
+                write_json(meta_path, {"format": FORMAT_VERSION, "xattr_ns": ns})
+            version = os.path.join(top, "version")
+            if not os.path.exists(version):
+                atomic_write(version, b"1\n")
+            open(os.path.join(top, "lock"), "a").close()
+        except OSError as e:
+            raise TophanError(f"cannot create store at {root}: {e.strerror}") from e
+        return cls(root, overlayd=overlayd)
+
+    # -- sub-APIs ------------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> Layers:
+        if self._layers is None:
+            from tophan.layers import Layers
+
+            self._layers = Layers(self)
+        return self._layers
+
+    @property
+    def workspaces(self) -> Workspaces:
+        if self._workspaces is None:
+            from tophan.workspace import Workspaces
+
+            self._workspaces = Workspaces(self)
+        return self._workspaces
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def privileged(self) -> bool:
+        return is_privileged()
+
+    # -- locking and staging -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The store-wide writer lock, held only for the short publish/remove step."""
+        fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def staging(self, kind: str) -> Staging:
+        """A fresh private dir under tmp/; holds a lock on itself until closed."""
+        path = self.path("tmp", f"{kind}-{os.urandom(8).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as e:
+            raise TophanError(
+                f"cannot create a staging dir in {self.path('tmp')}: {e.strerror}"
+            ) from e
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return Staging(path, fd)
+
+    def trash(self, path: str) -> None:
+        """Make ``path`` vanish at once (rename into tmp/) and delete it afterwards."""
+        dest = self.path("tmp", f"trash-{os.urandom(8).hex()}")
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return
+        rmtree(dest)
+
+    def clean_tmp(self) -> int:
+        """Remove staging leftovers nobody holds a lock on. Returns how many."""
+        removed = 0
+        tmp = self.path("tmp")
+        for entry in os.scandir(tmp):
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        continue  # an import or commit in progress
+                    raise
+                finally:
+                    os.close(fd)
+            elif time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
+                continue  # a file being written right now (atomic_write temporaries live elsewhere)
+            rmtree(entry.path)
+            removed += 1
+        return removed

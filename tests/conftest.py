@@ -1,0 +1,99 @@
+"""Shared fixtures: a fresh store per test, a CLI runner, and a safety net for mounts.
+
+Everything a test creates lives under its own ``tmp_path``; the ``_no_leaked_mounts`` finalizer
+unmounts anything still mounted below it, so a failing test cannot break the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    outb: bytes
+
+
+def run_cli(
+    *args: str, prog: str = "tophan", root: Path | None = None, input: bytes | None = None,
+    cwd: Path | None = None, env: dict[str, str] | None = None,
+) -> Result:
+    argv = [str(BIN / prog)]
+    if root is not None:
+        argv += ["--root", str(root)]
+    argv += list(args)
+    p = subprocess.run(argv, input=input, capture_output=True, cwd=cwd, env=env, timeout=600)
+    return Result(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(), p.stdout)
+
+
+def _mounts_under(prefix: str) -> list[str]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == prefix or mp.startswith(prefix + "/"):
+                out.append(mp)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mounts(tmp_path: Path) -> Iterator[None]:
+    yield
+    for mp in reversed(_mounts_under(str(tmp_path))):
+        subprocess.run(["umount", "-l", mp], check=False)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An initialised, empty store."""
+    r = tmp_path / "store"
+    assert run_cli("init", str(r)).rc == 0
+    return r
+
+
+@pytest.fixture
+def cli(root: Path):  # type: ignore[no-untyped-def]
+    def call(*args: str, **kw) -> Result:  # type: ignore[no-untyped-def]
+        return run_cli(*args, root=root, **kw)
+
+    return call
+
+
+def busybox_rootfs(dest: Path) -> Path:
+    """A tiny real rootfs: busybox-static with a few applet links, /etc, /tmp."""
+    for d in ("bin", "etc", "tmp", "var/www", "usr/share/doc/base", "home/user"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    (dest / "bin/busybox").write_bytes(Path("/bin/busybox").read_bytes())
+    (dest / "bin/busybox").chmod(0o755)
+    for applet in ("sh", "ls", "cat", "echo", "true", "httpd", "wget", "sleep", "id"):
+        (dest / "bin" / applet).symlink_to("busybox")
+    (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n")
+    (dest / "etc/group").write_text("root:x:0:\nuser:x:1000:\n")
+    (dest / "etc/hostname").write_text("base\n")
+    (dest / "usr/share/doc/base/README").write_text("base layer docs\n")
+    (dest / "tmp").chmod(0o1777)
+    os.chown(dest / "home/user", 1000, 1000)
+    return dest
+
+
+@pytest.fixture
+def busybox_tar(tmp_path: Path) -> Path:
+    src = busybox_rootfs(tmp_path / "rootfs-src")
+    out = tmp_path / "base.tar"
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
+        for p in sorted(src.rglob("*")):
+            tf.add(p, arcname=str(p.relative_to(src)), recursive=False)
+    return out

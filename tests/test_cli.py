@@ -1,0 +1,348 @@
+"""The overlayd command-line contract, through the real entry points, as root.
+
+Rules checked everywhere: exit 0/1/2; on failure stdout is empty and stderr is exactly one line
+``<prog>: <message>``; on success stderr is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Result, run_cli
+
+
+def ok(r: Result) -> Result:
+    assert r.rc == 0, r.err
+    assert r.err == ""
+    return r
+
+
+def fails(r: Result, rc: int, prog: str = "tophan", contains: str = "") -> Result:
+    assert r.rc == rc, (r.rc, r.out, r.err)
+    assert r.out == ""
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith(f"{prog}: ")
+    assert contains in lines[0]
+    return r
+
+
+def make_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            ti.mode = 0o644
+            ti.mtime = 1_700_000_000
+            import io
+
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+# -- store -----------------------------------------------------------------------------------
+
+
+def test_init_prints_path_as_given_and_is_idempotent(tmp_path: Path) -> None:
+    r = ok(run_cli("init", "rel-store", cwd=tmp_path))
+    assert r.out == "rel-store\n"
+    assert (tmp_path / "rel-store/store.json").exists()
+    ok(run_cli("init", "rel-store", cwd=tmp_path))
+    r = ok(run_cli("--root", str(tmp_path / "r2"), "init"))
+    assert r.out == f"{tmp_path / 'r2'}\n"
+
+
+def test_missing_store_hints_init(tmp_path: Path) -> None:
+    r = fails(run_cli("layer", "list", root=tmp_path / "nope"), 1, contains="init")
+    assert "tophan init" in r.err
+
+
+def test_overlayd_root_resolution(tmp_path: Path) -> None:
+    env = {**os.environ, "OVERLAYD_ROOT": ""}
+    env.pop("OVERLAYD_ROOT")
+    r = ok(run_cli("init", prog="overlayd", cwd=tmp_path, env=env))
+    assert r.out == "./.overlayd\n"
+    assert (tmp_path / ".overlayd/store.json").exists()
+    env["OVERLAYD_ROOT"] = str(tmp_path / "envroot")
+    r = ok(run_cli("init", prog="overlayd", cwd=tmp_path, env=env))
+    assert r.out == f"{tmp_path / 'envroot'}\n"
+    ok(run_cli("layer", "create", "x", prog="overlayd", cwd=tmp_path, env=env))
+    r = fails(run_cli("layer", "path", "x", prog="overlayd", cwd=tmp_path), 1, "overlayd")
+    assert "no such layer" in r.err
+    ok(run_cli("layer", "path", "x", prog="overlayd", cwd=tmp_path, env=env))
+
+
+def test_tophan_root_env(tmp_path: Path) -> None:
+    env = {**os.environ, "TOPHAN_ROOT": str(tmp_path / "t")}
+    ok(run_cli("init", env=env))
+    ok(run_cli("layer", "create", "a", env=env))
+    assert ok(run_cli("layer", "list", env=env)).out.startswith("a\t")
+
+
+# -- usage errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bogus"],
+        ["layer"],
+        ["layer", "frob"],
+        ["layer", "create"],
+        ["layer", "create", "a", "b"],
+        ["layer", "create", "bad/name"],
+        ["layer", "create", ".."],
+        ["layer", "create", "-lead"],
+        ["layer", "create", "x" * 65],
+        ["layer", "info", "a", "--bogus"],
+        ["ws", "create", "w"],
+        ["ws", "create", "w", "-l"],
+        ["ws", "path"],
+        ["ws", "rm", "a", "b"],
+        ["materialize", "w", "-l", "base"],
+        ["materialize", "w", "-l", "base", "-m", "/tmp/x", "--no-mount"],
+        ["layer", "export", "a", "-", "--compress", "lz4"],
+        ["--bogus", "layer", "list"],
+        [],
+    ],
+)
+def test_usage_errors_rc2(cli: Any, args: list[str]) -> None:
+    fails(cli(*args), 2)
+
+
+@pytest.mark.parametrize("args", [["help"], ["-h"], ["--help"], ["layer", "-h"], ["ws", "help"]])
+def test_help_on_stderr_rc0(cli: Any, args: list[str]) -> None:
+    r = cli(*args)
+    assert r.rc == 0 and r.out == ""
+    assert "usage:" in r.err
+
+
+def test_version(cli: Any) -> None:
+    assert ok(cli("version")).out.startswith("tophan ")
+    assert ok(run_cli("version", prog="overlayd")).out.startswith("overlayd 0.1.0")
+
+
+def test_help_documents_name_rule(cli: Any) -> None:
+    assert "not starting with '-'" in cli("help").err
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+def test_layer_lifecycle(cli: Any, root: Path) -> None:
+    assert ok(cli("layer", "create", "b")).out == "b\n"
+    assert ok(cli("layer", "create", "a")).out == "a\n"
+    fails(cli("layer", "create", "a"), 1, contains="exists")
+    lines = ok(cli("layer", "list")).out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["a", "b"]
+    assert all(line.split("\t")[1].isdigit() for line in lines)
+    path = ok(cli("layer", "path", "a")).out.strip()
+    assert os.path.isdir(path) and os.listdir(path) == []
+    info = dict(line.split("=", 1) for line in ok(cli("layer", "info", "a")).out.splitlines())
+    assert info["name"] == "a" and info["digest"].startswith("sha256:")
+    assert info["created_at"].isdigit()
+    js = json.loads(ok(cli("layer", "info", "a", "--json")).out)
+    assert js["digest"] == info["digest"]
+    assert [x["name"] for x in json.loads(ok(cli("layer", "list", "--json")).out)] == ["a", "b"]
+    assert ok(cli("layer", "rm", "a")).out == ""
+    fails(cli("layer", "rm", "a"), 1, contains="no such layer")
+    fails(cli("layer", "path", "a"), 1)
+    fails(cli("layer", "info", "a"), 1)
+
+
+def test_identical_imports_are_stored_once(cli: Any, root: Path, tmp_path: Path) -> None:
+    tar = make_tar(tmp_path / "t.tar", {"f": b"x" * 100_000, "d/g": b"y"})
+    assert ok(cli("layer", "import", str(tar), "one")).out == "one\n"
+    assert ok(cli("layer", "import", "-", "two", input=tar.read_bytes())).out == "two\n"
+    d1 = json.loads(ok(cli("layer", "info", "one", "--json")).out)["digest"]
+    d2 = json.loads(ok(cli("layer", "info", "two", "--json")).out)["digest"]
+    assert d1 == d2
+    assert len(os.listdir(root / "layers")) == 1
+    ok(cli("layer", "rm", "one"))
+    assert (Path(ok(cli("layer", "path", "two")).out.strip()) / "f").exists()
+    ok(cli("layer", "rm", "two"))
+    assert os.listdir(root / "layers") == []
+
+
+def test_export_import_roundtrip_same_digest(cli: Any, tmp_path: Path, busybox_tar: Path) -> None:
+    ok(cli("layer", "import", str(busybox_tar), "base"))
+    out = tmp_path / "out.tar"
+    r = ok(cli("layer", "export", "base", str(out)))
+    assert r.out == ""
+    ok(cli("layer", "import", str(out), "again"))
+    a = json.loads(cli("layer", "info", "base", "--json").out)["digest"]
+    b = json.loads(cli("layer", "info", "again", "--json").out)["digest"]
+    assert a == b
+    stdout = ok(cli("layer", "export", "base", "-")).outb
+    assert stdout == out.read_bytes()
+    for comp in ("gzip", "zstd"):
+        c = tmp_path / f"out.{comp}"
+        ok(cli("layer", "export", "base", str(c), "--compress", comp))
+        ok(cli("layer", "import", str(c), f"from-{comp}"))
+        d = json.loads(cli("layer", "info", f"from-{comp}", "--json").out)["digest"]
+        assert d == a
+
+
+def test_bad_import_leaves_nothing(cli: Any, root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"this is not a tar archive at all" * 40)
+    fails(cli("layer", "import", str(bad), "x"), 1)
+    fails(cli("layer", "import", "-", "y", input=b""), 1)
+    fails(cli("layer", "import", str(tmp_path / "missing.tar"), "z"), 1)
+    assert ok(cli("layer", "list")).out == ""
+    assert os.listdir(root / "tmp") == []
+    assert os.listdir(root / "layers") == []
+
+
+def test_export_missing_layer_writes_nothing(cli: Any, tmp_path: Path) -> None:
+    fails(cli("layer", "export", "nope", str(tmp_path / "o.tar")), 1)
+    assert not (tmp_path / "o.tar").exists()
+
+
+def test_layer_create_from_dir(cli: Any, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/file").write_text("hello")
+    ok(cli("layer", "create", "fromdir", "--from", str(src)))
+    p = Path(ok(cli("layer", "path", "fromdir")).out.strip())
+    assert (p / "sub/file").read_text() == "hello"
+
+
+def test_verify_and_fsck_detect_changes(cli: Any, tmp_path: Path) -> None:
+    tar = make_tar(tmp_path / "t.tar", {"f": b"original"})
+    ok(cli("layer", "import", str(tar), "l"))
+    assert "ok" in ok(cli("layer", "verify", "l")).out
+    assert ok(cli("fsck")).out.endswith("ok\n")
+    p = Path(ok(cli("layer", "path", "l")).out.strip())
+    (p / "f").write_bytes(b"tampered")
+    r = cli("layer", "verify", "l")
+    assert r.rc == 1 and "CHANGED" in r.out
+    r = cli("fsck")
+    assert r.rc == 1 and "changed" in r.out
+
+
+def test_gc_removes_staging_leftovers(cli: Any, root: Path) -> None:
+    (root / "tmp/layer-deadbeef/tree/x").mkdir(parents=True)
+    r = ok(cli("gc"))
+    assert "staging_removed=1" in r.out
+    assert os.listdir(root / "tmp") == []
+    assert json.loads(ok(cli("gc", "--json")).out)["staging_removed"] == 0
+
+
+# -- workspaces --------------------------------------------------------------------------------
+
+
+def _setup_base(cli: Any, busybox_tar: Path) -> None:
+    ok(cli("layer", "import", str(busybox_tar), "base"))
+
+
+def test_ws_contract(cli: Any, root: Path, tmp_path: Path, busybox_tar: Path) -> None:
+    _setup_base(cli, busybox_tar)
+    ok(cli("layer", "create", "top"))
+    mp = ok(cli("ws", "create", "w", "-l", "top", "-l", "base")).out.strip()
+    assert os.path.isabs(mp) and os.path.ismount(mp)
+    assert (Path(mp) / "bin/busybox").exists()
+    fails(cli("ws", "create", "w", "-l", "base"), 1, contains="exists")
+    assert ok(cli("ws", "path", "w")).out.strip() == mp
+    upper = ok(cli("ws", "upper", "w")).out.strip()
+    assert os.path.isabs(upper) and os.path.isdir(upper)
+    row = ok(cli("ws", "list")).out.splitlines()
+    assert row == [f"w\tmounted\t{mp}\ttop,base"]
+    info = dict(line.split("=", 1) for line in ok(cli("ws", "info", "w")).out.splitlines())
+    assert info["mounted"] == "1" and info["lowers"] == "top,base"
+    assert json.loads(ok(cli("ws", "info", "w", "--json")).out)["mounted"] is True
+    # mounting again is fine: it is our overlay
+    assert ok(cli("ws", "mount", "w")).out == ""
+    fails(cli("layer", "rm", "base"), 1, contains="in use")
+    fails(cli("layer", "commit", "w", "new"), 1, contains="mounted")
+    # busy
+    proc = subprocess.Popen(["sleep", "60"], cwd=mp)
+    try:
+        fails(cli("ws", "unmount", "w"), 1, contains="busy")
+        fails(cli("ws", "rm", "w"), 1)
+        assert os.path.ismount(mp)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert ok(cli("ws", "unmount", "w")).out == ""
+    assert not os.path.ismount(mp)
+    assert ok(cli("ws", "list")).out.splitlines()[0].split("\t")[1] == "unmounted"
+    ok(cli("ws", "unmount", "w"))  # already unmounted: fine
+    ok(cli("ws", "mount", "w"))
+    assert os.path.ismount(mp)
+    assert ok(cli("ws", "rm", "w")).out == ""
+    assert not os.path.ismount(mp)
+    assert ok(cli("ws", "list")).out == ""
+    ok(cli("layer", "rm", "base"))
+
+
+def test_ws_no_mount_and_custom_mountpoint(cli: Any, tmp_path: Path, busybox_tar: Path) -> None:
+    _setup_base(cli, busybox_tar)
+    mp = tmp_path / "deep/mnt"
+    r = ok(cli("ws", "create", "w", "-l", "base", "-m", str(mp), "--no-mount"))
+    assert r.out == f"{mp}\n" and not os.path.ismount(mp)
+    assert ok(cli("workspace", "list")).out.split("\t")[1] == "unmounted"
+    fails(cli("ws", "create", "x", "-l", "missing"), 1, contains="no such layer")
+    assert "x\t" not in cli("ws", "list").out
+    ok(cli("ws", "rm", "w"))
+
+
+def test_ws_mount_refuses_foreign_mount(cli: Any, tmp_path: Path, busybox_tar: Path) -> None:
+    _setup_base(cli, busybox_tar)
+    mp = tmp_path / "mnt"
+    ok(cli("ws", "create", "w", "-l", "base", "-m", str(mp), "--no-mount"))
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mp)], check=True)
+    try:
+        fails(cli("ws", "mount", "w"), 1, contains="something else")
+        assert ok(cli("ws", "list")).out.split("\t")[1] == "unmounted"
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
+    ok(cli("ws", "rm", "w"))
+
+
+def test_materialize(cli: Any, tmp_path: Path, busybox_tar: Path) -> None:
+    _setup_base(cli, busybox_tar)
+    mp = tmp_path / "job/root"
+    r = ok(cli("materialize", "job", "-l", "base", "-m", str(mp)))
+    assert r.out == f"{mp}\n" and os.path.ismount(mp)
+    ok(cli("ws", "rm", "job"))
+    assert not os.path.ismount(mp)
+
+
+def test_commit_roundtrip(cli: Any, root: Path, tmp_path: Path, busybox_tar: Path) -> None:
+    _setup_base(cli, busybox_tar)
+    mp = Path(ok(cli("ws", "create", "w", "-l", "base")).out.strip())
+    (mp / "etc/hostname").write_text("changed\n")
+    (mp / "new.txt").write_text("new\n")
+    os.unlink(mp / "etc/group")
+    subprocess.run(["rm", "-rf", str(mp / "usr/share/doc")], check=True)
+    (mp / "bin/busybox").chmod(0o700)
+    ok(cli("ws", "unmount", "w"))
+    assert ok(cli("layer", "commit", "w", "delta")).out == "delta\n"
+    info = dict(line.split("=", 1) for line in ok(cli("layer", "info", "delta")).out.splitlines())
+    assert info["from_ws"] == "w" and info["parents"] == "base"
+    exported = ok(cli("layer", "export", "delta", "-")).outb
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tf:
+        got = set(tf.getnames())
+    assert {"etc/.wh.group", "usr/share/.wh.doc", "new.txt", "etc/hostname", "bin/busybox"} <= got
+    # the workspace stays usable
+    ok(cli("ws", "mount", "w"))
+    assert (mp / "new.txt").read_text() == "new\n"
+    ok(cli("ws", "unmount", "w"))
+    # a fresh workspace over [delta, base] shows the same view
+    mp2 = Path(ok(cli("ws", "create", "v", "-l", "delta", "-l", "base")).out.strip())
+    assert (mp2 / "etc/hostname").read_text() == "changed\n"
+    assert not (mp2 / "etc/group").exists()
+    assert not (mp2 / "usr/share/doc").exists()
+    assert (mp2 / "usr/share").is_dir()
+    assert (mp2 / "bin/busybox").stat().st_mode & 0o777 == 0o700
+    ok(cli("ws", "rm", "v"))
+    ok(cli("ws", "rm", "w"))

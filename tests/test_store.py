@@ -1,0 +1,129 @@
+"""Store behaviour through the Python API: atomicity, crash leftovers, gc, locks."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+import tophan
+from tophan import Store
+
+
+def small_tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_api_roundtrip(tmp_path: Path) -> None:
+    store = Store.init(str(tmp_path / "s"))
+    layer = store.layers.import_tar(io.BytesIO(small_tar({"a": b"1"})), "a")
+    assert layer.digest.startswith("sha256:") and len(layer.hex) == 64
+    assert (Path(layer.path) / "a").read_bytes() == b"1"
+    out = io.BytesIO()
+    assert store.layers.export("a", out) == layer.digest
+    assert store.layers.all()[0].name == "a"
+    with pytest.raises(tophan.Exists):
+        store.layers.import_tar(io.BytesIO(small_tar({"b": b"2"})), "a")
+    with pytest.raises(tophan.NotFound):
+        store.layers.get("zzz")
+    with pytest.raises(tophan.UsageError):
+        store.layers.get("../x")
+    assert os.listdir(tmp_path / "s/tmp") == []
+
+
+def test_open_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(tophan.NotFound, match="init"):
+        Store(str(tmp_path / "none"))
+
+
+def test_killed_import_leaves_only_gc_able_staging(tmp_path: Path) -> None:
+    """SIGKILL in the middle of an import: nothing visible, and gc clears the leftovers."""
+    root = tmp_path / "s"
+    Store.init(str(root))
+    data = small_tar({f"f{i}": os.urandom(4096) for i in range(64)})
+    code = (
+        "import sys; from tophan import Store; "
+        f"Store({str(root)!r}).layers.import_tar(sys.stdin.buffer, 'half')"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    assert p.stdin is not None
+    p.stdin.write(data[: len(data) // 2])
+    p.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not any(root.glob("tmp/layer-*/tree/f*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stdin.close()
+    store = Store(str(root))
+    assert store.layers.all() == []
+    assert os.listdir(root / "layers") == []
+    assert len(os.listdir(root / "tmp")) == 1
+    from tophan import maintenance
+
+    report = maintenance.gc(store)
+    assert report.staging_removed == 1
+    assert os.listdir(root / "tmp") == []
+
+
+def test_gc_spares_a_live_staging_dir(tmp_path: Path) -> None:
+    store = Store.init(str(tmp_path / "s"))
+    live = store.staging("layer")
+    try:
+        from tophan import maintenance
+
+        assert maintenance.gc(store).staging_removed == 0
+        assert os.path.isdir(live.path)
+    finally:
+        live.discard()
+
+
+def test_gc_removes_unreferenced_layer_tree(tmp_path: Path) -> None:
+    """A crash between publishing a tree and writing its ref leaves an orphan tree."""
+    store = Store.init(str(tmp_path / "s"))
+    layer = store.layers.import_tar(io.BytesIO(small_tar({"a": b"1"})), "a")
+    os.unlink(tmp_path / "s/refs/layers/a")
+    from tophan import maintenance
+
+    assert maintenance.gc(store).layers_removed == [layer.digest]
+    assert os.listdir(tmp_path / "s/layers") == []
+
+
+def test_dedup_keeps_one_tree(tmp_path: Path) -> None:
+    store = Store.init(str(tmp_path / "s"))
+    blob = small_tar({"big": b"z" * 1_000_000})
+    a = store.layers.import_tar(io.BytesIO(blob), "a")
+    b = store.layers.import_tar(io.BytesIO(blob), "b")
+    assert a.digest == b.digest and a.path == b.path
+    assert len(os.listdir(tmp_path / "s/layers")) == 1
+
+
+def test_concurrent_imports_same_content(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    Store.init(str(root))
+    tar = tmp_path / "t.tar"
+    tar.write_bytes(small_tar({f"f{i}": os.urandom(2048) for i in range(200)}))
+    code = (
+        "import sys; from tophan import Store; "
+        f"Store({str(root)!r}).layers.import_tar(open({str(tar)!r}, 'rb'), sys.argv[1])"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"n{i}"]) for i in range(6)]
+    assert all(p.wait() == 0 for p in procs)
+    store = Store(str(root))
+    assert sorted(la.name for la in store.layers.all()) == [f"n{i}" for i in range(6)]
+    assert len({la.digest for la in store.layers.all()}) == 1
+    assert len(os.listdir(root / "layers")) == 1
+    assert os.listdir(root / "tmp") == []
