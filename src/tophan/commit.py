@@ -1,0 +1,296 @@
+"""Workspace upper dir -> an exact layer tree (what ``layer commit`` publishes).
+
+The upper dir of a mount made with ``index=off,metacopy=off,redirect_dir=off`` is already close to
+an OCI diff; what it still holds that a layer must not:
+
+- overlayfs bookkeeping xattrs (``origin``, ``impure``, ``protattr``…): dropped;
+- whiteouts of names no lower has (created, then deleted, in the workspace): dropped;
+- entries identical to what the lowers show at that path — ``mv a t; mv t a``, or a file opened
+  for writing and closed unchanged, or chmod to the same mode: dropped (metadata compared first,
+  then the content, only when everything else is equal);
+- directories that exist only to hold such dropped entries: dropped.
+
+What the lowers "show" follows overlayfs' own lookup: the first lower (top first) that has the
+name, stopping at whiteouts and below opaque directories.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Literal
+
+from tophan.errors import TophanError
+
+CHUNK = 1 << 20
+XattrNs = Literal["trusted", "user"]
+_OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+
+def _xattrs(path: bytes) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in names:
+        if n.startswith(_OVERLAY_PREFIXES):
+            continue
+        try:
+            out[n] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _lstat(path: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
+
+
+def _same_content(a: bytes, b: bytes) -> bool:
+    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
+        while True:
+            x = fa.read(CHUNK)
+            y = fb.read(CHUNK)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+class _Differ:
+    def __init__(self, upper: bytes, dest: bytes, xattr_ns: XattrNs) -> None:
+        self.upper = upper
+        self.dest = dest
+        self.opaque_key = f"{xattr_ns}.overlay.opaque"
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.dirs: list[tuple[bytes, os.stat_result, dict[str, bytes]]] = []
+
+    # -- what the lowers show ------------------------------------------------------------------
+
+    @staticmethod
+    def lower_entry(stack: list[bytes], name: bytes) -> tuple[bytes, os.stat_result] | None:
+        for d in stack:
+            p = d + b"/" + name
+            st = _lstat(p)
+            if st is None:
+                continue
+            return None if _is_whiteout(st) else (p, st)
+        return None
+
+    def child_stack(self, stack: list[bytes], name: bytes) -> list[bytes]:
+        """The lower dirs that a merged dir ``name`` shows, top first."""
+        out = []
+        for d in stack:
+            p = d + b"/" + name
+            st = _lstat(p)
+            if st is None:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                break  # a whiteout or a non-dir hides everything below
+            out.append(p)
+            if _xattrs_opaque(p, self.opaque_key):
+                break
+        return out
+
+    # -- the walk ------------------------------------------------------------------------------
+
+    def walk(self, rel: bytes, stack: list[bytes]) -> bool:
+        """Copy what differs below ``rel``; True if anything was kept."""
+        kept = False
+        src_dir = self.upper + b"/" + rel if rel else self.upper
+        with os.scandir(src_dir) as it:
+            entries = list(it)
+        for e in entries:
+            child = rel + b"/" + e.name if rel else e.name
+            st = e.stat(follow_symlinks=False)
+            if self.entry(child, e.name, e.path, st, stack):
+                kept = True
+        return kept
+
+    def entry(
+        self, rel: bytes, name: bytes, src: bytes, st: os.stat_result, stack: list[bytes]
+    ) -> bool:
+        lower = self.lower_entry(stack, name)
+        if _is_whiteout(st):
+            if lower is None:
+                return False  # nothing below to hide
+            self.make_whiteout(rel, st, src)
+            return True
+        xattrs = _xattrs(src)
+        if stat.S_ISDIR(st.st_mode):
+            return self.directory(rel, name, src, st, xattrs, stack, lower)
+        if lower is not None and self.identical(src, st, xattrs, *lower):
+            return False
+        self.copy(rel, src, st, xattrs)
+        return True
+
+    def directory(
+        self,
+        rel: bytes,
+        name: bytes,
+        src: bytes,
+        st: os.stat_result,
+        xattrs: dict[str, bytes],
+        stack: list[bytes],
+        lower: tuple[bytes, os.stat_result] | None,
+    ) -> bool:
+        opaque = _xattrs_opaque(src, self.opaque_key)
+        dst = self.dest + b"/" + rel
+        os.mkdir(dst, 0o700)
+        sub = [] if opaque else self.child_stack(stack, name)
+        children = self.walk(rel, sub)
+        same = (
+            not opaque
+            and lower is not None
+            and stat.S_ISDIR(lower[1].st_mode)
+            and _same_meta(st, xattrs, lower[1], _xattrs(lower[0]))
+        )
+        if same and not children:
+            os.rmdir(dst)
+            return False
+        if opaque:
+            os.setxattr(dst, self.opaque_key, b"y")
+        self.dirs.append((dst, st, xattrs))
+        return True
+
+    def identical(
+        self,
+        src: bytes,
+        st: os.stat_result,
+        xattrs: dict[str, bytes],
+        lpath: bytes,
+        lst: os.stat_result,
+    ) -> bool:
+        if stat.S_IFMT(st.st_mode) != stat.S_IFMT(lst.st_mode):
+            return False
+        if not _same_meta(st, xattrs, lst, _xattrs(lpath)):
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            return os.readlink(src) == os.readlink(lpath)
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            return st.st_rdev == lst.st_rdev
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size == lst.st_size and _same_content(src, lpath)
+        return True
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def make_whiteout(self, rel: bytes, st: os.stat_result, src: bytes) -> None:
+        dst = self.dest + b"/" + rel
+        os.mknod(dst, stat.S_IFCHR | 0o600, 0)
+        self.meta(dst, st, _xattrs(src), None)
+
+    def copy(self, rel: bytes, src: bytes, st: os.stat_result, xattrs: dict[str, bytes]) -> None:
+        dst = self.dest + b"/" + rel
+        m = st.st_mode
+        if stat.S_ISREG(m):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1:
+                first = self.links.get(key)
+                if first is not None:
+                    os.link(first, dst)
+                    return
+                self.links[key] = dst
+            self.copy_file(src, dst, st, xattrs)
+        elif stat.S_ISLNK(m):
+            os.symlink(os.readlink(src), dst)
+            self.meta(dst, st, xattrs, None, link=True)
+        elif stat.S_ISFIFO(m):
+            os.mkfifo(dst, 0o600)
+            self.meta(dst, st, xattrs, None)
+        elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+            os.mknod(dst, stat.S_IFMT(m) | 0o600, st.st_rdev)
+            self.meta(dst, st, xattrs, None)
+        # sockets are not layer content
+
+    def copy_file(
+        self, src: bytes, dst: bytes, st: os.stat_result, xattrs: dict[str, bytes]
+    ) -> None:
+        fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                left = st.st_size
+                while left > 0:
+                    n = os.copy_file_range(fin, fout, min(left, 1 << 30))
+                    if n == 0:
+                        break
+                    left -= n
+                self.meta(dst, st, xattrs, fout)
+            finally:
+                os.close(fout)
+        finally:
+            os.close(fin)
+
+    @staticmethod
+    def meta(
+        dst: bytes,
+        st: os.stat_result,
+        xattrs: dict[str, bytes],
+        fd: int | None,
+        *,
+        link: bool = False,
+    ) -> None:
+        # chown first (it clears setuid bits and capabilities), then xattrs, then the mode.
+        target: int | bytes = fd if fd is not None else dst
+        if isinstance(target, int):
+            os.fchown(target, st.st_uid, st.st_gid)
+        else:
+            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+        for k, v in xattrs.items():
+            if isinstance(target, int):
+                os.setxattr(target, k, v)
+            else:
+                os.setxattr(target, k, v, follow_symlinks=False)
+        if not link:
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+        ns = (st.st_atime_ns, st.st_mtime_ns)
+        if isinstance(target, int):
+            os.utime(target, ns=ns)
+        else:
+            os.utime(target, ns=ns, follow_symlinks=False)
+
+    def finish(self) -> None:
+        for dst, st, xattrs in reversed(self.dirs):  # children were appended before parents
+            self.meta(dst, st, xattrs, None)
+
+
+def _xattrs_opaque(path: bytes, key: str) -> bool:
+    try:
+        return os.getxattr(path, key, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _same_meta(
+    a: os.stat_result, ax: dict[str, bytes], b: os.stat_result, bx: dict[str, bytes]
+) -> bool:
+    return (
+        a.st_mode == b.st_mode
+        and a.st_uid == b.st_uid
+        and a.st_gid == b.st_gid
+        and a.st_mtime_ns == b.st_mtime_ns
+        and ax == bx
+    )
+
+
+def diff_upper(upper: str, lowers: list[str], dest: str, *, xattr_ns: XattrNs) -> None:
+    """Write into the empty dir ``dest`` the layer that ``upper`` adds on top of ``lowers``."""
+    d = _Differ(os.fsencode(upper), os.fsencode(dest), xattr_ns)
+    try:
+        d.walk(b"", [os.fsencode(lo) for lo in lowers])
+        d.finish()
+    except OSError as e:
+        where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
+        raise TophanError(f"cannot commit: {e.strerror}{where}") from e

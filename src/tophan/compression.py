@@ -1,0 +1,109 @@
+"""Compressed streams: detection by content on the way in, reproducible output on the way out."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from typing import IO, Any
+
+from tophan.errors import UsageError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+BZIP2_MAGIC = b"BZh"
+
+
+class _Prefixed(io.RawIOBase):
+    """A non-seekable stream with some already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head = head
+        self.rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if self.head:
+            n = min(len(view), len(self.head))
+            view[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        rest: Any = self.rest
+        if hasattr(rest, "readinto"):
+            return int(rest.readinto(view))
+        data = rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
+    head = b""
+    while len(head) < n:
+        chunk = src.read(n - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head, io.BufferedReader(_Prefixed(head, src), buffer_size=1 << 20)
+
+
+def detect(head: bytes) -> str | None:
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    if head.startswith(BZIP2_MAGIC):
+        return "bzip2"
+    return None
+
+
+def open_decompressed(src: IO[bytes]) -> IO[bytes]:
+    """``src`` decompressed if it is gzip, zstd, xz or bzip2 (by content), else as it is."""
+    head, stream = _peek(src, 6)
+    kind = detect(head)
+    if kind is None:
+        return stream
+    if kind == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20)
+    if kind == "xz":
+        import lzma
+
+        return lzma.LZMAFile(stream, "rb")
+    import bz2
+
+    return bz2.BZ2File(stream, "rb")
+
+
+@contextlib.contextmanager
+def compressor(kind: str | None, out: IO[bytes]) -> Iterator[IO[bytes]]:
+    """A writer compressing into ``out``; the same input always gives the same bytes."""
+    if kind is None:
+        yield out
+        return
+    if kind == "gzip":
+        import gzip
+
+        # mtime=0 and no file name: the header carries nothing that varies between runs.
+        with gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=6, mtime=0) as z:
+            yield z  # type: ignore[misc]
+        return
+    if kind == "zstd":
+        import zstandard
+
+        cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
+        with cctx.stream_writer(out, closefd=False) as z:
+            yield z
+        return
+    raise UsageError(f"unknown compression {kind!r}", "use gzip or zstd")

@@ -1,0 +1,663 @@
+"""Tar stream -> layer tree, exactly and safely.
+
+Our own streaming parser (``tarfile`` applies no xattrs, buffers pax headers of any declared size
+and is slow). It reads ustar/GNU/v7 headers, pax and global pax records, GNU long names, old-GNU
+and pax sparse files, base-256 numbers; it translates OCI whiteouts into overlayfs markers.
+
+Hostile input is refused, never followed: ``..`` anywhere, members below a symlink this archive
+created, hardlinks leaving the layer or pointing at what is not there, device nodes without
+privilege, truncated or absurd headers. The destination is a private staging dir that only we
+write to, so our record of what we created there is the truth about it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+from tophan.errors import ArchiveError
+
+BLOCK = 512
+CHUNK = 1 << 20
+MAX_META = 1 << 20  # pax / GNU long-name headers larger than this are refused as absurd
+OWNER_XATTR = "user.tophan.owner"
+WH_PREFIX = b".wh."
+WH_OPAQUE = b".wh..wh..opq"
+XattrNs = Literal["trusted", "user"]
+
+# kinds of what we created
+DIR, FILE, LINK, OTHER, WHITEOUT = "d", "f", "l", "o", "w"
+
+
+@dataclass
+class ExtractStats:
+    members: int = 0
+    bytes: int = 0
+    owners_recorded: int = 0  # ownership kept in user.tophan.owner because chown was impossible
+    xattrs_skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Member:
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    typeflag: bytes
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[str, bytes]
+    sparse: list[tuple[int, int]] | None = None
+    realsize: int = 0
+
+
+@dataclass
+class _DirMeta:
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: dict[str, bytes]
+
+
+def _show(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+def _num(field_: bytes, what: str) -> int:
+    if field_ and field_[0] & 0x80:
+        if field_[0] == 0xFF:
+            raise ArchiveError(f"corrupt tar header: negative {what}")
+        value = field_[0] & 0x7F
+        for b in field_[1:]:
+            value = (value << 8) | b
+        return value
+    text = field_.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ArchiveError(
+            f"corrupt tar header: {what} is {text!r}", "not a tar archive?"
+        ) from None
+
+
+def _pax_int(value: bytes, key: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ArchiveError(f"corrupt pax record {key}={value!r}") from None
+    if n < 0:
+        raise ArchiveError(f"corrupt pax record {key}={value!r}")
+    return n
+
+
+def _pax_time(value: bytes) -> int:
+    try:
+        text = value.decode("ascii")
+        neg = text.startswith("-")
+        whole, _, frac = text.lstrip("-").partition(".")
+        ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9] or "0")
+    except ValueError:
+        raise ArchiveError(f"corrupt pax mtime {value!r}") from None
+    return -ns if neg else ns
+
+
+def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            break  # padding
+        sp = data.find(b" ", pos)
+        if sp < 0:
+            raise ArchiveError("corrupt pax header: record without length")
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            raise ArchiveError("corrupt pax header: bad record length") from None
+        end = pos + length
+        if length <= 0 or end > len(data) or data[end - 1] != 0x0A:
+            raise ArchiveError("corrupt pax header: record length out of range")
+        key, eq, value = data[sp + 1 : end - 1].partition(b"=")
+        if not eq:
+            raise ArchiveError("corrupt pax header: record without '='")
+        out[key] = value
+        pos = end
+    return out
+
+
+# -- the stream ---------------------------------------------------------------------------------
+
+
+class _Stream:
+    def __init__(self, src: IO[bytes]) -> None:
+        self.src = src
+        self.offset = 0
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self.src.read(n) or b""
+            while len(data) < n:
+                more = self.src.read(n - len(data))
+                if not more:
+                    break
+                data += more
+        except Exception as e:  # gzip/zstd/lzma/bz2 each raise their own kinds
+            raise ArchiveError(
+                f"compressed input is corrupt or truncated: {e}", "fetch the file again"
+            ) from e
+        self.offset += len(data)
+        return data
+
+    def exact(self, n: int, what: str) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise ArchiveError(
+                f"archive is truncated: {what} needs {n - len(data)} more bytes",
+                "the file is incomplete; fetch it again",
+            )
+        return data
+
+
+# -- the extractor ------------------------------------------------------------------------------
+
+
+class _Extractor:
+    def __init__(self, dest: str, xattr_ns: XattrNs, privileged: bool) -> None:
+        self.dest = os.fsencode(dest)
+        self.opaque_key = f"{xattr_ns}.overlay.opaque"
+        self.privileged = privileged
+        self.kinds: dict[bytes, str] = {b"": DIR}
+        self.dirs: dict[bytes, _DirMeta] = {}
+        self.opaque: set[bytes] = set()
+        self.stats = ExtractStats()
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+
+    def path(self, rel: bytes) -> bytes:
+        return self.dest + b"/" + rel
+
+    # -- names ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def normalize(raw: bytes) -> bytes:
+        if b"\0" in raw:
+            raise ArchiveError(f"unsafe archive: member name {_show(raw)!r} contains NUL")
+        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise ArchiveError(
+                f"unsafe archive: member {_show(raw)!r} escapes the layer ('..')",
+                "refusing to extract it",
+            )
+        return b"/".join(parts)
+
+    def ensure_parents(self, rel: bytes, raw: bytes) -> None:
+        parent = rel.rpartition(b"/")[0]
+        if self.kinds.get(parent) == DIR:
+            return
+        parts = parent.split(b"/")
+        for i in range(1, len(parts) + 1):
+            p = b"/".join(parts[:i])
+            kind = self.kinds.get(p)
+            if kind == DIR:
+                continue
+            if kind == LINK:
+                raise ArchiveError(
+                    f"unsafe archive: member {_show(raw)!r} lies below symlink {_show(p)!r}",
+                    "refusing to follow links out of the layer",
+                )
+            if kind is not None:
+                raise ArchiveError(
+                    f"bad archive: member {_show(raw)!r} needs {_show(p)!r} to be a directory"
+                )
+            os.mkdir(self.path(p), 0o700)
+            self.kinds[p] = DIR
+            self.dirs[p] = _DirMeta(0o755, 0, 0, 0, {})
+
+    def make_room(self, rel: bytes, new_kind: str) -> None:
+        """A later member replaces an earlier one of the same name (dirs merge)."""
+        old = self.kinds.get(rel)
+        if old is None or (old == DIR and new_kind == DIR):
+            return
+        full = self.path(rel)
+        if old == DIR:
+            from tophan.store import rmtree
+
+            rmtree(os.fsdecode(full))
+            prefix = rel + b"/"
+            for k in [k for k in self.kinds if k.startswith(prefix)]:
+                del self.kinds[k]
+                self.dirs.pop(k, None)
+                self.opaque.discard(k)
+            self.dirs.pop(rel, None)
+            self.opaque.discard(rel)
+        else:
+            os.unlink(full)
+        del self.kinds[rel]
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def chown(self, target: int | bytes, uid: int, gid: int, is_link: bool) -> bool:
+        if uid == self.euid and gid == self.egid:
+            return True
+        try:
+            if isinstance(target, int):
+                os.fchown(target, uid, gid)
+            else:
+                os.chown(target, uid, gid, follow_symlinks=False)
+            return True
+        except OSError as e:
+            if self.privileged or e.errno not in (errno.EPERM, errno.EINVAL):
+                raise
+        if not is_link:
+            self.set_xattr(target, OWNER_XATTR, b"%d:%d" % (uid, gid), strict=True)
+            self.stats.owners_recorded += 1
+        return False
+
+    def set_xattr(self, target: int | bytes, key: str, value: bytes, strict: bool = False) -> None:
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, key, value)
+            else:
+                os.setxattr(target, key, value, follow_symlinks=False)
+        except OSError as e:
+            if strict or self.privileged or e.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise ArchiveError(f"cannot set xattr {key}: {e.strerror}") from e
+            self.stats.xattrs_skipped.append(key)
+
+    def xattrs(self, target: int | bytes, xattrs: dict[str, bytes]) -> None:
+        for key, value in xattrs.items():
+            self.set_xattr(target, key, value)
+
+    def finish_dirs(self) -> None:
+        # Deepest first: creating children changes a dir's mtime, and a 0555 dir takes none.
+        for rel in sorted(self.dirs, key=lambda r: r.count(b"/"), reverse=True):
+            meta = self.dirs[rel]
+            full = self.path(rel)
+            self.chown(full, meta.uid, meta.gid, False)
+            self.xattrs(full, meta.xattrs)
+            os.chmod(full, meta.mode)
+            os.utime(full, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
+
+    # -- members -------------------------------------------------------------------------------
+
+    def member(self, m: _Member, stream: _Stream) -> None:
+        raw = m.name
+        rel = self.normalize(raw)
+        self.stats.members += 1
+        if not rel:
+            self.skip(stream, m.size)  # the layer root itself: its metadata is not ours to take
+            return
+        base = rel.rpartition(b"/")[2]
+        if base.startswith(WH_PREFIX):
+            self.skip(stream, m.size)
+            self.whiteout(rel, base, m, raw)
+            return
+        t = m.typeflag
+        if t == b"5" or (t in (b"0", b"\0") and raw.endswith(b"/")):
+            self.ensure_parents(rel, raw)
+            self.make_room(rel, DIR)
+            if rel not in self.kinds:
+                os.mkdir(self.path(rel), 0o700)
+                self.kinds[rel] = DIR
+            self.dirs[rel] = _DirMeta(m.mode, m.uid, m.gid, m.mtime_ns, m.xattrs)
+            self.skip(stream, m.size)
+            return
+        self.ensure_parents(rel, raw)
+        if t in (b"0", b"\0", b"7", b"S") or m.sparse is not None:
+            self.make_room(rel, FILE)
+            self.regular(rel, m, stream)
+            self.kinds[rel] = FILE
+        elif t == b"1":
+            self.skip(stream, m.size)
+            self.hardlink(rel, m, raw)
+        elif t == b"2":
+            self.skip(stream, m.size)
+            self.make_room(rel, LINK)
+            full = self.path(rel)
+            os.symlink(m.linkname, full)
+            self.kinds[rel] = LINK
+            self.chown(full, m.uid, m.gid, True)
+            self.xattrs(full, m.xattrs)
+            os.utime(full, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+        elif t in (b"3", b"4", b"6"):
+            self.skip(stream, m.size)
+            self.special(rel, m, raw)
+        else:
+            raise ArchiveError(
+                f"unsupported tar member type {t!r} for {_show(raw)!r}", "re-create the archive"
+            )
+
+    def skip(self, stream: _Stream, size: int) -> None:
+        left = size + (-size % BLOCK)
+        while left:
+            n = len(stream.exact(min(left, CHUNK), "a member's data"))
+            left -= n
+
+    def regular(self, rel: bytes, m: _Member, stream: _Stream) -> None:
+        fd = os.open(
+            self.path(rel),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            if m.sparse is not None:
+                self.write_sparse(fd, m, stream)
+            elif m.size <= CHUNK:
+                pad = -m.size % BLOCK
+                data = stream.exact(m.size + pad, f"member {_show(m.name)!r}")
+                if m.size:
+                    os.write(fd, memoryview(data)[: m.size])
+            else:
+                self.write_stream(fd, m.size, stream, m.name)
+                stream.exact(-m.size % BLOCK, "padding")
+            self.stats.bytes += m.size
+            self.chown(fd, m.uid, m.gid, False)
+            self.xattrs(fd, m.xattrs)
+            os.fchmod(fd, m.mode)
+            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def write_stream(fd: int, size: int, stream: _Stream, name: bytes) -> None:
+        left = size
+        while left:
+            data = stream.exact(min(left, CHUNK), f"member {_show(name)!r}")
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            left -= len(data)
+
+    def write_sparse(self, fd: int, m: _Member, stream: _Stream) -> None:
+        assert m.sparse is not None
+        stored = 0
+        for offset, length in m.sparse:
+            os.lseek(fd, offset, os.SEEK_SET)
+            self.write_stream(fd, length, stream, m.name)
+            stored += length
+        if stored > m.size:
+            raise ArchiveError(f"corrupt sparse map for {_show(m.name)!r}")
+        self.skip_raw(stream, m.size - stored)
+        stream.exact(-m.size % BLOCK, "padding")
+        os.ftruncate(fd, m.realsize)
+
+    @staticmethod
+    def skip_raw(stream: _Stream, n: int) -> None:
+        while n:
+            n -= len(stream.exact(min(n, CHUNK), "sparse data"))
+
+    def hardlink(self, rel: bytes, m: _Member, raw: bytes) -> None:
+        target = self.normalize(m.linkname)
+        kind = self.kinds.get(target)
+        if not target or kind in (None, DIR, WHITEOUT):
+            what = "a directory" if kind == DIR else "not in the archive before it"
+            raise ArchiveError(
+                f"unsafe archive: hardlink {_show(raw)!r} -> {_show(m.linkname)!r}:"
+                f" target is {what}",
+                "hardlinks must point at an earlier file of the same layer",
+            )
+        self.ensure_parents(target, m.linkname)  # refuses a target reached through a symlink
+        if target == rel:
+            return
+        self.make_room(rel, kind)
+        os.link(self.path(target), self.path(rel), follow_symlinks=False)
+        self.kinds[rel] = kind
+
+    def special(self, rel: bytes, m: _Member, raw: bytes) -> None:
+        self.make_room(rel, OTHER)
+        full = self.path(rel)
+        if m.typeflag == b"6":
+            os.mkfifo(full, 0o600)
+        else:
+            is_whiteout = m.typeflag == b"3" and m.devmajor == 0 and m.devminor == 0
+            if not self.privileged and not is_whiteout:
+                raise ArchiveError(
+                    f"device node {_show(raw)!r} needs root",
+                    "import as root, or drop device nodes from the archive",
+                )
+            kind = stat.S_IFCHR if m.typeflag == b"3" else stat.S_IFBLK
+            os.mknod(full, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+        self.kinds[rel] = OTHER
+        self.meta_path(full, m)
+
+    def meta_path(self, full: bytes, m: _Member) -> None:
+        self.chown(full, m.uid, m.gid, False)
+        self.xattrs(full, m.xattrs)
+        os.chmod(full, m.mode)
+        os.utime(full, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+
+    def whiteout(self, rel: bytes, base: bytes, m: _Member, raw: bytes) -> None:
+        parent = rel.rpartition(b"/")[0]
+        if base == WH_OPAQUE:
+            self.ensure_parents(rel, raw)
+            if self.kinds.get(parent) != DIR:
+                raise ArchiveError(
+                    f"bad archive: opaque marker {_show(raw)!r} below a non-directory"
+                )
+            self.set_xattr(self.path(parent) if parent else self.dest, self.opaque_key, b"y", True)
+            self.opaque.add(parent)
+            # A whiteout inside an opaque dir would hide nothing and confuse overlayfs: drop any.
+            prefix = parent + b"/" if parent else b""
+            for k in [k for k, v in self.kinds.items() if v == WHITEOUT and k.startswith(prefix)]:
+                if k.rpartition(b"/")[0] == parent:
+                    os.unlink(self.path(k))
+                    del self.kinds[k]
+            return
+        if base.startswith(WH_PREFIX + WH_PREFIX):
+            return  # other aufs metadata (.wh..wh.plnk and friends): nothing for overlayfs
+        if parent in self.opaque:
+            return
+        name = base[len(WH_PREFIX) :]
+        target = (parent + b"/" + name) if parent else name
+        self.ensure_parents(target, raw)
+        self.make_room(target, WHITEOUT)
+        full = self.path(target)
+        os.mknod(full, stat.S_IFCHR | 0o600, 0)
+        self.kinds[target] = WHITEOUT
+        self.meta_path(full, m)
+
+
+# -- the header loop ----------------------------------------------------------------------------
+
+
+def _checksum_ok(block: bytes) -> bool:
+    try:
+        stored = _num(block[148:156], "checksum")
+    except ArchiveError:
+        return False
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    if stored == unsigned:
+        return True
+    signed = sum((b - 256 if b > 127 else b) for b in block[:148] + block[156:]) + 256
+    return stored == signed
+
+
+def _old_gnu_sparse(block: bytes, stream: _Stream) -> tuple[list[tuple[int, int]], int]:
+    entries: list[tuple[int, int]] = []
+
+    def read_entries(area: bytes, count: int) -> None:
+        for i in range(count):
+            off = _num(area[i * 24 : i * 24 + 12], "sparse offset")
+            length = _num(area[i * 24 + 12 : i * 24 + 24], "sparse length")
+            if off == 0 and length == 0 and not area[i * 24 : i * 24 + 24].strip(b"\0"):
+                continue
+            entries.append((off, length))
+
+    read_entries(block[386:482], 4)
+    extended = block[482]
+    realsize = _num(block[483:495], "sparse real size")
+    guard = 0
+    while extended:
+        ext = stream.exact(BLOCK, "a sparse header")
+        read_entries(ext[:504], 21)
+        extended = ext[504]
+        guard += 1
+        if guard > 1 << 16:
+            raise ArchiveError("absurd sparse map", "not a sane tar archive")
+    return entries, realsize
+
+
+def _pax_sparse(pax: dict[bytes, bytes], stream: _Stream, m: _Member) -> None:
+    major = pax.get(b"GNU.sparse.major")
+    if major == b"1":
+        # 1.0: the map is at the start of the data, as decimal lines, padded to a block.
+        m.realsize = _pax_int(pax.get(b"GNU.sparse.realsize", b"0"), "GNU.sparse.realsize")
+        head = b""
+        numbers: list[int] = []
+        needed = None
+        while needed is None or len(numbers) < needed:
+            chunk = stream.exact(BLOCK, "a sparse map")
+            m.size -= BLOCK
+            head += chunk
+            lines = head.split(b"\n")
+            numbers = [_pax_int(x, "sparse map") for x in lines[:-1]]
+            if numbers:
+                needed = 1 + 2 * numbers[0]
+            if len(head) > MAX_META:
+                raise ArchiveError("absurd sparse map", "not a sane tar archive")
+        values = numbers[1:needed]
+        m.sparse = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+        return
+    m.realsize = _pax_int(pax.get(b"GNU.sparse.size", b"0"), "GNU.sparse.size")
+    if b"GNU.sparse.map" in pax:  # 0.1
+        vals = [_pax_int(x, "GNU.sparse.map") for x in pax[b"GNU.sparse.map"].split(b",") if x]
+        m.sparse = [(vals[i], vals[i + 1]) for i in range(0, len(vals) - 1, 2)]
+    else:  # 0.0 keeps only the last offset/numbytes pair in a dict: unsupported that way
+        raise ArchiveError("GNU sparse format 0.0 is not supported", "re-create with --format=pax")
+
+
+def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -> ExtractStats:
+    """Extract a (maybe compressed) tar stream into the empty staging dir ``dest``."""
+    from tophan import compression
+
+    try:
+        stream = _Stream(compression.open_decompressed(src))
+    except OSError as e:
+        raise ArchiveError(f"cannot read the archive: {e}") from e
+    ex = _Extractor(dest, xattr_ns, privileged)
+    try:
+        _loop(stream, ex)
+        ex.finish_dirs()
+    except OSError as e:
+        where = f" ({os.fsdecode(e.filename)[len(dest) + 1 :]})" if e.filename else ""
+        raise ArchiveError(f"cannot extract: {e.strerror}{where}") from e
+    return ex.stats
+
+
+def _loop(stream: _Stream, ex: _Extractor) -> None:
+    global_pax: dict[bytes, bytes] = {}
+    pax: dict[bytes, bytes] = {}
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    seen = 0
+    while True:
+        block = stream.read(BLOCK)
+        if not block:
+            if seen == 0:
+                raise ArchiveError("empty input: not a tar archive")
+            return  # a missing end-of-archive marker, as GNU tar tolerates
+        if len(block) < BLOCK:
+            raise ArchiveError("archive is truncated: it ends inside a header")
+        if not block.strip(b"\0"):
+            if seen == 0:
+                raise ArchiveError("empty archive: it has no members")
+            return
+        if not _checksum_ok(block):
+            what = "not a tar archive" if seen == 0 else "corrupt tar header"
+            raise ArchiveError(f"{what} (bad header checksum at byte {stream.offset - BLOCK})")
+        seen += 1
+        t = block[156:157]
+        size = _num(block[124:136], "size")
+        if t in (b"x", b"g", b"L", b"K"):
+            if size > MAX_META:
+                raise ArchiveError(
+                    f"absurd tar header: a {t.decode()} header declares {size} bytes",
+                    "not a sane tar archive",
+                )
+            data = stream.exact(size + (-size % BLOCK), "a metadata header")[:size]
+            if t == b"x":
+                pax.update(_parse_pax(data))
+            elif t == b"g":
+                global_pax.update(_parse_pax(data))
+            elif t == b"L":
+                long_name = data.split(b"\0", 1)[0]
+            else:
+                long_link = data.split(b"\0", 1)[0]
+            continue
+        if t == b"V":
+            ex.skip(stream, size)
+            continue
+        if t == b"M":
+            raise ArchiveError("multi-volume archives are not supported")
+        m = _member(block, size, t, {**global_pax, **pax}, long_name, long_link, stream)
+        pax, long_name, long_link = {}, None, None
+        ex.member(m, stream)
+
+
+def _member(
+    block: bytes,
+    size: int,
+    t: bytes,
+    pax: dict[bytes, bytes],
+    long_name: bytes | None,
+    long_link: bytes | None,
+    stream: _Stream,
+) -> _Member:
+    magic = block[257:265]
+    name = block[:100].split(b"\0", 1)[0]
+    if magic[:6] == b"ustar\0":
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    if long_name is not None:
+        name = long_name
+    linkname = block[157:257].split(b"\0", 1)[0]
+    if long_link is not None:
+        linkname = long_link
+    m = _Member(
+        name=pax.get(b"path", name),
+        mode=_num(block[100:108], "mode") & 0o7777,
+        uid=_num(block[108:116], "uid"),
+        gid=_num(block[116:124], "gid"),
+        size=size,
+        mtime_ns=_num(block[136:148], "mtime") * 1_000_000_000,
+        typeflag=t,
+        linkname=pax.get(b"linkpath", linkname),
+        devmajor=_num(block[329:337], "devmajor") if t in (b"3", b"4") else 0,
+        devminor=_num(block[337:345], "devminor") if t in (b"3", b"4") else 0,
+        xattrs={},
+    )
+    if b"size" in pax:
+        m.size = _pax_int(pax[b"size"], "size")
+    if b"uid" in pax:
+        m.uid = _pax_int(pax[b"uid"], "uid")
+    if b"gid" in pax:
+        m.gid = _pax_int(pax[b"gid"], "gid")
+    if b"mtime" in pax:
+        m.mtime_ns = _pax_time(pax[b"mtime"])
+    for key, value in pax.items():
+        if key.startswith(b"SCHILY.xattr."):
+            xname = key[13:].decode("utf-8", "surrogateescape")
+            if xname.startswith(("trusted.overlay.", "user.overlay.")) or xname == OWNER_XATTR:
+                continue  # overlayfs would act on these; ours is ours
+            m.xattrs[xname] = value
+    if t == b"S":
+        m.sparse, m.realsize = _old_gnu_sparse(block, stream)
+    elif b"GNU.sparse.major" in pax or b"GNU.sparse.map" in pax or b"GNU.sparse.size" in pax:
+        if b"GNU.sparse.name" in pax:
+            m.name = pax[b"GNU.sparse.name"]
+        _pax_sparse(pax, stream, m)
+    return m
