@@ -16,6 +16,7 @@ $(PY): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m compileall -q src
 	touch $(PY)
 
 venv: $(PY)

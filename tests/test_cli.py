@@ -52,7 +52,7 @@ def make_tar(path: Path, files: dict[str, bytes]) -> Path:
 def test_init_prints_path_as_given_and_is_idempotent(tmp_path: Path) -> None:
     r = ok(run_cli("init", "rel-store", cwd=tmp_path))
     assert r.out == "rel-store\n"
-    assert (tmp_path / "rel-store/store.json").exists()
+    assert (tmp_path / "rel-store/store.meta").exists()
     ok(run_cli("init", "rel-store", cwd=tmp_path))
     r = ok(run_cli("--root", str(tmp_path / "r2"), "init"))
     assert r.out == f"{tmp_path / 'r2'}\n"
@@ -68,7 +68,7 @@ def test_overlayd_root_resolution(tmp_path: Path) -> None:
     env.pop("OVERLAYD_ROOT")
     r = ok(run_cli("init", prog="overlayd", cwd=tmp_path, env=env))
     assert r.out == "./.overlayd\n"
-    assert (tmp_path / ".overlayd/store.json").exists()
+    assert (tmp_path / ".overlayd/store.meta").exists()
     env["OVERLAYD_ROOT"] = str(tmp_path / "envroot")
     r = ok(run_cli("init", prog="overlayd", cwd=tmp_path, env=env))
     assert r.out == f"{tmp_path / 'envroot'}\n"

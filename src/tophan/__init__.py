@@ -17,8 +17,7 @@ Heavy modules are imported lazily so that ``import tophan`` stays cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False
 __version__ = "0.1.0"
 
 __all__ = [
@@ -51,6 +50,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from tophan.errors import (
         ArchiveError,
         Exists,

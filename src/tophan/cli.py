@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
 
 from tophan import __version__
 from tophan.errors import TophanError, UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Any
+
     from tophan.store import Store
 
 OVERLAYD_VERSION = "0.1.0"

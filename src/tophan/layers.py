@@ -1,7 +1,7 @@
 """Layers: immutable, content-addressed trees, and the names that point at them.
 
 A layer's identity is its digest (the OCI DiffID: sha256 of its canonical tar). Its tree lives at
-``layers/<hex>/tree`` once, however many names point at it; a name is a small JSON file in
+``layers/<hex>/tree`` once, however many names point at it; a name is a small key=value file in
 ``refs/layers``. Everything is built in a staging dir and published by rename under the store lock.
 """
 
@@ -9,38 +9,54 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING, Any
 
-from tophan import names
+from tophan import meta, names
 from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError
-from tophan.store import Staging, read_json, write_json
+from tophan.store import write_meta
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tophan.store import Store
+    from collections.abc import Callable, Iterator
+    from typing import IO, Any
+
+    from tophan.store import Staging, Store
 
 TREE = "tree"
+_LISTS = ("parents", "parent_digests")
 
 
-@dataclass(frozen=True)
 class Layer:
-    """A layer name and what it points at."""
+    """A layer name and what it points at. ``source`` holds provenance (imported_from, from_ws,
+    parents, parent_digests)."""
 
-    name: str
-    digest: str
-    created_at: int
-    size: int
-    path: str
-    source: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("created_at", "digest", "name", "path", "size", "source")
+
+    def __init__(
+        self, name: str, digest: str, created_at: int, size: int, path: str, source: dict[str, Any]
+    ) -> None:
+        self.name = name
+        self.digest = digest
+        self.created_at = created_at
+        self.size = size
+        self.path = path
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Layer({self.name!r}, {self.digest!r})"
 
     @property
     def hex(self) -> str:
         return self.digest.split(":", 1)[1]
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(d.pop("source"))
+        d: dict[str, Any] = {
+            "name": self.name,
+            "digest": self.digest,
+            "created_at": self.created_at,
+            "size": self.size,
+            "path": self.path,
+        }
+        d.update(self.source)
         return d
 
     def info_lines(self) -> list[tuple[str, str]]:
@@ -56,13 +72,19 @@ class Layer:
         return out
 
 
-@dataclass(frozen=True)
 class VerifyResult:
-    digest: str
-    names: list[str]
-    ok: bool
-    actual: str | None
-    error: str | None = None
+    """One layer's verification: ``ok`` when its tree still hashes to ``digest``."""
+
+    __slots__ = ("actual", "digest", "error", "names", "ok")
+
+    def __init__(
+        self, digest: str, names: list[str], ok: bool, actual: str | None, error: str | None = None
+    ) -> None:
+        self.digest = digest
+        self.names = names
+        self.ok = ok
+        self.actual = actual
+        self.error = error
 
 
 class Layers:
@@ -82,17 +104,24 @@ class Layers:
     def get(self, name: str) -> Layer:
         names.check(name, "layer")
         try:
-            ref = read_json(self._ref_path(name))
+            ref = meta.read(self._ref_path(name))
         except FileNotFoundError:
             raise NotFound(f"no such layer: {name}", "see `layer list`") from None
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise TophanError(f"layer {name}: unreadable ref: {e}", "run `fsck`") from e
         return self._from_ref(name, ref)
 
-    def _from_ref(self, name: str, ref: dict[str, Any]) -> Layer:
-        digest = ref["digest"]
-        source = {k: v for k, v in ref.items() if k not in ("digest", "created_at", "size", "name")}
-        return Layer(name, digest, ref["created_at"], ref["size"], self.tree_path(digest), source)
+    def _from_ref(self, name: str, ref: dict[str, str]) -> Layer:
+        try:
+            digest = ref["digest"]
+            created, size = int(ref["created_at"]), int(ref["size"])
+        except (KeyError, ValueError) as e:
+            raise TophanError(f"layer {name}: corrupt ref ({e})", "run `fsck`") from e
+        source: dict[str, Any] = {}
+        for k, v in ref.items():
+            if k not in ("digest", "created_at", "size", "name"):
+                source[k] = meta.split_list(v) if k in _LISTS else v
+        return Layer(name, digest, created, size, self.tree_path(digest), source)
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self._ref_path(name))
@@ -103,8 +132,8 @@ class Layers:
             if not names.is_valid(name):
                 continue  # atomic_write temporaries
             try:
-                out.append(self._from_ref(name, read_json(self._ref_path(name))))
-            except (OSError, ValueError, KeyError):
+                out.append(self._from_ref(name, meta.read(self._ref_path(name))))
+            except (OSError, TophanError):
                 continue  # removed while we listed
         return out
 
@@ -182,7 +211,7 @@ class Layers:
             }
             return self._build(name, fill, source)
 
-    def _build(self, name: str, fill: Any, source: dict[str, Any]) -> Layer:
+    def _build(self, name: str, fill: Callable[[str], None], source: dict[str, Any]) -> Layer:
         from tophan import tarexport
 
         names.check(name, "layer")
@@ -203,17 +232,21 @@ class Layers:
     ) -> Layer:
         hexd = digest.split(":", 1)[1]
         final = self.store.path("layers", hexd)
-        ref = {"digest": digest, "created_at": int(time.time()), "size": size, **source}
+        ref: dict[str, str | int | list[str]] = {
+            "name": name,
+            "digest": digest,
+            "created_at": int(time.time()),
+            "size": size,
+            **source,
+        }
         with self.store.lock():
             if self.exists(name):
                 raise Exists(f"layer exists: {name}", "pick another name or `layer rm` it first")
             if not os.path.isdir(final):
-                write_json(
-                    os.path.join(staging.path, "layer.json"), {"digest": digest, "size": size}
-                )
+                write_meta(os.path.join(staging.path, "meta"), {"digest": digest, "size": size})
                 os.rename(staging.path, final)
-            write_json(self._ref_path(name), ref)
-        return self._from_ref(name, ref)
+            write_meta(self._ref_path(name), ref)
+        return self._from_ref(name, meta.loads(meta.dumps(ref)))
 
     # -- exporting -----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tophan.store import read_json
+from tophan import meta
 
 if TYPE_CHECKING:
     from tophan.store import Store
@@ -55,8 +55,8 @@ def fsck(store: Store) -> FsckReport:
     refs = store.path("refs", "layers")
     for name in sorted(os.listdir(refs)):
         try:
-            digest = read_json(os.path.join(refs, name))["digest"]
-        except (OSError, ValueError, KeyError) as e:
+            digest = meta.read(os.path.join(refs, name))["digest"]
+        except (OSError, KeyError) as e:
             report.problems.append(f"layer name {name}: unreadable ref ({e})")
             continue
         if digest not in stored:

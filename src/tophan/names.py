@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import re
-
 from tophan.errors import UsageError
 
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ -, not '.' or '..', not starting with '-'"
 
 
 def is_valid(name: str) -> bool:
     return (
-        _NAME.fullmatch(name) is not None and name not in (".", "..") and not name.startswith("-")
+        0 < len(name) <= 64
+        and _ALLOWED.issuperset(name)
+        and name not in (".", "..")
+        and not name.startswith("-")
     )
 
 

@@ -2,11 +2,11 @@
 
 Layout (see docs/store.md)::
 
-    <root>/store.json            format version, xattr namespace
+    <root>/store.meta            format version, xattr namespace
     <root>/version               "1" (what overlayd writes; kept so its scripts recognise a store)
-    <root>/layers/<hex>/         tree/ (the immutable layer tree) + layer.json
+    <root>/layers/<hex>/         tree/ (the immutable layer tree) + meta
     <root>/refs/layers/<name>    JSON: digest + provenance of a layer name
-    <root>/workspaces/<name>/    ws.json, upper/, work/, merged/
+    <root>/workspaces/<name>/    meta, upper/, work/, merged/
     <root>/tmp/                  staging: everything is built here, then renamed into place
     <root>/lock                  writers hold flock(LOCK_EX) on it while they publish or remove
 
@@ -15,25 +15,25 @@ Readers never lock: every file they read was made visible by one rename.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
-import json
 import os
 import stat
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
 
+from tophan import meta
 from tophan.errors import NotFound, TophanError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Literal
+
     from tophan.layers import Layers
     from tophan.workspace import Workspaces
 
+    XattrNs = Literal["trusted", "user"]
+
 FORMAT_VERSION = 1
-XattrNs = Literal["trusted", "user"]
 
 
 def default_root() -> str:
@@ -78,18 +78,19 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     try:
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
 
 
-def write_json(path: str, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
-def read_json(path: str) -> Any:
-    with open(path, "rb") as f:
-        return json.loads(f.read())
+def write_meta(path: str, items: dict[str, str | int | list[str]]) -> None:
+    atomic_write(path, meta.dumps(items))
 
 
 def rmtree(path: str) -> None:
@@ -103,9 +104,11 @@ def rmtree(path: str) -> None:
             raise exc
         # Only an unprivileged owner gets here: make the parent (and p, if a dir) writable.
         for d in (os.path.dirname(p), p):
-            with contextlib.suppress(OSError):
+            try:
                 if stat.S_ISDIR(os.lstat(d).st_mode):
                     os.chmod(d, 0o700)
+            except OSError:
+                pass
         if func in (os.open, os.scandir):
             rmtree(p)
         else:
@@ -123,12 +126,28 @@ def rmtree(path: str) -> None:
         os.unlink(path)
 
 
-@dataclass
+class FileLock:
+    """``with FileLock(path):`` holds flock(LOCK_EX) on ``path`` (created if missing)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        self.fd = -1
+
+
 class Staging:
     """A private directory under tmp/, locked while in use so ``gc`` leaves it alone."""
 
-    path: str
-    _fd: int
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -148,17 +167,17 @@ class Store:
         self.root = os.path.abspath(root)
         self.overlayd = overlayd
         try:
-            meta = read_json(os.path.join(self.root, "store.json"))
-        except (OSError, ValueError) as e:
+            info = meta.read(os.path.join(self.root, "store.meta"))
+        except OSError as e:
             cmd = "overlayd init" if overlayd else "tophan init"
             raise NotFound(f"no store at {root}", f"run `{cmd}` first, or pass --root PATH") from e
-        if meta.get("format") != FORMAT_VERSION:
+        if info.get("format") != str(FORMAT_VERSION):
             raise TophanError(
-                f"store {root} has format {meta.get('format')!r};"
+                f"store {root} has format {info.get('format')!r};"
                 f" this tophan reads format {FORMAT_VERSION}",
                 "use a matching tophan version",
             )
-        self.xattr_ns: XattrNs = "user" if meta.get("xattr_ns") == "user" else "trusted"
+        self.xattr_ns: XattrNs = "user" if info.get("xattr_ns") == "user" else "trusted"
         self._layers: Layers | None = None
         self._workspaces: Workspaces | None = None
 
@@ -169,10 +188,10 @@ class Store:
         try:
             for sub in ("", "layers", "refs", "refs/layers", "workspaces", "tmp"):
                 os.makedirs(os.path.join(top, sub), mode=0o755, exist_ok=True)
-            meta_path = os.path.join(top, "store.json")
+            meta_path = os.path.join(top, "store.meta")
             if not os.path.exists(meta_path):
                 ns = "trusted" if is_privileged() else "user"
-                write_json(meta_path, {"format": FORMAT_VERSION, "xattr_ns": ns})
+                write_meta(meta_path, {"format": FORMAT_VERSION, "xattr_ns": ns})
             version = os.path.join(top, "version")
             if not os.path.exists(version):
                 atomic_write(version, b"1\n")
@@ -210,15 +229,9 @@ class Store:
 
     # -- locking and staging -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> FileLock:
         """The store-wide writer lock, held only for the short publish/remove step."""
-        fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return FileLock(self.path("lock"))
 
     def staging(self, kind: str) -> Staging:
         """A fresh private dir under tmp/; holds a lock on itself until closed."""

@@ -6,30 +6,43 @@ a workspace is mounted when its mountpoint carries an overlay whose upperdir is 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from tophan import names
+from tophan import meta, names
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
-from tophan.store import read_json, write_json
+from tophan.store import FileLock, write_meta
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from tophan.store import Store
 
+META = "meta"
 
-@dataclass(frozen=True)
+
 class Workspace:
-    name: str
-    created_at: int
-    lowers: tuple[str, ...]  # layer names as given, top-first
-    lower_digests: tuple[str, ...]
-    mountpoint: str
-    dir: str
+    """A workspace as recorded in the store (its mount state is asked of the kernel)."""
+
+    __slots__ = ("created_at", "dir", "lower_digests", "lowers", "mountpoint", "name")
+
+    def __init__(
+        self,
+        name: str,
+        created_at: int,
+        lowers: tuple[str, ...],
+        lower_digests: tuple[str, ...],
+        mountpoint: str,
+        dir: str,
+    ) -> None:
+        self.name = name
+        self.created_at = created_at
+        self.lowers = lowers  # layer names as given, top first
+        self.lower_digests = lower_digests
+        self.mountpoint = mountpoint
+        self.dir = dir
 
     @property
     def upper(self) -> str:
@@ -77,23 +90,26 @@ class Workspaces:
         names.check(name, "workspace")
         d = self._dir(name)
         try:
-            meta = read_json(os.path.join(d, "ws.json"))
+            info = meta.read(os.path.join(d, META))
         except FileNotFoundError:
             raise NotFound(f"no such workspace: {name}", "see `ws list`") from None
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise TophanError(f"workspace {name}: unreadable metadata: {e}", "run `fsck`") from e
-        return self._from_meta(name, meta, d)
+        return self._from_meta(name, info, d)
 
     @staticmethod
-    def _from_meta(name: str, meta: dict[str, Any], d: str) -> Workspace:
-        return Workspace(
-            name,
-            meta["created_at"],
-            tuple(meta["lowers"]),
-            tuple(meta["lower_digests"]),
-            meta["mountpoint"],
-            d,
-        )
+    def _from_meta(name: str, info: dict[str, str], d: str) -> Workspace:
+        try:
+            return Workspace(
+                name,
+                int(info["created_at"]),
+                tuple(meta.split_list(info["lowers"])),
+                tuple(meta.split_list(info["lower_digests"])),
+                info["mountpoint"],
+                d,
+            )
+        except (KeyError, ValueError) as e:
+            raise TophanError(f"workspace {name}: corrupt metadata ({e})", "run `fsck`") from e
 
     def all(self) -> list[Workspace]:
         out = []
@@ -103,8 +119,8 @@ class Workspaces:
                 continue
             d = os.path.join(top, name)
             try:
-                out.append(self._from_meta(name, read_json(os.path.join(d, "ws.json")), d))
-            except (OSError, ValueError, KeyError):
+                out.append(self._from_meta(name, meta.read(os.path.join(d, META)), d))
+            except (OSError, TophanError):
                 continue
         return out
 
@@ -115,20 +131,9 @@ class Workspaces:
 
     # -- locking -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self, name: str) -> Iterator[None]:
+    def locked(self, name: str) -> FileLock:
         """Serialise mount/unmount/commit/rm of one workspace."""
-        try:
-            fd = os.open(
-                os.path.join(self._dir(name), "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            )
-        except FileNotFoundError:
-            raise NotFound(f"no such workspace: {name}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return FileLock(os.path.join(self._dir(name), "lock"))
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -157,13 +162,15 @@ class Workspaces:
         try:
             for sub in ("upper", "work", "merged"):
                 os.mkdir(os.path.join(staging.path, sub), 0o755)
-            meta = {
-                "created_at": int(time.time()),
+            created = int(time.time())
+            info: dict[str, str | int | list[str]] = {
+                "name": name,
+                "created_at": created,
                 "lowers": list(layers),
                 "lower_digests": digests,
                 "mountpoint": mp,
             }
-            write_json(os.path.join(staging.path, "ws.json"), meta)
+            write_meta(os.path.join(staging.path, META), info)
             os.chmod(staging.path, 0o755)
             with self.store.lock():
                 if os.path.exists(self._dir(name)):
@@ -174,7 +181,7 @@ class Workspaces:
                 os.rename(staging.path, self._dir(name))
         finally:
             staging.discard()
-        ws = self._from_meta(name, meta, self._dir(name))
+        ws = Workspace(name, created, tuple(layers), tuple(digests), mp, self._dir(name))
         if mount:
             try:
                 self.mount(name)
