@@ -28,8 +28,12 @@ class Result:
 
 
 def run_cli(
-    *args: str, prog: str = "tophan", root: Path | None = None, input: bytes | None = None,
-    cwd: Path | None = None, env: dict[str, str] | None = None,
+    *args: str,
+    prog: str = "tophan",
+    root: Path | None = None,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Result:
     argv = [str(BIN / prog)]
     if root is not None:
@@ -80,7 +84,9 @@ def busybox_rootfs(dest: Path) -> Path:
     (dest / "bin/busybox").chmod(0o755)
     for applet in ("sh", "ls", "cat", "echo", "true", "httpd", "wget", "sleep", "id"):
         (dest / "bin" / applet).symlink_to("busybox")
-    (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n")
+    (dest / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n"
+    )
     (dest / "etc/group").write_text("root:x:0:\nuser:x:1000:\n")
     (dest / "etc/hostname").write_text("base\n")
     (dest / "usr/share/doc/base/README").write_text("base layer docs\n")
