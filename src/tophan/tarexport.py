@@ -121,7 +121,7 @@ class _Writer:
     def __init__(self, tree: bytes, sink: _Sink, opaque_key: bytes) -> None:
         self.tree = tree
         self.sink = sink
-        self.opaque_key = opaque_key
+        self.opaque_key = opaque_key.decode()
         self.links: dict[tuple[int, int], bytes] = {}
         self.readbuf = bytearray(CHUNK)
 
@@ -198,21 +198,27 @@ class _Writer:
                 continue  # vanished between list and get
         return out
 
-    def walk(self, rel: bytes) -> None:
+    def is_opaque(self, path: bytes) -> bool:
+        try:
+            return os.getxattr(path, self.opaque_key, follow_symlinks=False) == b"y"
+        except OSError:
+            return False
+
+    def walk(self, rel: bytes, opaque: bool = False) -> None:
         path = self.tree + b"/" + rel if rel else self.tree
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
-            self.one(
-                rel + e.name if not rel else rel + b"/" + e.name,
-                e.path,
-                e.stat(follow_symlinks=False),
-                e.name,
-            )
+            child = rel + b"/" + e.name if rel else e.name
+            self.one(child, e.path, e.stat(follow_symlinks=False), e.name, opaque)
 
-    def one(self, rel: bytes, path: bytes, st: os.stat_result, base: bytes) -> None:
+    def one(
+        self, rel: bytes, path: bytes, st: os.stat_result, base: bytes, in_opaque: bool
+    ) -> None:
         m = st.st_mode
         if stat.S_ISCHR(m) and st.st_rdev == 0:
+            if in_opaque:
+                return  # hides nothing: an opaque dir already hides all below it
             # An overlay whiteout: its own entry, never a hardlink (see docs/layer-format.md).
             parent = rel[: -len(base)]
             xattrs = self.xattrs(path)
@@ -221,13 +227,13 @@ class _Writer:
             return
         xattrs = self.xattrs(path)
         if stat.S_ISDIR(m):
-            opaque = xattrs.get(self.opaque_key) == b"y"
+            opaque = self.is_opaque(path)
             self.entry(rel + b"/", st, b"5", xattrs)
             if opaque:
                 self.entry(
                     rel + b"/" + OPAQUE_ENTRY, st, b"0", {}, owner=(0, 0), mode=0o644, mtime_ns=0
                 )
-            self.walk(rel)
+            self.walk(rel, opaque)
         elif stat.S_ISREG(m):
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)

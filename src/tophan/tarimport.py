@@ -572,9 +572,7 @@ def _loop(stream: _Stream, ex: _Extractor) -> None:
         if len(block) < BLOCK:
             raise ArchiveError("archive is truncated: it ends inside a header")
         if not block.strip(b"\0"):
-            if seen == 0:
-                raise ArchiveError("empty archive: it has no members")
-            return
+            return  # end of archive (an archive of no members is an empty layer)
         if not _checksum_ok(block):
             what = "not a tar archive" if seen == 0 else "corrupt tar header"
             raise ArchiveError(f"{what} (bad header checksum at byte {stream.offset - BLOCK})")

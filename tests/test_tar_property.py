@@ -1,0 +1,102 @@
+"""Property: random trees -> export -> import -> the identical tree and the identical digest."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tarbuild import snapshot
+
+from tophan import tarexport, tarimport
+
+NAME = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzAB0123456789._-", min_size=1, max_size=12
+).filter(lambda n: n not in (".", "..") and not n.startswith(".wh."))
+LONG = st.integers(min_value=101, max_value=180).map(lambda n: "L" * n)
+MODE = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o444, 0o000])
+MTIME = st.integers(min_value=0, max_value=2**34).map(lambda s: s * 1_000_000_000) | st.integers(
+    min_value=0, max_value=2**60
+)
+XATTRS = st.dictionaries(
+    st.sampled_from(["user.a", "user.b", "user.long." + "x" * 40]),
+    st.binary(min_size=0, max_size=64),
+    max_size=2,
+)
+ENTRY = st.tuples(
+    st.sampled_from(["file", "file", "dir", "symlink", "hardlink", "fifo", "whiteout", "opaque"]),
+    NAME | LONG,
+    st.binary(max_size=3000),
+    MODE,
+    st.integers(min_value=0, max_value=70000),
+    MTIME,
+    XATTRS,
+)
+
+
+def build(
+    root: Path, entries: list[tuple[str, str, bytes, int, int, int, dict[str, bytes]]]
+) -> None:
+    dirs = [root]
+    opaque: set[Path] = set()
+    files: list[Path] = []
+    for i, (kind, name, data, mode, owner, mtime, xattrs) in enumerate(entries):
+        parent = dirs[i % len(dirs)]
+        p = parent / name
+        if os.path.lexists(p):
+            continue
+        if kind in ("dir", "opaque"):
+            p.mkdir()
+            if kind == "opaque":
+                os.setxattr(p, "trusted.overlay.opaque", b"y")
+                opaque.add(p)
+            dirs.append(p)
+        elif kind == "file":
+            p.write_bytes(data)
+            files.append(p)
+        elif kind == "symlink":
+            p.symlink_to(data.hex()[:50] or "target")
+        elif kind == "hardlink" and files:
+            os.link(files[i % len(files)], p)
+            continue  # shares the inode's metadata
+        elif kind == "fifo":
+            os.mkfifo(p)
+        elif kind == "whiteout" and parent not in opaque:  # never valid in a layer
+            os.mknod(p, stat.S_IFCHR | 0o600, 0)
+        else:
+            continue
+        os.chown(p, owner, owner // 2, follow_symlinks=False)
+        if kind != "symlink":
+            if kind in ("file", "dir", "opaque"):  # user.* xattrs exist only on files and dirs
+                for k, v in xattrs.items():
+                    os.setxattr(p, k, v)
+            os.chmod(p, mode if kind not in ("dir", "opaque") else mode | 0o700)
+        os.utime(p, ns=(mtime, mtime), follow_symlinks=False)
+    for dpath in reversed(dirs[1:]):  # directory mtimes last: children changed them
+        os.utime(dpath, ns=(1_234_567_890_123_456_789, 1_234_567_890_123_456_789))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ENTRY, min_size=1, max_size=25))
+def test_export_import_roundtrip(
+    entries: list[tuple[str, str, bytes, int, int, int, dict[str, bytes]]],
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="tophan-prop-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        build(src, entries)
+        buf = io.BytesIO()
+        digest, size = tarexport.write_tar(str(src), buf, xattr_ns="trusted")
+        assert size == len(buf.getvalue())
+        dest = Path(tmp) / "dest"
+        dest.mkdir()
+        buf.seek(0)
+        tarimport.extract(buf, str(dest), xattr_ns="trusted", privileged=True)
+        assert snapshot(dest) == snapshot(src)
+        assert tarexport.digest_tree(str(dest), xattr_ns="trusted") == digest
+        shutil.rmtree(src)
