@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tarbuild import snapshot
 
+from tarbuild import snapshot
 from tophan import tarexport, tarimport
 
 pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci not installed")

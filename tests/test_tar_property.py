@@ -11,8 +11,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tarbuild import snapshot
 
+from tarbuild import snapshot
 from tophan import tarexport, tarimport
 
 NAME = st.text(
