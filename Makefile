@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := busybox-static zstd attr acl e2fsprogs uidmap umoci skopeo fuse-overlayfs \
-	libarchive-tools python3-venv util-linux
+	libarchive-tools python3 python3-venv util-linux passwd
 
 .PHONY: deps venv demo test lint typecheck unit bench clean
 

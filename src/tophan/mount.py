@@ -19,6 +19,9 @@ from tophan.errors import InUse, MountError
 MAX_LOWERS = 500  # the kernel's OVL_MAX_STACK
 PAGE_LIMIT = 4095  # the legacy data page, minus its NUL
 FIXED_OPTIONS = ("index", "off"), ("metacopy", "off"), ("redirect_dir", "off")
+# With userxattr the kernel refuses redirect_dir=off ("conflicting options: userxattr,
+# redirect_dir=follow"): nofollow neither creates nor follows redirects, which is what we want.
+USERXATTR_OPTIONS = ("index", "off"), ("metacopy", "off"), ("redirect_dir", "nofollow")
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def _mount_new_api(
             if upper is not None and work is not None:
                 _libc.fsconfig(fd, _libc.FSCONFIG_SET_STRING, "upperdir", upper)
                 _libc.fsconfig(fd, _libc.FSCONFIG_SET_STRING, "workdir", work)
-            for key, value in FIXED_OPTIONS:
+            for key, value in USERXATTR_OPTIONS if userxattr else FIXED_OPTIONS:
                 _libc.fsconfig(fd, _libc.FSCONFIG_SET_STRING, key, value)
             if userxattr:
                 _libc.fsconfig(fd, _libc.FSCONFIG_SET_FLAG, "userxattr", None)
@@ -189,7 +192,7 @@ def legacy_options(
     parts = ["lowerdir=" + ":".join(lowers)]
     if upper is not None and work is not None:
         parts += [f"upperdir={upper}", f"workdir={work}"]
-    parts += [f"{k}={v}" for k, v in FIXED_OPTIONS]
+    parts += [f"{k}={v}" for k, v in (USERXATTR_OPTIONS if userxattr else FIXED_OPTIONS)]
     if userxattr:
         parts.append("userxattr")
     data = ",".join(parts)
@@ -214,6 +217,8 @@ def _mount_legacy(
 
 def _mount_error(e: OSError, target: str, log: str) -> MountError:
     why = log or e.strerror or os.strerror(e.errno or 0)
+    if not log and e.errno == errno.EINVAL:
+        why = "the kernel refused the overlay options (its reason is in dmesg)"
     if e.filename and e.filename != target:
         why += f" ({e.filename})"
     hint = None
