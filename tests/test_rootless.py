@@ -100,7 +100,8 @@ def test_rootless_full_cycle_in_user_namespace(user: User, base_tar: Path) -> No
         with open({str(base_tar)!r}, "rb") as f:
             base = store.layers.import_tar(f, "base")
         # ownership the namespace cannot apply is kept, and exported back
-        assert os.getxattr(os.path.join(base.path, "home/someone"), "user.tophan.owner") == b"4242:4242"
+        owner = os.getxattr(os.path.join(base.path, "home/someone"), "user.tophan.owner")
+        assert owner == b"4242:4242", owner
         ws = store.workspaces.create("w", ["base"])
         mp = ws.mountpoint
         open(os.path.join(mp, "new"), "w").write("new\\n")
