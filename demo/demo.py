@@ -72,7 +72,10 @@ def main() -> None:
 
 def run(work: Path) -> None:
     base_tar = build_base_tar(work)
-    print(f"1. a store, and a base layer from a busybox-static rootfs ({base_tar.stat().st_size:,} B tar)")
+    print(
+        "1. a store, and a base layer from a busybox-static rootfs"
+        f" ({base_tar.stat().st_size:,} B tar)"
+    )
     tophan("init", str(STORE))
     tophan("layer", "import", str(base_tar), "base")
     print("2. a workspace over it, mounted with overlayfs")
@@ -83,11 +86,18 @@ def run(work: Path) -> None:
     (mp / "bin/busybox").chmod(0o700)
     (mp / "etc/passwd").unlink()
     shutil.rmtree(mp / "usr/share/doc")
-    for what in ("added app.txt", "modified etc/motd", "chmod 700 bin/busybox",
-                 "deleted etc/passwd (base file)", "deleted usr/share/doc (base dir)"):
+    for what in (
+        "added app.txt",
+        "modified etc/motd",
+        "chmod 700 bin/busybox",
+        "deleted etc/passwd (base file)",
+        "deleted usr/share/doc (base dir)",
+    ):
         print(f"     - {what}")
     upper = Path(tophan("ws", "upper", "job", quiet=True).strip())
-    print(f"   the upper dir now holds: {sorted(str(p.relative_to(upper)) for p in upper.rglob('*'))}")
+    print(
+        f"   the upper dir now holds: {sorted(str(p.relative_to(upper)) for p in upper.rglob('*'))}"
+    )
     tophan("ws", "list")
     print("4. unmount, and commit the changes as a new layer")
     tophan("ws", "unmount", "job")
@@ -106,9 +116,11 @@ def run(work: Path) -> None:
     print(f"     same digest: {a == b}; layer trees on disk: {trees} (base + changes)")
     print("7. a new workspace over [changes, base] sees the job's result")
     mp2 = Path(tophan("ws", "create", "check", "-l", "changes-again", "-l", "base").strip())
-    print(f"     etc/motd: {(mp2 / 'etc/motd').read_text().strip()!r}; "
-          f"etc/passwd exists: {(mp2 / 'etc/passwd').exists()}; "
-          f"usr/share/doc exists: {(mp2 / 'usr/share/doc').exists()}")
+    print(
+        f"     etc/motd: {(mp2 / 'etc/motd').read_text().strip()!r}; "
+        f"etc/passwd exists: {(mp2 / 'etc/passwd').exists()}; "
+        f"usr/share/doc exists: {(mp2 / 'usr/share/doc').exists()}"
+    )
     tophan("ws", "rm", "check")
     tophan("ws", "rm", "job")
     tophan("fsck")
