@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tarbuild import snapshot
-from tophan import Store
+from tophan import Store, tarexport
 
 
 @pytest.fixture
@@ -50,6 +50,8 @@ def commit_case(store: Store, change: Callable[[Path], None]) -> tuple[list[str]
     before = snapshot(mp)
     store.workspaces.unmount("w")
     layer = store.layers.commit("w", "delta")
+    # the digest commit computed while copying is the digest of what it wrote
+    assert layer.digest == tarexport.digest_tree(layer.path, xattr_ns="trusted")
     out = io.BytesIO()
     store.layers.export("delta", out)
     out.seek(0)

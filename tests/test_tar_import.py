@@ -24,7 +24,9 @@ from tophan import tarexport, tarimport
 def extract(data: bytes | io.BufferedIOBase, dest: Path, privileged: bool = True) -> Path:
     dest.mkdir()
     src = io.BytesIO(data) if isinstance(data, bytes) else data
-    tarimport.extract(src, str(dest), xattr_ns="trusted", privileged=privileged)
+    stats = tarimport.extract(src, str(dest), xattr_ns="trusted", privileged=privileged)
+    # the digest import computes from the archive is the digest of what landed on disk
+    assert stats.digest == tarexport.digest_tree(str(dest), xattr_ns="trusted")
     return dest
 
 

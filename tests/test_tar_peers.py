@@ -75,7 +75,8 @@ def test_umoci_layer_with_whiteouts_imports(tmp_path: Path) -> None:
     dest = tmp_path / "layer"
     dest.mkdir()
     with open(blob, "rb") as src:
-        tarimport.extract(src, str(dest), xattr_ns="trusted", privileged=True)
+        stats = tarimport.extract(src, str(dest), xattr_ns="trusted", privileged=True)
+    assert stats.digest == tarexport.digest_tree(str(dest), xattr_ns="trusted")
     for name in ("gone", "dir"):
         st = os.lstat(dest / name)
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
@@ -133,8 +134,9 @@ def test_gnu_tar_pax_xattrs_import_exactly(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     with open(tar, "rb") as fh:
-        tarimport.extract(fh, str(dest), xattr_ns="trusted", privileged=True)
+        stats = tarimport.extract(fh, str(dest), xattr_ns="trusted", privileged=True)
     assert snapshot(dest) == snapshot(src)
+    assert stats.digest == tarexport.digest_tree(str(src), xattr_ns="trusted")
 
 
 def test_our_export_unpacks_exactly_with_gnu_tar(tmp_path: Path) -> None:

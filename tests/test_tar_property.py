@@ -96,7 +96,8 @@ def test_export_import_roundtrip(
         dest = Path(tmp) / "dest"
         dest.mkdir()
         buf.seek(0)
-        tarimport.extract(buf, str(dest), xattr_ns="trusted", privileged=True)
+        stats = tarimport.extract(buf, str(dest), xattr_ns="trusted", privileged=True)
+        assert stats.digest == digest
         assert snapshot(dest) == snapshot(src)
         assert tarexport.digest_tree(str(dest), xattr_ns="trusted") == digest
         shutil.rmtree(src)

@@ -22,8 +22,10 @@ import stat
 from typing import Literal
 
 from tophan.errors import TophanError
+from tophan.tarexport import OWNER_XATTR, Node, write_nodes
 
 CHUNK = 1 << 20
+KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read
 XattrNs = Literal["trusted", "user"]
 _OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
@@ -75,6 +77,9 @@ class _Differ:
         self.opaque_key = f"{xattr_ns}.overlay.opaque"
         self.links: dict[tuple[int, int], bytes] = {}
         self.dirs: list[tuple[bytes, os.stat_result, dict[str, bytes]]] = []
+        # what the canonical tar of dest will say, so the digest needs no second pass
+        self.nodes: dict[bytes, Node] = {}
+        self.kept = 0
 
     # -- what the lowers show ------------------------------------------------------------------
 
@@ -162,6 +167,9 @@ class _Differ:
         if opaque:
             os.setxattr(dst, self.opaque_key, b"y")
         self.dirs.append((dst, st, xattrs))
+        node = _node("d", st, xattrs)
+        node.opaque = opaque
+        self.nodes[rel] = node
         return True
 
     def identical(
@@ -189,7 +197,9 @@ class _Differ:
     def make_whiteout(self, rel: bytes, st: os.stat_result, src: bytes) -> None:
         dst = self.dest + b"/" + rel
         os.mknod(dst, stat.S_IFCHR | 0o600, 0)
-        self.meta(dst, st, _xattrs(src), None)
+        xattrs = _xattrs(src)
+        self.meta(dst, st, xattrs, None)
+        self.nodes[rel] = _node("w", st, xattrs)
 
     def copy(self, rel: bytes, src: bytes, st: os.stat_result, xattrs: dict[str, bytes]) -> None:
         dst = self.dest + b"/" + rel
@@ -199,39 +209,55 @@ class _Differ:
             if st.st_nlink > 1:
                 first = self.links.get(key)
                 if first is not None:
-                    os.link(first, dst)
+                    os.link(self.dest + b"/" + first, dst)
+                    self.nodes[rel] = self.nodes[first]  # one Node object: one inode
                     return
-                self.links[key] = dst
-            self.copy_file(src, dst, st, xattrs)
+                self.links[key] = rel
+            data = self.copy_file(src, dst, st, xattrs)
+            self.nodes[rel] = _node("f", st, xattrs, size=st.st_size, data=data)
         elif stat.S_ISLNK(m):
-            os.symlink(os.readlink(src), dst)
+            target = os.readlink(src)
+            os.symlink(target, dst)
             self.meta(dst, st, xattrs, None, link=True)
+            self.nodes[rel] = _node("l", st, xattrs, link=target)
         elif stat.S_ISFIFO(m):
             os.mkfifo(dst, 0o600)
             self.meta(dst, st, xattrs, None)
+            self.nodes[rel] = _node("p", st, xattrs)
         elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
             os.mknod(dst, stat.S_IFMT(m) | 0o600, st.st_rdev)
             self.meta(dst, st, xattrs, None)
+            self.nodes[rel] = _node("c" if stat.S_ISCHR(m) else "b", st, xattrs, rdev=st.st_rdev)
         # sockets are not layer content
 
     def copy_file(
         self, src: bytes, dst: bytes, st: os.stat_result, xattrs: dict[str, bytes]
-    ) -> None:
+    ) -> bytes | None:
+        """Copy content and metadata; small files' content is returned for the digest."""
+        data = None
         fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                left = st.st_size
-                while left > 0:
-                    n = os.copy_file_range(fin, fout, min(left, 1 << 30))
-                    if n == 0:
-                        break
-                    left -= n
+                if st.st_size <= CHUNK and self.kept + st.st_size <= KEEP_BUDGET:
+                    data = os.read(fin, st.st_size + 1)
+                    if len(data) != st.st_size:
+                        raise TophanError(f"{os.fsdecode(src)} changed while it was committed")
+                    os.write(fout, data)
+                    self.kept += st.st_size
+                else:
+                    left = st.st_size
+                    while left > 0:
+                        n = os.copy_file_range(fin, fout, min(left, 1 << 30))
+                        if n == 0:
+                            break
+                        left -= n
                 self.meta(dst, st, xattrs, fout)
             finally:
                 os.close(fout)
         finally:
             os.close(fin)
+        return data
 
     @staticmethod
     def meta(
@@ -266,6 +292,21 @@ class _Differ:
             self.meta(dst, st, xattrs, None)
 
 
+def _node(kind: str, st: os.stat_result, xattrs: dict[str, bytes], **kw: object) -> Node:
+    """The Node export would build from the copy we just made (see tarexport.node_from_disk)."""
+    xb = {k.encode("utf-8", "surrogateescape"): xattrs[k] for k in sorted(xattrs)}
+    uid, gid = st.st_uid, st.st_gid
+    raw = xb.pop(OWNER_XATTR, None)
+    if raw:
+        try:
+            u, g = raw.split(b":")
+            uid, gid = int(u), int(g)
+        except ValueError:
+            pass
+    mode = stat.S_IMODE(st.st_mode)
+    return Node(kind, mode, uid, gid, st.st_mtime_ns, xb, **kw)  # type: ignore[arg-type]
+
+
 def _xattrs_opaque(path: bytes, key: str) -> bool:
     try:
         return os.getxattr(path, key, follow_symlinks=False) == b"y"
@@ -285,12 +326,15 @@ def _same_meta(
     )
 
 
-def diff_upper(upper: str, lowers: list[str], dest: str, *, xattr_ns: XattrNs) -> None:
-    """Write into the empty dir ``dest`` the layer that ``upper`` adds on top of ``lowers``."""
+def diff_upper(upper: str, lowers: list[str], dest: str, *, xattr_ns: XattrNs) -> tuple[str, int]:
+    """Write into the empty dir ``dest`` the layer that ``upper`` adds on top of ``lowers``.
+
+    Returns the new layer's digest and canonical tar size."""
     d = _Differ(os.fsencode(upper), os.fsencode(dest), xattr_ns)
     try:
         d.walk(b"", [os.fsencode(lo) for lo in lowers])
         d.finish()
+        return write_nodes(dest, d.nodes, None)
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
         raise TophanError(f"cannot commit: {e.strerror}{where}") from e

@@ -153,10 +153,11 @@ class Layers:
         """Import a plain/gzip/zstd tar stream as layer ``name``."""
         from tophan import tarimport
 
-        def fill(tree: str) -> None:
-            tarimport.extract(
+        def fill(tree: str) -> tuple[str, int]:
+            stats = tarimport.extract(
                 src, tree, xattr_ns=self.store.xattr_ns, privileged=self.store.privileged
             )
+            return stats.digest, stats.size
 
         return self._build(name, fill, {"imported_from": label} if label else {})
 
@@ -201,8 +202,8 @@ class Layers:
                 )
             lowers = [self.tree_path(d) for d in ws.lower_digests]
 
-            def fill(tree: str) -> None:
-                commit.diff_upper(ws.upper, lowers, tree, xattr_ns=self.store.xattr_ns)
+            def fill(tree: str) -> tuple[str, int]:
+                return commit.diff_upper(ws.upper, lowers, tree, xattr_ns=self.store.xattr_ns)
 
             source = {
                 "from_ws": ws_name,
@@ -211,7 +212,9 @@ class Layers:
             }
             return self._build(name, fill, source)
 
-    def _build(self, name: str, fill: Callable[[str], None], source: dict[str, Any]) -> Layer:
+    def _build(
+        self, name: str, fill: Callable[[str], tuple[str, int] | None], source: dict[str, Any]
+    ) -> Layer:
         from tophan import tarexport
 
         names.check(name, "layer")
@@ -221,8 +224,8 @@ class Layers:
         try:
             tree = os.path.join(staging.path, TREE)
             os.mkdir(tree, 0o755)
-            fill(tree)
-            digest, size = tarexport.write_tar(tree, None, xattr_ns=self.store.xattr_ns)
+            known = fill(tree)
+            digest, size = known or tarexport.write_tar(tree, None, xattr_ns=self.store.xattr_ns)
             return self._publish(staging, name, digest, size, source)
         finally:
             staging.discard()

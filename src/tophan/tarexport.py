@@ -59,6 +59,11 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+_MAGIC_SUM = sum(b"ustar\x0000") + 8 * 32  # + the checksum field, counted as eight spaces
+_TAIL_MAGIC = b"ustar\x0000" + bytes(64)  # magic, version, empty uname and gname
+_PAD = bytes(167)  # prefix + padding
+
+
 def _header(
     name: bytes,
     mode: int,
@@ -71,25 +76,24 @@ def _header(
     devmajor: int = 0,
     devminor: int = 0,
 ) -> bytes:
-    head = (
-        name[:100].ljust(100, b"\0")
-        + _octal(mode, 8)
-        + _octal(uid, 8)
-        + _octal(gid, 8)
-        + _octal(size, 12)
-        + _octal(mtime, 12)
+    name = name[:100]
+    linkname = linkname[:100]
+    nums = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    devs = b"%07o\0%07o\0" % (devmajor, devminor)
+    # Summing only the non-constant bytes: the zero padding adds nothing.
+    chksum = sum(name) + sum(nums) + typeflag[0] + sum(linkname) + sum(devs) + _MAGIC_SUM
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            nums,
+            b"%06o\0 " % chksum,
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            _TAIL_MAGIC,
+            devs,
+            _PAD,
+        )
     )
-    tail = (
-        typeflag
-        + linkname[:100].ljust(100, b"\0")
-        + b"ustar\x0000"
-        + bytes(64)  # uname, gname
-        + _octal(devmajor, 8)
-        + _octal(devminor, 8)
-        + bytes(167)  # prefix + pad
-    )
-    chksum = sum(head) + 256 + sum(tail)  # the checksum field counts as eight spaces
-    return head + b"%06o\0 " % chksum + tail
 
 
 def _pax_record(key: bytes, value: bytes) -> bytes:
@@ -106,41 +110,130 @@ def _mtime_text(ns: int) -> bytes:
     return sign + b"%d.%09d" % (sec, frac)
 
 
-def _owner(xattrs: dict[bytes, bytes], st: os.stat_result) -> tuple[int, int]:
-    raw = xattrs.get(OWNER_XATTR)
+class Node:
+    """What the canonical tar says about one path: built from disk by export, and from the
+    archive by import (so an import needs no second pass over the tree to know its digest).
+
+    Regular files that share one Node object are hardlinks of each other.
+    """
+
+    __slots__ = (
+        "data",
+        "gid",
+        "kind",
+        "link",
+        "mode",
+        "mtime_ns",
+        "opaque",
+        "rdev",
+        "size",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        mtime_ns: int,
+        xattrs: dict[bytes, bytes],
+        size: int = 0,
+        link: bytes = b"",
+        rdev: int = 0,
+        data: bytes | memoryview | None = None,
+    ) -> None:
+        self.kind = kind  # one of KINDS
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_ns = mtime_ns
+        self.xattrs = xattrs  # sorted by key, overlay and owner xattrs excluded
+        self.size = size
+        self.link = link  # a symlink's target
+        self.rdev = rdev
+        self.data = data  # a regular file's content when held in memory
+        self.opaque = False
+
+
+# d dir, f file, l symlink, c char device, b block device, p fifo, w whiteout
+_TYPEFLAGS = {"d": b"5", "f": b"0", "l": b"2", "c": b"3", "b": b"4", "p": b"6", "w": b"0"}
+
+
+def _filtered_xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in sorted(names):
+        key = n.encode("utf-8", "surrogateescape")
+        if key.startswith((b"trusted.overlay.", b"user.overlay.")):
+            continue
+        try:
+            out[key] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue  # vanished between list and get
+    return out
+
+
+def node_from_disk(path: bytes, st: os.stat_result, opaque_key: str) -> Node | None:
+    """The Node of one on-disk entry (None for sockets, which tar cannot hold)."""
+    m = st.st_mode
+    xattrs = _filtered_xattrs(path)
+    uid, gid = st.st_uid, st.st_gid
+    raw = xattrs.pop(OWNER_XATTR, None)
     if raw:
         try:
             u, g = raw.split(b":")
-            return int(u), int(g)
+            uid, gid = int(u), int(g)
         except ValueError:
             pass
-    return st.st_uid, st.st_gid
+    mode = stat.S_IMODE(m)
+    if stat.S_ISREG(m):
+        return Node("f", mode, uid, gid, st.st_mtime_ns, xattrs, size=st.st_size)
+    if stat.S_ISDIR(m):
+        node = Node("d", mode, uid, gid, st.st_mtime_ns, xattrs)
+        try:
+            node.opaque = os.getxattr(path, opaque_key, follow_symlinks=False) == b"y"
+        except OSError:
+            pass
+        return node
+    if stat.S_ISLNK(m):
+        return Node("l", mode, uid, gid, st.st_mtime_ns, xattrs, link=os.readlink(path))
+    if stat.S_ISCHR(m):
+        kind = "w" if st.st_rdev == 0 else "c"
+        return Node(kind, mode, uid, gid, st.st_mtime_ns, xattrs, rdev=st.st_rdev)
+    if stat.S_ISBLK(m):
+        return Node("b", mode, uid, gid, st.st_mtime_ns, xattrs, rdev=st.st_rdev)
+    if stat.S_ISFIFO(m):
+        return Node("p", mode, uid, gid, st.st_mtime_ns, xattrs)
+    return None
 
 
 class _Writer:
-    def __init__(self, tree: bytes, sink: _Sink, opaque_key: bytes) -> None:
+    """Emits canonical entries, in the order it is given them (the caller sorts)."""
+
+    def __init__(self, tree: bytes, sink: _Sink) -> None:
         self.tree = tree
         self.sink = sink
-        self.opaque_key = opaque_key.decode()
-        self.links: dict[tuple[int, int], bytes] = {}
+        self.links: dict[object, bytes] = {}
         self.readbuf = bytearray(CHUNK)
 
-    def entry(
+    def header(
         self,
         name: bytes,
-        st: os.stat_result,
         typeflag: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        mtime_ns: int,
         xattrs: dict[bytes, bytes],
-        *,
         size: int = 0,
         linkname: bytes = b"",
-        owner: tuple[int, int] | None = None,
-        mode: int | None = None,
-        mtime_ns: int | None = None,
+        rdev: int = 0,
     ) -> None:
-        uid, gid = owner if owner is not None else _owner(xattrs, st)
-        mode = stat.S_IMODE(st.st_mode) if mode is None else mode
-        mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
         sec, frac = divmod(mtime_ns, 1_000_000_000)
         pax: dict[bytes, bytes] = {}
         if len(name) > 100:
@@ -156,17 +249,14 @@ class _Writer:
         if frac or not 0 <= sec <= OCTAL11_MAX:
             pax[b"mtime"] = _mtime_text(mtime_ns)
         for key, value in xattrs.items():
-            if key != OWNER_XATTR:
-                pax[b"SCHILY.xattr." + key] = value
+            pax[b"SCHILY.xattr." + key] = value
         if pax:
             records = b"".join(_pax_record(k, pax[k]) for k in sorted(pax))
             base = name.rstrip(b"/").rsplit(b"/", 1)[-1]
             self.sink.add(_header(b"PaxHeaders/" + base, 0o644, 0, 0, len(records), 0, b"x"))
             self.sink.add(records)
             self.sink.add(bytes(-len(records) % BLOCK))
-        dev_major = dev_minor = 0
-        if typeflag in (b"3", b"4"):
-            dev_major, dev_minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        dev = (os.major(rdev), os.minor(rdev)) if typeflag in (b"3", b"4") else (0, 0)
         self.sink.add(
             _header(
                 name,
@@ -177,82 +267,73 @@ class _Writer:
                 sec if 0 <= sec <= OCTAL11_MAX else 0,
                 typeflag,
                 linkname,
-                dev_major,
-                dev_minor,
+                *dev,
             )
         )
 
-    def xattrs(self, path: bytes) -> dict[bytes, bytes]:
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            return {}
-        out = {}
-        for n in sorted(names):
-            key = n.encode("utf-8", "surrogateescape")
-            if key.startswith((b"trusted.overlay.", b"user.overlay.")):
-                continue
-            try:
-                out[key] = os.getxattr(path, n, follow_symlinks=False)
-            except OSError:
-                continue  # vanished between list and get
-        return out
+    def emit(self, rel: bytes, node: Node, link_key: object) -> None:
+        """One entry (plus its opaque marker); ``link_key`` identifies a regular file's inode."""
+        k = node.kind
+        if k == "w":
+            parent, _, base = rel.rpartition(b"/")
+            name = parent + b"/.wh." + base if parent else b".wh." + base
+            self.header(name, b"0", node.mode, node.uid, node.gid, node.mtime_ns, {})
+            return
+        if k == "d":
+            self.header(rel + b"/", b"5", node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs)
+            if node.opaque:
+                self.header(rel + b"/" + OPAQUE_ENTRY, b"0", 0o644, 0, 0, 0, {})
+            return
+        if k == "f":
+            first = self.links.get(link_key)
+            if first is not None:
+                self.header(
+                    rel,
+                    b"1",
+                    node.mode,
+                    node.uid,
+                    node.gid,
+                    node.mtime_ns,
+                    node.xattrs,
+                    linkname=first,
+                )
+                return
+            self.links[link_key] = rel
+            self.header(
+                rel, b"0", node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs, node.size
+            )
+            if node.data is not None:
+                self.sink.add(node.data)
+                self.sink.add(bytes(-node.size % BLOCK))
+            else:
+                self.content(self.tree + b"/" + rel, node.size, rel)
+            return
+        self.header(
+            rel,
+            _TYPEFLAGS[k],
+            node.mode,
+            node.uid,
+            node.gid,
+            node.mtime_ns,
+            node.xattrs,
+            linkname=node.link,
+            rdev=node.rdev,
+        )
 
-    def is_opaque(self, path: bytes) -> bool:
-        try:
-            return os.getxattr(path, self.opaque_key, follow_symlinks=False) == b"y"
-        except OSError:
-            return False
-
-    def walk(self, rel: bytes, opaque: bool = False) -> None:
+    def walk(self, rel: bytes, opaque_key: str, in_opaque: bool = False) -> None:
         path = self.tree + b"/" + rel if rel else self.tree
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             child = rel + b"/" + e.name if rel else e.name
-            self.one(child, e.path, e.stat(follow_symlinks=False), e.name, opaque)
-
-    def one(
-        self, rel: bytes, path: bytes, st: os.stat_result, base: bytes, in_opaque: bool
-    ) -> None:
-        m = st.st_mode
-        if stat.S_ISCHR(m) and st.st_rdev == 0:
-            if in_opaque:
-                return  # hides nothing: an opaque dir already hides all below it
-            # An overlay whiteout: its own entry, never a hardlink (see docs/layer-format.md).
-            parent = rel[: -len(base)]
-            xattrs = self.xattrs(path)
-            owner = _owner(xattrs, st)
-            self.entry(parent + b".wh." + base, st, b"0", {}, owner=owner)
-            return
-        xattrs = self.xattrs(path)
-        if stat.S_ISDIR(m):
-            opaque = self.is_opaque(path)
-            self.entry(rel + b"/", st, b"5", xattrs)
-            if opaque:
-                self.entry(
-                    rel + b"/" + OPAQUE_ENTRY, st, b"0", {}, owner=(0, 0), mode=0o644, mtime_ns=0
-                )
-            self.walk(rel, opaque)
-        elif stat.S_ISREG(m):
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                first = self.links.get(key)
-                if first is not None:
-                    self.entry(rel, st, b"1", xattrs, linkname=first)
-                    return
-                self.links[key] = rel
-            self.entry(rel, st, b"0", xattrs, size=st.st_size)
-            self.content(path, st.st_size, rel)
-        elif stat.S_ISLNK(m):
-            self.entry(rel, st, b"2", xattrs, linkname=os.readlink(path))
-        elif stat.S_ISCHR(m):
-            self.entry(rel, st, b"3", xattrs)
-        elif stat.S_ISBLK(m):
-            self.entry(rel, st, b"4", xattrs)
-        elif stat.S_ISFIFO(m):
-            self.entry(rel, st, b"6", xattrs)
-        # sockets cannot be represented in tar: skipped
+            st = e.stat(follow_symlinks=False)
+            node = node_from_disk(e.path, st, opaque_key)
+            if node is None or (node.kind == "w" and in_opaque):
+                continue  # sockets; whiteouts an opaque dir makes meaningless
+            key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else child
+            self.emit(child, node, key)
+            if node.kind == "d":
+                self.walk(child, opaque_key, node.opaque)
 
     def content(self, path: bytes, size: int, rel: bytes) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -263,22 +344,19 @@ class _Writer:
                     raise _changed(rel)
                 self.sink.add(data)
             else:
-                self._stream(fd, size, rel)
+                view = memoryview(self.readbuf)
+                left = size
+                while left:
+                    n = os.readv(fd, [view[: min(left, CHUNK)]])
+                    if n == 0:
+                        raise _changed(rel)
+                    self.sink.big(view[:n])
+                    left -= n
+                if os.read(fd, 1):
+                    raise _changed(rel)
         finally:
             os.close(fd)
         self.sink.add(bytes(-size % BLOCK))
-
-    def _stream(self, fd: int, size: int, rel: bytes) -> None:
-        view = memoryview(self.readbuf)
-        left = size
-        while left:
-            n = os.readv(fd, [view[: min(left, CHUNK)]])
-            if n == 0:
-                raise _changed(rel)
-            self.sink.big(view[:n])
-            left -= n
-        if os.read(fd, 1):
-            raise _changed(rel)
 
 
 def _changed(rel: bytes) -> TophanError:
@@ -294,8 +372,26 @@ def write_tar(tree: str, out: IO[bytes] | None, *, xattr_ns: XattrNs) -> tuple[s
     Returns ``("sha256:<hex>", uncompressed size)``.
     """
     sink = _Sink(out)
-    writer = _Writer(os.fsencode(tree), sink, f"{xattr_ns}.overlay.opaque".encode())
-    writer.walk(b"")
+    _Writer(os.fsencode(tree), sink).walk(b"", f"{xattr_ns}.overlay.opaque")
+    sink.add(ZERO_BLOCK * 2)
+    sink.flush()
+    return "sha256:" + sink.h.hexdigest(), sink.size
+
+
+def write_nodes(tree: str, nodes: dict[bytes, Node], out: IO[bytes] | None) -> tuple[str, int]:
+    """The canonical tar of a tree described by ``nodes`` (relative path -> Node), as
+    :func:`write_tar` would write it from disk; file content not held in a Node is read from
+    ``tree``. Import uses this to know a layer's digest without a second pass over the tree."""
+    sink = _Sink(out)
+    writer = _Writer(os.fsencode(tree), sink)
+    opaque: set[bytes] = set()
+    for rel in sorted(nodes, key=lambda r: r.split(b"/")):
+        node = nodes[rel]
+        if node.kind == "w" and rel.rpartition(b"/")[0] in opaque:
+            continue
+        writer.emit(rel, node, id(node) if node.kind == "f" else rel)
+        if node.opaque:
+            opaque.add(rel)
     sink.add(ZERO_BLOCK * 2)
     sink.flush()
     return "sha256:" + sink.h.hexdigest(), sink.size

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from tophan.errors import ArchiveError
+from tophan.tarexport import Node
 
 BLOCK = 512
 CHUNK = 1 << 20
 MAX_META = 1 << 20  # pax / GNU long-name headers larger than this are refused as absurd
+KEEP_BUDGET = 256 << 20  # file content held in memory for the digest, instead of re-reading it
 OWNER_XATTR = "user.tophan.owner"
 WH_PREFIX = b".wh."
 WH_OPAQUE = b".wh..wh..opq"
@@ -38,6 +40,8 @@ class ExtractStats:
     bytes: int = 0
     owners_recorded: int = 0  # ownership kept in user.tophan.owner because chown was impossible
     xattrs_skipped: list[str] = field(default_factory=list)
+    digest: str = ""  # of the canonical tar of what was extracted (the layer's DiffID)
+    size: int = 0  # of that canonical tar
 
 
 @dataclass
@@ -74,6 +78,11 @@ def _show(name: bytes) -> str:
 
 
 def _num(field_: bytes, what: str) -> int:
+    if not field_[0] & 0x80:
+        try:
+            return int(field_.rstrip(b"\0 ") or b"0", 8)  # the common case, fast
+        except ValueError:
+            pass
     if field_ and field_[0] & 0x80:
         if field_[0] == 0xFF:
             raise ArchiveError(f"corrupt tar header: negative {what}")
@@ -160,9 +169,11 @@ class _Stream:
         self.offset += len(data)
         return data
 
-    def exact(self, n: int, what: str) -> bytes:
+    def exact(self, n: int, what: str | bytes) -> bytes:
         data = self.read(n)
         if len(data) != n:
+            if isinstance(what, bytes):  # a member name: formatted only when it is needed
+                what = f"member {_show(what)!r}"
             raise ArchiveError(
                 f"archive is truncated: {what} needs {n - len(data)} more bytes",
                 "the file is incomplete; fetch it again",
@@ -182,6 +193,8 @@ class _Extractor:
         self.dirs: dict[bytes, _DirMeta] = {}
         self.opaque: set[bytes] = set()
         self.stats = ExtractStats()
+        self.nodes: dict[bytes, Node] = {}  # what the canonical tar will say, path by path
+        self.kept = 0
         self.euid = os.geteuid()
         self.egid = os.getegid()
 
@@ -238,6 +251,7 @@ class _Extractor:
             prefix = rel + b"/"
             for k in [k for k in self.kinds if k.startswith(prefix)]:
                 del self.kinds[k]
+                self.nodes.pop(k, None)
                 self.dirs.pop(k, None)
                 self.opaque.discard(k)
             self.dirs.pop(rel, None)
@@ -245,50 +259,63 @@ class _Extractor:
         else:
             os.unlink(full)
         del self.kinds[rel]
+        self.nodes.pop(rel, None)
 
     # -- metadata ------------------------------------------------------------------------------
 
-    def chown(self, target: int | bytes, uid: int, gid: int, is_link: bool) -> bool:
+    def chown(self, target: int | bytes, uid: int, gid: int, holds_xattrs: bool) -> tuple[int, int]:
+        """Apply ownership; returns the owner export will see (an unapplicable one is kept in
+        user.tophan.owner where the file can hold it, else it is what the file really has)."""
         if uid == self.euid and gid == self.egid:
-            return True
+            return uid, gid
         try:
             if isinstance(target, int):
                 os.fchown(target, uid, gid)
             else:
                 os.chown(target, uid, gid, follow_symlinks=False)
-            return True
+            return uid, gid
         except OSError as e:
             if self.privileged or e.errno not in (errno.EPERM, errno.EINVAL):
                 raise
-        if not is_link:
+        if holds_xattrs:
             self.set_xattr(target, OWNER_XATTR, b"%d:%d" % (uid, gid), strict=True)
             self.stats.owners_recorded += 1
-        return False
+            return uid, gid
+        return self.euid, self.egid
 
-    def set_xattr(self, target: int | bytes, key: str, value: bytes, strict: bool = False) -> None:
+    def set_xattr(self, target: int | bytes, key: str, value: bytes, strict: bool = False) -> bool:
         try:
             if isinstance(target, int):
                 os.setxattr(target, key, value)
             else:
                 os.setxattr(target, key, value, follow_symlinks=False)
+            return True
         except OSError as e:
             if strict or self.privileged or e.errno not in (errno.EPERM, errno.ENOTSUP):
                 raise ArchiveError(f"cannot set xattr {key}: {e.strerror}") from e
             self.stats.xattrs_skipped.append(key)
+            return False
 
-    def xattrs(self, target: int | bytes, xattrs: dict[str, bytes]) -> None:
-        for key, value in xattrs.items():
-            self.set_xattr(target, key, value)
+    def xattrs(self, target: int | bytes, xattrs: dict[str, bytes]) -> dict[bytes, bytes]:
+        """Apply xattrs; returns those applied, as export will see them."""
+        applied = {}
+        for key in sorted(xattrs):
+            if self.set_xattr(target, key, xattrs[key]):
+                applied[key.encode("utf-8", "surrogateescape")] = xattrs[key]
+        return applied
 
     def finish_dirs(self) -> None:
         # Deepest first: creating children changes a dir's mtime, and a 0555 dir takes none.
         for rel in sorted(self.dirs, key=lambda r: r.count(b"/"), reverse=True):
             meta = self.dirs[rel]
             full = self.path(rel)
-            self.chown(full, meta.uid, meta.gid, False)
-            self.xattrs(full, meta.xattrs)
+            uid, gid = self.chown(full, meta.uid, meta.gid, True)
+            applied = self.xattrs(full, meta.xattrs)
             os.chmod(full, meta.mode)
             os.utime(full, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
+            node = Node("d", meta.mode, uid, gid, meta.mtime_ns, applied)
+            node.opaque = rel in self.opaque
+            self.nodes[rel] = node
 
     # -- members -------------------------------------------------------------------------------
 
@@ -328,9 +355,10 @@ class _Extractor:
             full = self.path(rel)
             os.symlink(m.linkname, full)
             self.kinds[rel] = LINK
-            self.chown(full, m.uid, m.gid, True)
-            self.xattrs(full, m.xattrs)
+            uid, gid = self.chown(full, m.uid, m.gid, False)
+            applied = self.xattrs(full, m.xattrs)
             os.utime(full, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+            self.nodes[rel] = Node("l", 0o777, uid, gid, m.mtime_ns, applied, link=m.linkname)
         elif t in (b"3", b"4", b"6"):
             self.skip(stream, m.size)
             self.special(rel, m, raw)
@@ -351,30 +379,40 @@ class _Extractor:
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600,
         )
+        kept: memoryview | None = None
         try:
             if m.sparse is not None:
                 self.write_sparse(fd, m, stream)
+                size = m.realsize
             elif m.size <= CHUNK:
                 pad = -m.size % BLOCK
-                data = stream.exact(m.size + pad, f"member {_show(m.name)!r}")
-                if m.size:
-                    os.write(fd, memoryview(data)[: m.size])
+                data = stream.exact(m.size + pad, m.name)
+                size = m.size
+                if size:
+                    kept = memoryview(data)[:size]
+                    os.write(fd, kept)
+                    if self.kept + size > KEEP_BUDGET:
+                        kept = None
+                    else:
+                        self.kept += size
             else:
                 self.write_stream(fd, m.size, stream, m.name)
                 stream.exact(-m.size % BLOCK, "padding")
-            self.stats.bytes += m.size
-            self.chown(fd, m.uid, m.gid, False)
-            self.xattrs(fd, m.xattrs)
+                size = m.size
+            self.stats.bytes += size
+            uid, gid = self.chown(fd, m.uid, m.gid, True)
+            applied = self.xattrs(fd, m.xattrs)
             os.fchmod(fd, m.mode)
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
         finally:
             os.close(fd)
+        self.nodes[rel] = Node("f", m.mode, uid, gid, m.mtime_ns, applied, size=size, data=kept)
 
     @staticmethod
     def write_stream(fd: int, size: int, stream: _Stream, name: bytes) -> None:
         left = size
         while left:
-            data = stream.exact(min(left, CHUNK), f"member {_show(name)!r}")
+            data = stream.exact(min(left, CHUNK), name)
             view = memoryview(data)
             while view:
                 n = os.write(fd, view)
@@ -415,12 +453,14 @@ class _Extractor:
         self.make_room(rel, kind)
         os.link(self.path(target), self.path(rel), follow_symlinks=False)
         self.kinds[rel] = kind
+        self.nodes[rel] = self.nodes[target]  # one Node object: one inode
 
     def special(self, rel: bytes, m: _Member, raw: bytes) -> None:
         self.make_room(rel, OTHER)
         full = self.path(rel)
         if m.typeflag == b"6":
             os.mkfifo(full, 0o600)
+            kind = "p"
         else:
             is_whiteout = m.typeflag == b"3" and m.devmajor == 0 and m.devminor == 0
             if not self.privileged and not is_whiteout:
@@ -428,16 +468,19 @@ class _Extractor:
                     f"device node {_show(raw)!r} needs root",
                     "import as root, or drop device nodes from the archive",
                 )
-            kind = stat.S_IFCHR if m.typeflag == b"3" else stat.S_IFBLK
-            os.mknod(full, kind | 0o600, os.makedev(m.devmajor, m.devminor))
-        self.kinds[rel] = OTHER
-        self.meta_path(full, m)
+            ifmt = stat.S_IFCHR if m.typeflag == b"3" else stat.S_IFBLK
+            os.mknod(full, ifmt | 0o600, os.makedev(m.devmajor, m.devminor))
+            kind = "w" if is_whiteout else ("c" if m.typeflag == b"3" else "b")
+        self.kinds[rel] = WHITEOUT if kind == "w" else OTHER
+        self.meta_path(rel, full, m, kind, os.makedev(m.devmajor, m.devminor))
 
-    def meta_path(self, full: bytes, m: _Member) -> None:
-        self.chown(full, m.uid, m.gid, False)
-        self.xattrs(full, m.xattrs)
+    def meta_path(self, rel: bytes, full: bytes, m: _Member, kind: str, rdev: int = 0) -> None:
+        # devices and fifos cannot hold user.* xattrs, so no user.tophan.owner either
+        uid, gid = self.chown(full, m.uid, m.gid, False)
+        applied = self.xattrs(full, m.xattrs)
         os.chmod(full, m.mode)
         os.utime(full, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+        self.nodes[rel] = Node(kind, m.mode, uid, gid, m.mtime_ns, applied, rdev=rdev)
 
     def whiteout(self, rel: bytes, base: bytes, m: _Member, raw: bytes) -> None:
         parent = rel.rpartition(b"/")[0]
@@ -455,6 +498,7 @@ class _Extractor:
                 if k.rpartition(b"/")[0] == parent:
                     os.unlink(self.path(k))
                     del self.kinds[k]
+                    self.nodes.pop(k, None)
             return
         if base.startswith(WH_PREFIX + WH_PREFIX):
             return  # other aufs metadata (.wh..wh.plnk and friends): nothing for overlayfs
@@ -467,7 +511,7 @@ class _Extractor:
         full = self.path(target)
         os.mknod(full, stat.S_IFCHR | 0o600, 0)
         self.kinds[target] = WHITEOUT
-        self.meta_path(full, m)
+        self.meta_path(target, full, m, "w")
 
 
 # -- the header loop ----------------------------------------------------------------------------
@@ -478,7 +522,8 @@ def _checksum_ok(block: bytes) -> bool:
         stored = _num(block[148:156], "checksum")
     except ArchiveError:
         return False
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    field = block[148:156]
+    unsigned = sum(block) - sum(field) + 256
     if stored == unsigned:
         return True
     signed = sum((b - 256 if b > 127 else b) for b in block[:148] + block[156:]) + 256
@@ -541,7 +586,7 @@ def _pax_sparse(pax: dict[bytes, bytes], stream: _Stream, m: _Member) -> None:
 
 def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -> ExtractStats:
     """Extract a (maybe compressed) tar stream into the empty staging dir ``dest``."""
-    from tophan import compression
+    from tophan import compression, tarexport
 
     try:
         stream = _Stream(compression.open_decompressed(src))
@@ -551,6 +596,7 @@ def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -
     try:
         _loop(stream, ex)
         ex.finish_dirs()
+        ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)[len(dest) + 1 :]})" if e.filename else ""
         raise ArchiveError(f"cannot extract: {e.strerror}{where}") from e
@@ -600,7 +646,8 @@ def _loop(stream: _Stream, ex: _Extractor) -> None:
             continue
         if t == b"M":
             raise ArchiveError("multi-volume archives are not supported")
-        m = _member(block, size, t, {**global_pax, **pax}, long_name, long_link, stream)
+        merged = {**global_pax, **pax} if global_pax else pax
+        m = _member(block, size, t, merged, long_name, long_link, stream)
         pax, long_name, long_link = {}, None, None
         ex.member(m, stream)
 
