@@ -101,3 +101,39 @@ def test_export_import_roundtrip(
         assert snapshot(dest) == snapshot(src)
         assert tarexport.digest_tree(str(dest), xattr_ns="trusted") == digest
         shutil.rmtree(src)
+
+
+def _tree_in_order(root: Path, order: list[int], umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        root.mkdir()
+        (root / "d").mkdir()
+        steps = [
+            lambda: (root / "d/b").write_bytes(b"bbb"),
+            lambda: (root / "d/a").write_bytes(b"a" * 5000),
+            lambda: (root / "z").symlink_to("d/a"),
+            lambda: (root / "c").write_bytes(b""),
+        ]
+        for i in order:
+            steps[i]()
+        for p, mode in ((root / "d/b", 0o640), (root / "d/a", 0o755), (root / "c", 0o600)):
+            os.chmod(p, mode)
+        for p in (root / "d/a", root / "d/b", root / "c", root / "d"):
+            os.utime(p, ns=(1_700_000_000_000_000_001,) * 2)
+        os.utime(root / "z", ns=(5, 5), follow_symlinks=False)
+    finally:
+        os.umask(old)
+
+
+def test_export_is_deterministic_across_creation_order_and_umask(tmp_path: Path) -> None:
+    outs = []
+    for i, (order, umask) in enumerate([([0, 1, 2, 3], 0o022), ([3, 2, 1, 0], 0o077)]):
+        root = tmp_path / f"t{i}"
+        _tree_in_order(root, order, umask)
+        for comp in (None, "gzip", "zstd"):
+            buf = io.BytesIO()
+            tarexport.export(str(root), buf, xattr_ns="trusted", compress=comp)
+            outs.append((comp, buf.getvalue()))
+    for comp in (None, "gzip", "zstd"):
+        a, b = [data for c, data in outs if c == comp]
+        assert a == b, comp

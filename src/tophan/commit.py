@@ -22,7 +22,7 @@ import stat
 from typing import Literal
 
 from tophan.errors import TophanError
-from tophan.tarexport import OWNER_XATTR, Node, write_nodes
+from tophan.tarexport import OWNER_XATTR, Node, NoGC, write_nodes
 
 CHUNK = 1 << 20
 KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read
@@ -332,9 +332,10 @@ def diff_upper(upper: str, lowers: list[str], dest: str, *, xattr_ns: XattrNs) -
     Returns the new layer's digest and canonical tar size."""
     d = _Differ(os.fsencode(upper), os.fsencode(dest), xattr_ns)
     try:
-        d.walk(b"", [os.fsencode(lo) for lo in lowers])
-        d.finish()
-        return write_nodes(dest, d.nodes, None)
+        with NoGC():
+            d.walk(b"", [os.fsencode(lo) for lo in lowers])
+            d.finish()
+            return write_nodes(dest, d.nodes, None)
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
         raise TophanError(f"cannot commit: {e.strerror}{where}") from e

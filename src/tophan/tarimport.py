@@ -594,9 +594,10 @@ def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -
         raise ArchiveError(f"cannot read the archive: {e}") from e
     ex = _Extractor(dest, xattr_ns, privileged)
     try:
-        _loop(stream, ex)
-        ex.finish_dirs()
-        ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
+        with tarexport.NoGC():
+            _loop(stream, ex)
+            ex.finish_dirs()
+            ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)[len(dest) + 1 :]})" if e.filename else ""
         raise ArchiveError(f"cannot extract: {e.strerror}{where}") from e
