@@ -116,7 +116,12 @@ def _tree_in_order(root: Path, order: list[int], umask: int) -> None:
         ]
         for i in order:
             steps[i]()
-        for p, mode in ((root / "d/b", 0o640), (root / "d/a", 0o755), (root / "c", 0o600)):
+        for p, mode in (
+            (root / "d/b", 0o640),
+            (root / "d/a", 0o755),
+            (root / "c", 0o600),
+            (root / "d", 0o755),
+        ):
             os.chmod(p, mode)
         for p in (root / "d/a", root / "d/b", root / "c", root / "d"):
             os.utime(p, ns=(1_700_000_000_000_000_001,) * 2)
