@@ -65,14 +65,24 @@ class Bench:
         ratio = ours / peer if peer else ours * 1000
         ok = ratio <= target
         self.results.append(
-            {"case": case, "ours_ms": ours * 1000, "peer_ms": None if peer is None else peer * 1000,
-             "ratio": ratio, "target": target, "kind": kind, "pass": ok}
+            {
+                "case": case,
+                "ours_ms": ours * 1000,
+                "peer_ms": None if peer is None else peer * 1000,
+                "ratio": ratio,
+                "target": target,
+                "kind": kind,
+                "pass": ok,
+            }
         )
         peer_txt = f"{peer * 1000:9.1f}" if peer is not None else "        -"
         value = f"{ratio:6.2f}x" if peer is not None else f"{ours * 1000:6.2f}ms"
         limit = f"<= {target}{'x' if peer is not None else ' ms'}"
-        print(f"{case:44s} {ours * 1000:9.1f} {peer_txt} {value:>9s} {limit:>10s}  "
-              f"{'PASS' if ok else 'MISS'}", flush=True)
+        print(
+            f"{case:44s} {ours * 1000:9.1f} {peer_txt} {value:>9s} {limit:>10s}  "
+            f"{'PASS' if ok else 'MISS'}",
+            flush=True,
+        )
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -117,8 +127,17 @@ class Bench:
 
         def ours_cli() -> float:
             name = self.name()
-            t = timed(lambda: run(str(BIN / "tophan"), "--root", self.store.root, "layer",
-                                  "import", str(tar), name))
+            t = timed(
+                lambda: run(
+                    str(BIN / "tophan"),
+                    "--root",
+                    self.store.root,
+                    "layer",
+                    "import",
+                    str(tar),
+                    name,
+                )
+            )
             layers.remove(name)
             return t
 
@@ -207,8 +226,9 @@ class Bench:
                 wss.remove(name)
 
             times.append(timed(cycle))
-        self.record("in-process ws create+mount+unmount+rm", statistics.median(times), None, 3,
-                    "abs")
+        self.record(
+            "in-process ws create+mount+unmount+rm", statistics.median(times), None, 3, "abs"
+        )
 
     def deep_mount(self) -> None:
         lowers = []
@@ -222,8 +242,11 @@ class Bench:
             p.mkdir()
         times = []
         for _ in range(self.n):
-            times.append(timed(lambda: mount.mount_overlay(str(mnt), lowers, str(up), str(wk),
-                                                           userxattr=False)))
+            times.append(
+                timed(
+                    lambda: mount.mount_overlay(str(mnt), lowers, str(up), str(wk), userxattr=False)
+                )
+            )
             mount.unmount(str(mnt))
         self.record("mount of a 500-layer stack", statistics.median(times), None, 50, "abs")
 
@@ -260,7 +283,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(b.results, indent=1))
     finally:
-        for line in reversed(open("/proc/self/mountinfo").read().splitlines()):
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        for line in reversed(mountinfo):
             mp = line.split()[4]
             if mp.startswith(str(top) + "/"):
                 subprocess.run(["umount", "-l", mp], check=False)
