@@ -82,6 +82,47 @@ class _Sink:
             self.buf = bytearray()
 
 
+class ThreadedSink(_Sink):
+    """Hashes on another thread (hashlib releases the GIL), so hashing overlaps the caller's
+    I/O on a second core. Hash-only; ``finish`` returns the digest."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        super().__init__(None)
+        self.q: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=64)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            self.h.update(item)
+
+    def big(self, data: bytes | memoryview) -> None:
+        self.flush()
+        self.size += len(data)
+        self.q.put(data if isinstance(data, bytes) else bytes(data))
+
+    def flush(self) -> None:
+        if self.buf:
+            self.size += len(self.buf)
+            self.q.put(self.buf)
+            self.buf = bytearray()
+
+    def finish(self) -> tuple[str, int]:
+        self.add(ZERO_BLOCK * 2)
+        self.flush()
+        self.q.put(None)
+        self.thread.join()
+        return "sha256:" + self.h.hexdigest(), self.size
+
+    def cancel(self) -> None:
+        self.buf = bytearray()
+        self.q.put(None)
+        self.thread.join()
+
+
 def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
@@ -239,7 +280,7 @@ def node_from_disk(path: bytes, st: os.stat_result, opaque_key: str) -> Node | N
     return None
 
 
-class _Writer:
+class Writer:
     """Emits canonical entries, in the order it is given them (the caller sorts)."""
 
     def __init__(self, tree: bytes, sink: _Sink) -> None:
@@ -298,6 +339,11 @@ class _Writer:
                 *dev,
             )
         )
+
+    def file_start(self, rel: bytes, node: Node) -> None:
+        """The header of a regular file whose content the caller adds (``sink.add/big``)."""
+        self.links[id(node)] = rel
+        self.header(rel, b"0", node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs, node.size)
 
     def emit(self, rel: bytes, node: Node, link_key: object) -> None:
         """One entry (plus its opaque marker); ``link_key`` identifies a regular file's inode."""
@@ -401,7 +447,7 @@ def write_tar(tree: str, out: IO[bytes] | None, *, xattr_ns: XattrNs) -> tuple[s
     """
     sink = _Sink(out)
     with NoGC():
-        _Writer(os.fsencode(tree), sink).walk(b"", f"{xattr_ns}.overlay.opaque")
+        Writer(os.fsencode(tree), sink).walk(b"", f"{xattr_ns}.overlay.opaque")
     sink.add(ZERO_BLOCK * 2)
     sink.flush()
     return "sha256:" + sink.h.hexdigest(), sink.size
@@ -411,8 +457,8 @@ def write_nodes(tree: str, nodes: dict[bytes, Node], out: IO[bytes] | None) -> t
     """The canonical tar of a tree described by ``nodes`` (relative path -> Node), as
     :func:`write_tar` would write it from disk; file content not held in a Node is read from
     ``tree``. Import uses this to know a layer's digest without a second pass over the tree."""
-    sink = _Sink(out)
-    writer = _Writer(os.fsencode(tree), sink)
+    sink = _Sink(out) if out is not None else ThreadedSink()
+    writer = Writer(os.fsencode(tree), sink)
     opaque: set[bytes] = set()
     for rel in sorted(nodes, key=lambda r: r.split(b"/")):
         node = nodes[rel]
@@ -421,6 +467,8 @@ def write_nodes(tree: str, nodes: dict[bytes, Node], out: IO[bytes] | None) -> t
         writer.emit(rel, node, id(node) if node.kind == "f" else rel)
         if node.opaque:
             opaque.add(rel)
+    if isinstance(sink, ThreadedSink):
+        return sink.finish()
     sink.add(ZERO_BLOCK * 2)
     sink.flush()
     return "sha256:" + sink.h.hexdigest(), sink.size

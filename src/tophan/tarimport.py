@@ -16,10 +16,14 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
+from tophan import tarexport
 from tophan.errors import ArchiveError
 from tophan.tarexport import Node
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -68,6 +72,24 @@ class _DirMeta:
     gid: int
     mtime_ns: int
     xattrs: dict[str, bytes]
+
+
+class _Finally:
+    """Runs ``fn`` when the block exits by an exception (stops the hashing thread)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.fn()
+
+
+def _xattr_bytes(xattrs: dict[str, bytes]) -> dict[bytes, bytes]:
+    return {k.encode("utf-8", "surrogateescape"): xattrs[k] for k in sorted(xattrs)}
 
 
 def _show(name: bytes) -> str:
@@ -181,6 +203,63 @@ class _Stream:
         return data
 
 
+# -- the speculative digest ---------------------------------------------------------------------
+
+
+class _Spec:
+    """Hash the canonical tar while extracting, on the other core, as long as the archive lists
+    its entries in canonical order (our exports do, and so do tools that walk trees sorted) and
+    nothing changes an entry after it was hashed. Anything else abandons it; the digest is then
+    computed from the recorded nodes at the end (``tarexport.write_nodes``)."""
+
+    def __init__(self, tree: bytes) -> None:
+        self.sink = tarexport.ThreadedSink()
+        self.writer = tarexport.Writer(tree, self.sink)
+        self.last: list[bytes] = []
+        self.dirs: dict[bytes, Node] = {}
+        self.opaque: set[bytes] = set()
+        self.ok = True
+
+    def abort(self) -> None:
+        if self.ok:
+            self.ok = False
+            self.sink.cancel()
+
+    def in_order(self, rel: bytes) -> bool:
+        key = rel.split(b"/")
+        if key <= self.last:
+            self.abort()
+            return False
+        self.last = key
+        return True
+
+    def emit(self, rel: bytes, node: Node) -> None:
+        if self.ok and self.in_order(rel):
+            self.writer.emit(rel, node, id(node) if node.kind == "f" else rel)
+
+    def dir(self, rel: bytes, node: Node) -> None:
+        self.emit(rel, node)
+        self.dirs[rel] = node
+
+    def opaque_marker(self, parent: bytes) -> None:
+        # canonical: the marker directly follows its directory's entry
+        if self.ok and parent in self.dirs and self.last == parent.split(b"/"):
+            self.writer.header(parent + b"/" + WH_OPAQUE, b"0", 0o644, 0, 0, 0, {})
+            self.opaque.add(parent)
+        else:
+            self.abort()
+
+    def check_dir(self, rel: bytes, final: Node) -> None:
+        seen = self.dirs.get(rel)
+        if (
+            seen is None
+            or (seen.mode, seen.uid, seen.gid, seen.mtime_ns, seen.xattrs)
+            != (final.mode, final.uid, final.gid, final.mtime_ns, final.xattrs)
+            or (rel in self.opaque) != final.opaque
+        ):
+            self.abort()
+
+
 # -- the extractor ------------------------------------------------------------------------------
 
 
@@ -195,6 +274,7 @@ class _Extractor:
         self.stats = ExtractStats()
         self.nodes: dict[bytes, Node] = {}  # what the canonical tar will say, path by path
         self.kept = 0
+        self.spec = _Spec(self.dest)
         self.euid = os.geteuid()
         self.egid = os.getegid()
 
@@ -237,11 +317,15 @@ class _Extractor:
             os.mkdir(self.path(p), 0o700)
             self.kinds[p] = DIR
             self.dirs[p] = _DirMeta(0o755, 0, 0, 0, {})
+            self.spec.dir(p, Node("d", 0o755, 0, 0, 0, {}))
 
     def make_room(self, rel: bytes, new_kind: str) -> None:
         """A later member replaces an earlier one of the same name (dirs merge)."""
         old = self.kinds.get(rel)
-        if old is None or (old == DIR and new_kind == DIR):
+        if old is None:
+            return
+        self.spec.abort()  # an entry already hashed changes
+        if old == DIR and new_kind == DIR:
             return
         full = self.path(rel)
         if old == DIR:
@@ -316,6 +400,7 @@ class _Extractor:
             node = Node("d", meta.mode, uid, gid, meta.mtime_ns, applied)
             node.opaque = rel in self.opaque
             self.nodes[rel] = node
+            self.spec.check_dir(rel, node)
 
     # -- members -------------------------------------------------------------------------------
 
@@ -339,6 +424,7 @@ class _Extractor:
                 os.mkdir(self.path(rel), 0o700)
                 self.kinds[rel] = DIR
             self.dirs[rel] = _DirMeta(m.mode, m.uid, m.gid, m.mtime_ns, m.xattrs)
+            self.spec.dir(rel, Node("d", m.mode, m.uid, m.gid, m.mtime_ns, _xattr_bytes(m.xattrs)))
             self.skip(stream, m.size)
             return
         self.ensure_parents(rel, raw)
@@ -359,6 +445,7 @@ class _Extractor:
             applied = self.xattrs(full, m.xattrs)
             os.utime(full, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
             self.nodes[rel] = Node("l", 0o777, uid, gid, m.mtime_ns, applied, link=m.linkname)
+            self.spec.emit(rel, self.nodes[rel])
         elif t in (b"3", b"4", b"6"):
             self.skip(stream, m.size)
             self.special(rel, m, raw)
@@ -380,25 +467,34 @@ class _Extractor:
             0o600,
         )
         kept: memoryview | None = None
+        size = m.realsize if m.sparse is not None else m.size
+        # What export will say, predicted before the content is hashed; checked afterwards.
+        node = Node("f", m.mode, m.uid, m.gid, m.mtime_ns, _xattr_bytes(m.xattrs), size=size)
+        spec = self.spec
+        if m.sparse is not None:
+            spec.abort()
+        elif spec.ok and spec.in_order(rel):
+            spec.writer.file_start(rel, node)
         try:
             if m.sparse is not None:
                 self.write_sparse(fd, m, stream)
-                size = m.realsize
             elif m.size <= CHUNK:
                 pad = -m.size % BLOCK
                 data = stream.exact(m.size + pad, m.name)
-                size = m.size
                 if size:
                     kept = memoryview(data)[:size]
                     os.write(fd, kept)
-                    if self.kept + size > KEEP_BUDGET:
-                        kept = None
-                    else:
-                        self.kept += size
+                if spec.ok:  # the archive's own padding may hold garbage: canonical is zeros
+                    spec.sink.add(memoryview(data)[:size], pad)
+                if size and self.kept + size <= KEEP_BUDGET:
+                    self.kept += size
+                else:
+                    kept = None
             else:
-                self.write_stream(fd, m.size, stream, m.name)
+                self.write_stream(fd, m.size, stream, m.name, spec.sink if spec.ok else None)
                 stream.exact(-m.size % BLOCK, "padding")
-                size = m.size
+                if spec.ok:
+                    spec.sink.add(b"", -m.size % BLOCK)
             self.stats.bytes += size
             uid, gid = self.chown(fd, m.uid, m.gid, True)
             applied = self.xattrs(fd, m.xattrs)
@@ -406,13 +502,21 @@ class _Extractor:
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
         finally:
             os.close(fd)
-        self.nodes[rel] = Node("f", m.mode, uid, gid, m.mtime_ns, applied, size=size, data=kept)
+        if (uid, gid) != (node.uid, node.gid) or applied != node.xattrs:
+            spec.abort()
+            node.uid, node.gid, node.xattrs = uid, gid, applied
+        node.data = kept
+        self.nodes[rel] = node
 
     @staticmethod
-    def write_stream(fd: int, size: int, stream: _Stream, name: bytes) -> None:
+    def write_stream(
+        fd: int, size: int, stream: _Stream, name: bytes, sink: tarexport.ThreadedSink | None = None
+    ) -> None:
         left = size
         while left:
             data = stream.exact(min(left, CHUNK), name)
+            if sink is not None:
+                sink.big(data)  # hashed on the other core while we write
             view = memoryview(data)
             while view:
                 n = os.write(fd, view)
@@ -454,6 +558,7 @@ class _Extractor:
         os.link(self.path(target), self.path(rel), follow_symlinks=False)
         self.kinds[rel] = kind
         self.nodes[rel] = self.nodes[target]  # one Node object: one inode
+        self.spec.emit(rel, self.nodes[rel])
 
     def special(self, rel: bytes, m: _Member, raw: bytes) -> None:
         self.make_room(rel, OTHER)
@@ -481,6 +586,7 @@ class _Extractor:
         os.chmod(full, m.mode)
         os.utime(full, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
         self.nodes[rel] = Node(kind, m.mode, uid, gid, m.mtime_ns, applied, rdev=rdev)
+        self.spec.emit(rel, self.nodes[rel])
 
     def whiteout(self, rel: bytes, base: bytes, m: _Member, raw: bytes) -> None:
         parent = rel.rpartition(b"/")[0]
@@ -492,10 +598,15 @@ class _Extractor:
                 )
             self.set_xattr(self.path(parent) if parent else self.dest, self.opaque_key, b"y", True)
             self.opaque.add(parent)
+            if parent:
+                self.spec.opaque_marker(parent)
+            else:
+                self.spec.abort()
             # A whiteout inside an opaque dir would hide nothing and confuse overlayfs: drop any.
             prefix = parent + b"/" if parent else b""
             for k in [k for k, v in self.kinds.items() if v == WHITEOUT and k.startswith(prefix)]:
                 if k.rpartition(b"/")[0] == parent:
+                    self.spec.abort()
                     os.unlink(self.path(k))
                     del self.kinds[k]
                     self.nodes.pop(k, None)
@@ -586,7 +697,7 @@ def _pax_sparse(pax: dict[bytes, bytes], stream: _Stream, m: _Member) -> None:
 
 def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -> ExtractStats:
     """Extract a (maybe compressed) tar stream into the empty staging dir ``dest``."""
-    from tophan import compression, tarexport
+    from tophan import compression
 
     try:
         stream = _Stream(compression.open_decompressed(src))
@@ -594,10 +705,13 @@ def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -
         raise ArchiveError(f"cannot read the archive: {e}") from e
     ex = _Extractor(dest, xattr_ns, privileged)
     try:
-        with tarexport.NoGC():
+        with tarexport.NoGC(), _Finally(ex.spec.abort):
             _loop(stream, ex)
             ex.finish_dirs()
-            ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
+            if ex.spec.ok:
+                ex.stats.digest, ex.stats.size = ex.spec.sink.finish()
+            else:
+                ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)[len(dest) + 1 :]})" if e.filename else ""
         raise ArchiveError(f"cannot extract: {e.strerror}{where}") from e
