@@ -460,13 +460,18 @@ def write_nodes(tree: str, nodes: dict[bytes, Node], out: IO[bytes] | None) -> t
     sink = _Sink(out) if out is not None else ThreadedSink()
     writer = Writer(os.fsencode(tree), sink)
     opaque: set[bytes] = set()
-    for rel in sorted(nodes, key=lambda r: r.split(b"/")):
-        node = nodes[rel]
-        if node.kind == "w" and rel.rpartition(b"/")[0] in opaque:
-            continue
-        writer.emit(rel, node, id(node) if node.kind == "f" else rel)
-        if node.opaque:
-            opaque.add(rel)
+    try:
+        for rel in sorted(nodes, key=lambda r: r.split(b"/")):
+            node = nodes[rel]
+            if node.kind == "w" and rel.rpartition(b"/")[0] in opaque:
+                continue
+            writer.emit(rel, node, id(node) if node.kind == "f" else rel)
+            if node.opaque:
+                opaque.add(rel)
+    except BaseException:
+        if isinstance(sink, ThreadedSink):
+            sink.cancel()
+        raise
     if isinstance(sink, ThreadedSink):
         return sink.finish()
     sink.add(ZERO_BLOCK * 2)
