@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Literal
 
 from tophan import tarexport
@@ -38,40 +37,73 @@ XattrNs = Literal["trusted", "user"]
 DIR, FILE, LINK, OTHER, WHITEOUT = "d", "f", "l", "o", "w"
 
 
-@dataclass
 class ExtractStats:
-    members: int = 0
-    bytes: int = 0
-    owners_recorded: int = 0  # ownership kept in user.tophan.owner because chown was impossible
-    xattrs_skipped: list[str] = field(default_factory=list)
-    digest: str = ""  # of the canonical tar of what was extracted (the layer's DiffID)
-    size: int = 0  # of that canonical tar
+    """What an extraction did, and the digest of the layer it produced."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.bytes = 0
+        self.owners_recorded = 0  # ownership kept in user.tophan.owner: chown was impossible
+        self.xattrs_skipped: list[str] = []
+        self.digest = ""  # of the canonical tar of what was extracted (the layer's DiffID)
+        self.size = 0  # of that canonical tar
 
 
-@dataclass
 class _Member:
-    name: bytes
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    typeflag: bytes
-    linkname: bytes
-    devmajor: int
-    devminor: int
-    xattrs: dict[str, bytes]
-    sparse: list[tuple[int, int]] | None = None
-    realsize: int = 0
+    __slots__ = (
+        "devmajor",
+        "devminor",
+        "gid",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "realsize",
+        "size",
+        "sparse",
+        "typeflag",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(
+        self,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime_ns: int,
+        typeflag: bytes,
+        linkname: bytes,
+        devmajor: int,
+        devminor: int,
+        xattrs: dict[str, bytes],
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.typeflag = typeflag
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.xattrs = xattrs
+        self.sparse: list[tuple[int, int]] | None = None
+        self.realsize = 0
 
 
-@dataclass
 class _DirMeta:
-    mode: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    xattrs: dict[str, bytes]
+    __slots__ = ("gid", "mode", "mtime_ns", "uid", "xattrs")
+
+    def __init__(self, mode: int, uid: int, gid: int, mtime_ns: int, xattrs: dict[str, bytes]):
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_ns = mtime_ns
+        self.xattrs = xattrs
 
 
 class _Finally:
