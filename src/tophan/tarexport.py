@@ -49,22 +49,35 @@ _ZEROS = bytes(BLOCK)
 
 
 class _Sink:
-    """Hashes everything and (optionally) writes it, in large batches."""
+    """Hashes everything and (optionally) writes it, in batches of about CHUNK bytes.
+
+    Parts are collected in a list and joined once per batch: growing one bytearray instead
+    reallocates (and page-faults fresh memory) over and over.
+    """
 
     def __init__(self, out: IO[bytes] | None) -> None:
         self.out = out
         self.h = hashlib.sha256()
-        self.buf = bytearray()
+        self.parts: list[bytes | bytearray | memoryview] = []
+        self.pending = 0
         self.size = 0
 
     def add(self, data: bytes | bytearray | memoryview, zeros: int = 0) -> None:
         """Append ``data`` and then ``zeros`` zero bytes (a block's padding)."""
-        buf = self.buf
-        buf += data
+        self.parts.append(data)
+        self.pending += len(data)
         if zeros:
-            buf += _ZEROS[:zeros]
-        if len(buf) >= CHUNK:
+            self.parts.append(_ZEROS[:zeros])
+            self.pending += zeros
+        if self.pending >= CHUNK:
             self.flush()
+
+    def take(self) -> bytes:
+        batch = b"".join(self.parts)
+        self.parts = []
+        self.pending = 0
+        self.size += len(batch)
+        return batch
 
     def big(self, data: bytes | memoryview) -> None:
         self.flush()
@@ -74,12 +87,11 @@ class _Sink:
             self.out.write(data)
 
     def flush(self) -> None:
-        if self.buf:
-            self.h.update(self.buf)
-            self.size += len(self.buf)
+        if self.parts:
+            batch = self.take()
+            self.h.update(batch)
             if self.out is not None:
-                self.out.write(self.buf)
-            self.buf = bytearray()
+                self.out.write(batch)
 
 
 class ThreadedSink(_Sink):
@@ -91,7 +103,7 @@ class ThreadedSink(_Sink):
         import threading
 
         super().__init__(None)
-        self.q: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=64)
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -105,10 +117,8 @@ class ThreadedSink(_Sink):
         self.q.put(data if isinstance(data, bytes) else bytes(data))
 
     def flush(self) -> None:
-        if self.buf:
-            self.size += len(self.buf)
-            self.q.put(self.buf)
-            self.buf = bytearray()
+        if self.parts:
+            self.q.put(self.take())
 
     def finish(self) -> tuple[str, int]:
         self.add(ZERO_BLOCK * 2)
@@ -118,7 +128,7 @@ class ThreadedSink(_Sink):
         return "sha256:" + self.h.hexdigest(), self.size
 
     def cancel(self) -> None:
-        self.buf = bytearray()
+        self.parts = []
         self.q.put(None)
         self.thread.join()
 
