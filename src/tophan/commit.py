@@ -22,7 +22,7 @@ import stat
 from typing import Literal
 
 from tophan.errors import TophanError
-from tophan.tarexport import OWNER_XATTR, Node, NoGC, write_nodes
+from tophan.tarexport import Node, NoGC, take_owner, write_nodes
 
 CHUNK = 1 << 20
 KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read
@@ -295,14 +295,7 @@ class _Differ:
 def _node(kind: str, st: os.stat_result, xattrs: dict[str, bytes], **kw: object) -> Node:
     """The Node export would build from the copy we just made (see tarexport.node_from_disk)."""
     xb = {k.encode("utf-8", "surrogateescape"): xattrs[k] for k in sorted(xattrs)}
-    uid, gid = st.st_uid, st.st_gid
-    raw = xb.pop(OWNER_XATTR, None)
-    if raw:
-        try:
-            u, g = raw.split(b":")
-            uid, gid = int(u), int(g)
-        except ValueError:
-            pass
+    uid, gid = take_owner(xb, st)
     mode = stat.S_IMODE(st.st_mode)
     return Node(kind, mode, uid, gid, st.st_mtime_ns, xb, **kw)  # type: ignore[arg-type]
 

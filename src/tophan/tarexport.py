@@ -133,10 +133,6 @@ class ThreadedSink(_Sink):
         self.thread.join()
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
 _MAGIC_SUM = sum(b"ustar\x0000") + 8 * 32  # + the checksum field, counted as eight spaces
 _TAIL_MAGIC = b"ustar\x0000" + bytes(64)  # magic, version, empty uname and gname
 _PAD = bytes(167)  # prefix + padding
@@ -256,18 +252,24 @@ def _filtered_xattrs(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def node_from_disk(path: bytes, st: os.stat_result, opaque_key: str) -> Node | None:
-    """The Node of one on-disk entry (None for sockets, which tar cannot hold)."""
-    m = st.st_mode
-    xattrs = _filtered_xattrs(path)
-    uid, gid = st.st_uid, st.st_gid
+def take_owner(xattrs: dict[bytes, bytes], st: os.stat_result) -> tuple[int, int]:
+    """The owner export reports: ``user.tophan.owner`` if present (removed from ``xattrs``:
+    it is ours, never exported), else the file's own."""
     raw = xattrs.pop(OWNER_XATTR, None)
     if raw:
         try:
             u, g = raw.split(b":")
-            uid, gid = int(u), int(g)
+            return int(u), int(g)
         except ValueError:
             pass
+    return st.st_uid, st.st_gid
+
+
+def node_from_disk(path: bytes, st: os.stat_result, opaque_key: str) -> Node | None:
+    """The Node of one on-disk entry (None for sockets, which tar cannot hold)."""
+    m = st.st_mode
+    xattrs = _filtered_xattrs(path)
+    uid, gid = take_owner(xattrs, st)
     mode = stat.S_IMODE(m)
     if stat.S_ISREG(m):
         return Node("f", mode, uid, gid, st.st_mtime_ns, xattrs, size=st.st_size)

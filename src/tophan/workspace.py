@@ -267,6 +267,3 @@ class Workspaces:
         # A custom mountpoint stays (overlayd leaves it too): it may be a caller's directory.
         with self.store.lock():
             self.store.trash(ws.dir)
-
-    def upper_path(self, name: str) -> str:
-        return self.get(name).upper
