@@ -12,7 +12,7 @@ import time
 
 from tophan import meta, names
 from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError
-from tophan.store import write_meta
+from tophan.store import rmtree, write_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -267,6 +267,7 @@ class Layers:
     def remove(self, name: str) -> None:
         """Remove a name; its tree goes too once nothing else references the digest."""
         layer = self.get(name)
+        hidden = None
         with self.store.lock():
             for ws in self.store.workspaces.all():
                 if layer.digest in ws.lower_digests:
@@ -275,9 +276,10 @@ class Layers:
                         f"remove the workspace first (`ws rm {ws.name}`)",
                     )
             os.unlink(self._ref_path(name))
-            if layer.digest in self.names_by_digest():
-                return
-            self.store.trash(self.store.path("layers", layer.hex))
+            if layer.digest not in self.names_by_digest():
+                hidden = self.store.hide(self.store.path("layers", layer.hex))
+        if hidden is not None:
+            rmtree(hidden)
 
     def referenced_digests(self) -> set[str]:
         refs = {layer.digest for layer in self.all()}

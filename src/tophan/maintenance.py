@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tophan import meta
+from tophan.store import rmtree
 
 if TYPE_CHECKING:
     from tophan.store import Store
@@ -31,13 +32,19 @@ class FsckReport:
 def gc(store: Store) -> GcReport:
     """Remove staging leftovers and layer trees no name or workspace references."""
     report = GcReport()
+    hidden = []
     with store.lock():
-        report.staging_removed = store.clean_tmp()
         referenced = store.layers.referenced_digests()
         for digest in sorted(store.layers.stored_digests()):
             if digest not in referenced:
-                store.trash(store.path("layers", digest.split(":", 1)[1]))
-                report.layers_removed.append(digest)
+                path = store.hide(store.path("layers", digest.split(":", 1)[1]))
+                if path is not None:
+                    hidden.append(path)
+                    report.layers_removed.append(digest)
+    for path in hidden:
+        rmtree(path)
+    # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
+    report.staging_removed = store.clean_tmp()
     return report
 
 

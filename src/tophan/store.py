@@ -246,14 +246,23 @@ class Store:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Staging(path, fd)
 
-    def trash(self, path: str) -> None:
-        """Make ``path`` vanish at once (rename into tmp/) and delete it afterwards."""
+    def hide(self, path: str) -> str | None:
+        """Make ``path`` vanish at once by renaming it into tmp/; returns where it went.
+
+        Callers rename under the store lock and delete (``rmtree``) after releasing it, so a
+        large removal never holds up other writers; gc finishes what a crash interrupts."""
         dest = self.path("tmp", f"trash-{os.urandom(8).hex()}")
         try:
             os.rename(path, dest)
         except FileNotFoundError:
-            return
-        rmtree(dest)
+            return None
+        return dest
+
+    def trash(self, path: str) -> None:
+        """Hide ``path`` and delete it."""
+        hidden = self.hide(path)
+        if hidden is not None:
+            rmtree(hidden)
 
     def clean_tmp(self) -> int:
         """Remove staging leftovers nobody holds a lock on. Returns how many."""

@@ -11,7 +11,7 @@ import time
 
 from tophan import meta, names
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
-from tophan.store import FileLock, write_meta
+from tophan.store import FileLock, rmtree, write_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -266,4 +266,6 @@ class Workspaces:
             raise InUse(f"workspace {name} is still mounted at {ws.mountpoint}")
         # A custom mountpoint stays (overlayd leaves it too): it may be a caller's directory.
         with self.store.lock():
-            self.store.trash(ws.dir)
+            hidden = self.store.hide(ws.dir)
+        if hidden is not None:
+            rmtree(hidden)
