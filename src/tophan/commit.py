@@ -23,27 +23,11 @@ from typing import Literal
 
 from tophan.errors import TophanError
 from tophan.tarexport import Node, NoGC, take_owner, write_nodes
+from tophan.tarexport import filtered_xattrs as _xattrs
 
 CHUNK = 1 << 20
 KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read
 XattrNs = Literal["trusted", "user"]
-_OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
-
-
-def _xattrs(path: bytes) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    out = {}
-    for n in names:
-        if n.startswith(_OVERLAY_PREFIXES):
-            continue
-        try:
-            out[n] = os.getxattr(path, n, follow_symlinks=False)
-        except OSError:
-            continue
-    return out
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -76,7 +60,7 @@ class _Differ:
         self.dest = dest
         self.opaque_key = f"{xattr_ns}.overlay.opaque"
         self.links: dict[tuple[int, int], bytes] = {}
-        self.dirs: list[tuple[bytes, os.stat_result, dict[str, bytes]]] = []
+        self.dirs: list[tuple[bytes, os.stat_result, dict[bytes, bytes]]] = []
         # what the canonical tar of dest will say, so the digest needs no second pass
         self.nodes: dict[bytes, Node] = {}
         self.kept = 0
@@ -146,7 +130,7 @@ class _Differ:
         name: bytes,
         src: bytes,
         st: os.stat_result,
-        xattrs: dict[str, bytes],
+        xattrs: dict[bytes, bytes],
         stack: list[bytes],
         lower: tuple[bytes, os.stat_result] | None,
     ) -> bool:
@@ -176,7 +160,7 @@ class _Differ:
         self,
         src: bytes,
         st: os.stat_result,
-        xattrs: dict[str, bytes],
+        xattrs: dict[bytes, bytes],
         lpath: bytes,
         lst: os.stat_result,
     ) -> bool:
@@ -201,7 +185,7 @@ class _Differ:
         self.meta(dst, st, xattrs, None)
         self.nodes[rel] = _node("w", st, xattrs)
 
-    def copy(self, rel: bytes, src: bytes, st: os.stat_result, xattrs: dict[str, bytes]) -> None:
+    def copy(self, rel: bytes, src: bytes, st: os.stat_result, xattrs: dict[bytes, bytes]) -> None:
         dst = self.dest + b"/" + rel
         m = st.st_mode
         if stat.S_ISREG(m):
@@ -231,7 +215,7 @@ class _Differ:
         # sockets are not layer content
 
     def copy_file(
-        self, src: bytes, dst: bytes, st: os.stat_result, xattrs: dict[str, bytes]
+        self, src: bytes, dst: bytes, st: os.stat_result, xattrs: dict[bytes, bytes]
     ) -> bytes | None:
         """Copy content and metadata; small files' content is returned for the digest."""
         data = None
@@ -263,7 +247,7 @@ class _Differ:
     def meta(
         dst: bytes,
         st: os.stat_result,
-        xattrs: dict[str, bytes],
+        xattrs: dict[bytes, bytes],
         fd: int | None,
         *,
         link: bool = False,
@@ -292,9 +276,9 @@ class _Differ:
             self.meta(dst, st, xattrs, None)
 
 
-def _node(kind: str, st: os.stat_result, xattrs: dict[str, bytes], **kw: object) -> Node:
+def _node(kind: str, st: os.stat_result, xattrs: dict[bytes, bytes], **kw: object) -> Node:
     """The Node export would build from the copy we just made (see tarexport.node_from_disk)."""
-    xb = {k.encode("utf-8", "surrogateescape"): xattrs[k] for k in sorted(xattrs)}
+    xb = dict(xattrs)  # take_owner removes our own xattr from what export will show
     uid, gid = take_owner(xb, st)
     mode = stat.S_IMODE(st.st_mode)
     return Node(kind, mode, uid, gid, st.st_mtime_ns, xb, **kw)  # type: ignore[arg-type]
@@ -308,7 +292,7 @@ def _xattrs_opaque(path: bytes, key: str) -> bool:
 
 
 def _same_meta(
-    a: os.stat_result, ax: dict[str, bytes], b: os.stat_result, bx: dict[str, bytes]
+    a: os.stat_result, ax: dict[bytes, bytes], b: os.stat_result, bx: dict[bytes, bytes]
 ) -> bool:
     return (
         a.st_mode == b.st_mode

@@ -235,7 +235,8 @@ class Node:
 _TYPEFLAGS = {"d": b"5", "f": b"0", "l": b"2", "c": b"3", "b": b"4", "p": b"6", "w": b"0"}
 
 
-def _filtered_xattrs(path: bytes) -> dict[bytes, bytes]:
+def filtered_xattrs(path: bytes) -> dict[bytes, bytes]:
+    """A path's xattrs, sorted, without overlayfs' own (which never belong to a layer)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -268,7 +269,7 @@ def take_owner(xattrs: dict[bytes, bytes], st: os.stat_result) -> tuple[int, int
 def node_from_disk(path: bytes, st: os.stat_result, opaque_key: str) -> Node | None:
     """The Node of one on-disk entry (None for sockets, which tar cannot hold)."""
     m = st.st_mode
-    xattrs = _filtered_xattrs(path)
+    xattrs = filtered_xattrs(path)
     uid, gid = take_owner(xattrs, st)
     mode = stat.S_IMODE(m)
     if stat.S_ISREG(m):
