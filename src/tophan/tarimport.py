@@ -518,7 +518,8 @@ class _Extractor:
                     os.write(fd, kept)
                 if spec.ok:  # the archive's own padding may hold garbage: canonical is zeros
                     spec.sink.add(memoryview(data)[:size], pad)
-                if size and self.kept + size <= KEEP_BUDGET:
+                # Held for a digest computed at the end; not needed while hashing in flight.
+                if size and not spec.ok and self.kept + size <= KEEP_BUDGET:
                     self.kept += size
                 else:
                     kept = None
