@@ -135,6 +135,12 @@ class ThreadedSink(_Sink):
         blob = data if isinstance(data, bytes) else bytes(data)
         self.q.put((blob, len(blob)))
 
+    def chunk(self, buf: bytearray, n: int) -> None:
+        """Hash ``buf[:n]``, a buffer taken from ``self.free``; it goes back there after."""
+        self.flush()
+        self.size += n
+        self.q.put((buf, n))
+
     def flush(self) -> None:
         if self.parts:
             buf = self.free.get()

@@ -223,6 +223,28 @@ class _Stream:
         self.offset += len(data)
         return data
 
+    def exact_into(self, view: memoryview, what: str | bytes) -> None:
+        """Fill ``view`` completely from the stream."""
+        got = 0
+        try:
+            while got < len(view):
+                n = self.src.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                got += n
+        except Exception as e:  # gzip/zstd/lzma/bz2 each raise their own kinds
+            raise ArchiveError(
+                f"compressed input is corrupt or truncated: {e}", "fetch the file again"
+            ) from e
+        self.offset += got
+        if got != len(view):
+            if isinstance(what, bytes):
+                what = f"member {_show(what)!r}"
+            raise ArchiveError(
+                f"archive is truncated: {what} needs {len(view) - got} more bytes",
+                "the file is incomplete; fetch it again",
+            )
+
     def exact(self, n: int, what: str | bytes) -> bytes:
         data = self.read(n)
         if len(data) != n:
@@ -307,6 +329,7 @@ class _Extractor:
         self.nodes: dict[bytes, Node] = {}  # what the canonical tar will say, path by path
         self.kept = 0
         self.spec = _Spec(self.dest)
+        self.iobuf = bytearray(CHUNK)
         self.euid = os.geteuid()
         self.egid = os.getegid()
 
@@ -541,20 +564,29 @@ class _Extractor:
         node.data = kept
         self.nodes[rel] = node
 
-    @staticmethod
     def write_stream(
-        fd: int, size: int, stream: _Stream, name: bytes, sink: tarexport.ThreadedSink | None = None
+        self,
+        fd: int,
+        size: int,
+        stream: _Stream,
+        name: bytes,
+        sink: tarexport.ThreadedSink | None = None,
     ) -> None:
+        """Copy ``size`` bytes to ``fd`` through reused buffers: a fresh 1 MiB object per
+        chunk would page-fault on every chunk. With ``sink``, each chunk is hashed on the other
+        core while the next one is read and written."""
         left = size
         while left:
-            data = stream.exact(min(left, CHUNK), name)
+            n = min(left, CHUNK)
+            buf = sink.free.get() if sink is not None else self.iobuf
+            with memoryview(buf) as whole:
+                view = whole[:n]
+                stream.exact_into(view, name)
+                while view:
+                    view = view[os.write(fd, view) :]
             if sink is not None:
-                sink.big(data)  # hashed on the other core while we write
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            left -= len(data)
+                sink.chunk(buf, n)
+            left -= n
 
     def write_sparse(self, fd: int, m: _Member, stream: _Stream) -> None:
         assert m.sparse is not None
