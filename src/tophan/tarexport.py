@@ -343,6 +343,26 @@ class Writer:
         rdev: int = 0,
     ) -> None:
         sec, frac = divmod(mtime_ns, 1_000_000_000)
+        if (
+            not xattrs
+            and len(name) <= 100
+            and len(linkname) <= 100
+            and size <= OCTAL11_MAX
+            and uid <= OCTAL7_MAX
+            and gid <= OCTAL7_MAX
+            and 0 <= sec <= OCTAL11_MAX
+            and typeflag not in (b"3", b"4")
+        ):
+            # The common case, kept cheap: at most an mtime record (a file's nanoseconds).
+            head = _header(name, mode, uid, gid, size, sec, typeflag, linkname)
+            if frac:
+                rec = _pax_record(b"mtime", b"%d.%09d" % (sec, frac))
+                base = name.rstrip(b"/").rsplit(b"/", 1)[-1]
+                pax_head = _header(b"PaxHeaders/" + base, 0o644, 0, 0, len(rec), 0, b"x")
+                self.sink.add(b"".join((pax_head, rec, _ZEROS[: -len(rec) % BLOCK], head)))
+            else:
+                self.sink.add(head)
+            return
         pax: dict[bytes, bytes] = {}
         if len(name) > 100:
             pax[b"path"] = name
