@@ -1,8 +1,7 @@
 # tophan — see README.md. Targets install what they need on a fresh Debian 12 machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := busybox-static zstd attr acl e2fsprogs uidmap umoci skopeo fuse-overlayfs \
-	libarchive-tools python3 python3-venv util-linux passwd
+DEB_PACKAGES := busybox-static attr acl umoci tar python3 python3-venv util-linux passwd
 
 .PHONY: deps venv demo test lint typecheck unit bench clean
 
