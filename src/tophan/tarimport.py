@@ -203,6 +203,19 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 # -- the stream ---------------------------------------------------------------------------------
 
 
+def _corrupt(e: Exception) -> ArchiveError:
+    return ArchiveError(f"compressed input is corrupt or truncated: {e}", "fetch the file again")
+
+
+def _truncated(what: str | bytes, missing: int) -> ArchiveError:
+    if isinstance(what, bytes):  # a member name: formatted only when it is needed
+        what = f"member {_show(what)!r}"
+    return ArchiveError(
+        f"archive is truncated: {what} needs {missing} more bytes",
+        "the file is incomplete; fetch it again",
+    )
+
+
 class _Stream:
     def __init__(self, src: IO[bytes]) -> None:
         self.src = src
@@ -217,9 +230,7 @@ class _Stream:
                     break
                 data += more
         except Exception as e:  # gzip/zstd/lzma/bz2 each raise their own kinds
-            raise ArchiveError(
-                f"compressed input is corrupt or truncated: {e}", "fetch the file again"
-            ) from e
+            raise _corrupt(e) from e
         self.offset += len(data)
         return data
 
@@ -233,27 +244,15 @@ class _Stream:
                     break
                 got += n
         except Exception as e:  # gzip/zstd/lzma/bz2 each raise their own kinds
-            raise ArchiveError(
-                f"compressed input is corrupt or truncated: {e}", "fetch the file again"
-            ) from e
+            raise _corrupt(e) from e
         self.offset += got
         if got != len(view):
-            if isinstance(what, bytes):
-                what = f"member {_show(what)!r}"
-            raise ArchiveError(
-                f"archive is truncated: {what} needs {len(view) - got} more bytes",
-                "the file is incomplete; fetch it again",
-            )
+            raise _truncated(what, len(view) - got)
 
     def exact(self, n: int, what: str | bytes) -> bytes:
         data = self.read(n)
         if len(data) != n:
-            if isinstance(what, bytes):  # a member name: formatted only when it is needed
-                what = f"member {_show(what)!r}"
-            raise ArchiveError(
-                f"archive is truncated: {what} needs {n - len(data)} more bytes",
-                "the file is incomplete; fetch it again",
-            )
+            raise _truncated(what, n - len(data))
         return data
 
 
