@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Literal
 
 from tophan.errors import TophanError
 from tophan.tarexport import Node, NoGC, take_owner, write_nodes
@@ -27,7 +26,11 @@ from tophan.tarexport import filtered_xattrs as _xattrs
 
 CHUNK = 1 << 20
 KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read
-XattrNs = Literal["trusted", "user"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    XattrNs = Literal["trusted", "user"]
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
