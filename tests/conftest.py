@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["rootless"]
+
 BIN = Path(sys.executable).parent
 
 

@@ -1,31 +1,56 @@
-"""Raw syscalls Python 3.11 lacks (the new mount API, mount/umount2), through ctypes.
+"""Raw syscalls Python 3.11 lacks (the new mount API, mount/umount2, unshare), through ctypes.
 
-Nothing happens at import time; libc is loaded on first use.
+Importing this module does no work: libc is loaded on the first call. Every wrapper raises
+:class:`OSError` with the call's errno (and the path involved, if any); callers turn that into a
+:class:`~tophan.errors.TophanError` with a message for users.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from functools import cache
+from typing import NoReturn
 
-# Generic syscall numbers: the new mount API has the same numbers on every architecture.
+# The new mount API arrived after the syscall tables were unified (5.1), so these numbers are the
+# same on x86_64, i386, arm, aarch64, riscv, powerpc and s390 (asm-generic/unistd.h agrees with
+# x86_64's unistd_64.h). Only a few old ABIs add an offset; there we report ENOSYS and the caller
+# falls back to mount(2).
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_FSOPEN = 430
 SYS_FSCONFIG = 431
 SYS_FSMOUNT = 432
+_OFFSET_ABIS = ("alpha", "ia64", "mips")
 
 FSOPEN_CLOEXEC = 0x1
+# fsconfig copies at most 256 bytes of a key or string value, NUL included (strndup_user).
+FSCONFIG_MAX_STRING = 255
 FSMOUNT_CLOEXEC = 0x1
+
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-AT_FDCWD = -100
 
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+
+MS_RDONLY = 0x1
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+MNT_FORCE = 0x1
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 
 
 @cache
@@ -33,65 +58,108 @@ def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _check(ret: int, what: str, path: str | None = None) -> int:
-    if ret < 0:
+@cache
+def _syscall_fn() -> ctypes._NamedFuncPointer:
+    if os.uname().machine.startswith(_OFFSET_ABIS):
+        raise_errno(errno.ENOSYS)
+    fn = libc().syscall
+    fn.restype = ctypes.c_long
+    return fn
+
+
+def raise_errno(err: int | None = None, path: str | None = None) -> NoReturn:
+    """Raise OSError for ``err`` (default: the errno the last libc call left)."""
+    if err is None:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    raise OSError(err, os.strerror(err), path)
+
+
+def _check(ret: int, path: str | None = None) -> int:
+    if ret < 0:
+        raise_errno(None, path)
     return ret
 
 
-def _syscall(nr: int, *args: object) -> int:
-    fn = libc().syscall
-    fn.restype = ctypes.c_long
-    return int(fn(ctypes.c_long(nr), *args))
+def _str(s: str | None) -> ctypes.c_char_p:
+    return ctypes.c_char_p(None if s is None else os.fsencode(s))
 
 
-def fsopen(fstype: str) -> int:
+def _syscall(nr: int, *args: ctypes.c_long | ctypes.c_char_p) -> int:
+    # Every argument is passed as a full word: syscall() is variadic and reads longs.
+    return int(_syscall_fn()(ctypes.c_long(nr), *args))
+
+
+def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+    """A filesystem context fd; read() on it yields the kernel's messages ("e overlay: ...")."""
+    return _check(_syscall(SYS_FSOPEN, _str(fstype), ctypes.c_long(flags)))
+
+
+def fsconfig(
+    fd: int, cmd: int, key: str | None = None, value: str | None = None, aux: int = 0
+) -> None:
+    """Set one parameter of a context (or run CMD_CREATE); the error's filename is ``value``.
+
+    ``aux`` is the file descriptor of FSCONFIG_SET_FD. String values longer than
+    FSCONFIG_MAX_STRING bytes fail with EINVAL.
+    """
+    ret = _syscall(
+        SYS_FSCONFIG,
+        ctypes.c_long(fd),
+        ctypes.c_long(cmd),
+        _str(key),
+        _str(value),
+        ctypes.c_long(aux),
+    )
+    _check(ret, value)
+
+
+def fsmount(fd: int, flags: int = FSMOUNT_CLOEXEC, attr_flags: int = 0) -> int:
+    """A detached mount fd for a created context."""
     return _check(
-        _syscall(SYS_FSOPEN, ctypes.c_char_p(fstype.encode()), ctypes.c_uint(FSOPEN_CLOEXEC)),
-        "fsopen",
+        _syscall(SYS_FSMOUNT, ctypes.c_long(fd), ctypes.c_long(flags), ctypes.c_long(attr_flags))
     )
 
 
-def fsconfig(fd: int, cmd: int, key: str | None, value: str | None) -> None:
-    k = ctypes.c_char_p(key.encode() if key is not None else None)
-    v = ctypes.c_char_p(os.fsencode(value) if value is not None else None)
-    _check(
-        _syscall(SYS_FSCONFIG, ctypes.c_int(fd), ctypes.c_uint(cmd), k, v, ctypes.c_int(0)),
-        f"fsconfig {key or ''}",
-        value,
-    )
-
-
-def fsmount(fd: int) -> int:
-    return _check(
-        _syscall(SYS_FSMOUNT, ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(0)),
-        "fsmount",
-    )
-
-
-def move_mount(from_fd: int, target: str) -> None:
+def move_mount(
+    from_fd: int,
+    to_path: str,
+    *,
+    from_path: str = "",
+    to_fd: int = AT_FDCWD,
+    flags: int = MOVE_MOUNT_F_EMPTY_PATH,
+) -> None:
+    """Attach a mount (by default the detached mount ``from_fd``) at ``to_path``."""
     ret = _syscall(
         SYS_MOVE_MOUNT,
-        ctypes.c_int(from_fd),
-        ctypes.c_char_p(b""),
-        ctypes.c_int(AT_FDCWD),
-        ctypes.c_char_p(os.fsencode(target)),
-        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ctypes.c_long(from_fd),
+        _str(from_path),
+        ctypes.c_long(to_fd),
+        _str(to_path),
+        ctypes.c_long(flags),
     )
-    _check(ret, "move_mount", target)
+    _check(ret, to_path)
 
 
-def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    ret = libc().mount(
-        os.fsencode(source),
-        os.fsencode(target),
-        fstype.encode(),
-        ctypes.c_ulong(flags),
-        os.fsencode(data),
+def open_tree(
+    path: str, flags: int = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC, dfd: int = AT_FDCWD
+) -> int:
+    """An fd for ``path``'s mount; with OPEN_TREE_CLONE a detached copy (a bind mount to move)."""
+    return _check(
+        _syscall(SYS_OPEN_TREE, ctypes.c_long(dfd), _str(path), ctypes.c_long(flags)), path
     )
-    _check(ret, "mount", target)
 
 
-def umount2(target: str, flags: int) -> None:
-    _check(libc().umount2(os.fsencode(target), ctypes.c_int(flags)), "umount", target)
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    """mount(2). ``data`` goes to the kernel as one page: callers must check its length."""
+    fn = libc().mount
+    ret = fn(_str(source), _str(target), _str(fstype), ctypes.c_ulong(flags), _str(data))
+    _check(ret, target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(libc().umount2(_str(target), ctypes.c_int(flags)), target)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) for the calling thread (CLONE_NEWUSER needs a single-threaded process)."""
+    _check(libc().unshare(ctypes.c_int(flags)))
