@@ -1,9 +1,13 @@
 # tophan — see README.md. Targets install what they need on a fresh Debian 12 machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := busybox-static attr acl umoci tar python3 python3-venv util-linux passwd
+# Layer core: busybox-static attr acl umoci tar; rootless tests: python3 python3-venv util-linux
+# passwd uidmap; running apps: libseccomp2 iproute2 runc crun podman (peers); images: skopeo
+# docker-registry; cgroup v2 VM tests: qemu-system-x86.
+DEB_PACKAGES := busybox-static attr acl umoci tar python3 python3-venv util-linux passwd uidmap \
+	libseccomp2 iproute2 runc crun podman fuse-overlayfs skopeo docker-registry qemu-system-x86
 
-.PHONY: deps venv demo test lint typecheck unit bench clean
+.PHONY: deps venv demo test test-v2 lint typecheck unit bench clean
 
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -34,6 +38,10 @@ unit: deps venv
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit
+
+# The cgroup v2 cases, run in a qemu VM with a stock Debian kernel (this host is hybrid v1/v2).
+test-v2: deps venv
+	tests/vm/test-v2
 
 bench: deps venv
 	$(PY) bench/run.py

@@ -62,6 +62,17 @@ names: {name_rule}.
 """
 
 
+# Command -> module with ``main(cli, command, argv) -> int``; not for the overlayd entry point.
+EXTENSIONS = {
+    "run": "tophan.cli_run",
+    "app": "tophan.cli_app",
+    "image": "tophan.cli_image",
+    "push": "tophan.cli_image",
+    "pull": "tophan.cli_image",
+    "volume": "tophan.cli_app",
+}
+
+
 class Args:
     """Parsed arguments of one subcommand: positionals plus options by name."""
 
@@ -200,7 +211,15 @@ class Cli:
             cmd = "ws"
         handler = self.commands().get(cmd)
         if handler is None:
-            raise UsageError(f"unknown command: {cmd}", "see `help`")
+            module = None if self.overlayd else EXTENSIONS.get(cmd)
+            if module is None:
+                raise UsageError(f"unknown command: {cmd}", "see `help`")
+            import importlib
+
+            # Commands beyond the layer core live in their own modules, imported only when used
+            # so that path commands keep their start-up time.
+            run_ext: Callable[[Cli, str, list[str]], int] = importlib.import_module(module).main
+            return run_ext(self, cmd, rest)
         return handler(rest)
 
     def commands(self) -> dict[str, Callable[[list[str]], int]]:
