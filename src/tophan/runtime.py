@@ -1,0 +1,758 @@
+"""Start a process in a composed, isolated root: the container runtime.
+
+How a container comes to life (no daemon, no helper binary, two forks)::
+
+    caller (tophan run / tophand / your program; a child subreaper)
+      └─ fork: "setup" — unshare(mnt, uts, ipc, pid [, net] [, user]) ... forks "init", exits
+            └─ "init" (pid 1 in the new pid namespace, reparented to the caller)
+                 waits for the caller to put it in its cgroup, then unshares the cgroup
+                 namespace, mounts the overlay and /proc, /dev, /sys, volumes, pivots into the
+                 root, drops privileges and execs the command.
+
+The setup process exists only because a process cannot move itself into a new pid namespace;
+it exits at once, and since the caller is a child subreaper the init process becomes the
+caller's child, so the caller waits for it directly: one process per container, the command
+itself. Every mount lives in the container's mount namespace, so when its last process exits
+the kernel tears them all down: nothing stays mounted whatever way the caller dies. The init
+process gets SIGKILL if the caller dies (parent-death signal), which ends the pid namespace.
+
+The run dir (upper, work, rootfs mountpoint, generated /etc files) is a staging dir in the
+store's tmp/, locked by the caller while it runs: a crash leaves it to ``gc``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+from dataclasses import dataclass, field
+
+from tophan import _libc
+from tophan.errors import TophanError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tophan.cgroup import Cgroup, Limits
+    from tophan.store import Staging, Store
+
+# Exit codes of `docker run` for failures that are not the command's own.
+RC_SETUP = 125  # the container could not be set up
+RC_NOT_EXECUTABLE = 126
+RC_NOT_FOUND = 127
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Signals a caller forwards to the container (SIGCHLD/SIGKILL/SIGSTOP excluded by nature).
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCONT,
+)
+_DEV_NODES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+
+
+class RunError(TophanError):
+    """The container could not be started."""
+
+    rc = RC_SETUP
+
+
+@dataclass
+class Bind:
+    """A host path (or a volume's directory) mounted into the container."""
+
+    source: str
+    target: str
+    readonly: bool = False
+
+
+@dataclass
+class Spec:
+    """Everything that defines one container run. Lowers are layer trees, top first."""
+
+    lowers: list[str]
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    user: str | None = None  # "uid[:gid]" or "name[:group]", resolved in the container's /etc
+    hostname: str = "tophan"
+    network: str = "none"  # "none" (only lo) or "host"
+    binds: list[Bind] = field(default_factory=list)
+    limits: Limits | None = None
+    caps: frozenset[str] | None = None  # None: the default set
+    seccomp: bool = True
+    no_new_privs: bool = True
+    readonly_rootfs: bool = False
+    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tmpfs: list[str] = field(default_factory=list)
+    name: str = ""  # used for the cgroup; unique among live runs (default: random)
+    userxattr: bool = False  # overlay in a user namespace (rootless stores)
+    no_limits: bool = False  # rootless: run without a cgroup rather than refuse
+
+    def check(self) -> None:
+        if not self.argv:
+            raise UsageError("no command to run", "give one after `--`, or use an image with Cmd")
+        if self.network not in ("none", "host"):
+            raise UsageError(
+                f"unknown network mode {self.network!r}", "use --network none or --network host"
+            )
+        if not self.lowers:
+            raise UsageError("no layers to run on", "give at least one -l LAYER")
+        for b in self.binds:
+            if not os.path.isabs(b.target):
+                raise UsageError(f"mount target {b.target!r} is not an absolute path")
+        if not os.path.isabs(self.workdir):
+            raise UsageError(f"working directory {self.workdir!r} is not an absolute path")
+
+
+# -- the caller's side -------------------------------------------------------------------------
+
+
+class Container:
+    """A started container. ``wait()`` reaps it; ``close()`` removes what it left."""
+
+    def __init__(self, spec: Spec, run_dir: Staging, cgroup: Cgroup | None) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.cgroup = cgroup
+        self.pid = 0  # the init process (the command), in our pid namespace
+        self.returncode: int | None = None
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.run_dir.path, "upper")
+
+    def signal(self, sig: int) -> None:
+        if self.returncode is None and self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = exit_code(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except InterruptedError:
+                continue
+            self.returncode = exit_code(status)
+        return self.returncode
+
+    def kill_all(self) -> None:
+        """SIGKILL the init process (which ends its pid namespace) and everything in the cgroup."""
+        self.signal(signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+    def close(self, *, keep_upper: str | None = None) -> None:
+        """Reap, remove the cgroup, and discard the run dir (or keep its upper dir)."""
+        if self.returncode is None:
+            self.kill_all()
+            self.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        if keep_upper is not None:
+            _keep_upper(self.upper, keep_upper)
+        self.run_dir.discard()
+
+
+def exit_code(status: int) -> int:
+    """Shell convention: the exit status, or 128+N for a signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _keep_upper(upper: str, dest: str) -> None:
+    dest = os.path.abspath(dest)
+    if os.path.exists(dest):
+        raise TophanError(f"cannot keep the upper dir at {dest}: it exists", "pick a new path")
+    try:
+        os.rename(upper, dest)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise TophanError(f"cannot keep the upper dir at {dest}: {e.strerror}") from e
+        import shutil
+
+        # Another filesystem: copy with xattrs (whiteouts are char devices: copy them as such).
+        shutil.copytree(upper, dest, symlinks=True, copy_function=_copy_special)
+
+
+def _copy_special(src: str, dst: str) -> None:
+    import shutil
+
+    st = os.lstat(src)
+    if stat.S_ISCHR(st.st_mode):
+        os.mknod(dst, st.st_mode, st.st_rdev)
+        return
+    shutil.copy2(src, dst)
+
+
+def start(store: Store, spec: Spec, *, pass_fds: Sequence[int] = ()) -> Container:
+    """Start ``spec``'s command; returns once it has been exec'd (or raises RunError)."""
+    spec.check()
+    cgroup = _make_cgroup(spec)
+    try:
+        run_dir = store.staging("run")
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    ctr = Container(spec, run_dir, cgroup)
+    try:
+        for sub in ("upper", "work", "rootfs"):
+            os.mkdir(os.path.join(run_dir.path, sub), 0o755)
+        os.chmod(run_dir.path, 0o755)
+        _launch(ctr, pass_fds)
+    except BaseException:
+        ctr.close()
+        raise
+    return ctr
+
+
+def _make_cgroup(spec: Spec) -> Cgroup | None:
+    from tophan import cgroup
+
+    limits = spec.limits or cgroup.Limits()
+    reason = cgroup.unavailable(limits)
+    if reason is not None:
+        if spec.no_limits or not _has_limits(limits):
+            return None
+        raise RunError(reason, "pass --no-limits to run without them")
+    name = spec.name or f"run-{os.urandom(6).hex()}"
+    return cgroup.Cgroup.create(name, limits)
+
+
+def _has_limits(limits: Limits) -> bool:
+    from dataclasses import fields
+
+    return any(getattr(limits, f.name) not in (None, [], ()) for f in fields(limits))
+
+
+def _launch(ctr: Container, pass_fds: Sequence[int]) -> None:
+    # Orphans of our children (the init process, once setup exits) become our children.
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        _child_main(ctr, parent, go_r, msg_w, pass_fds)  # never returns
+    os.close(go_r)
+    os.close(msg_w)
+    try:
+        _handshake(ctr, pid, go_w, _Lines(msg_r))
+    finally:
+        _close_quietly(go_w)
+        _close_quietly(msg_r)
+
+
+def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
+    line = msgs.next()
+    _, status = os.waitpid(setup_pid, 0)
+    if not line.startswith("pid "):
+        raise _failure(line, status)
+    ctr.pid = int(line[4:])
+    if ctr.cgroup is not None:
+        ctr.cgroup.add(ctr.pid)
+    os.write(go_w, b"g")
+    line = msgs.next()  # EOF: exec succeeded (the pipe is close-on-exec)
+    if line:
+        ctr.wait()
+        raise _failure(line, None)
+
+
+def _failure(line: str, status: int | None) -> RunError:
+    if line.startswith("error "):
+        code, _, text = line[6:].partition(" ")
+        err = RunError(text)
+        err.rc = int(code)
+        return err
+    if status is not None:
+        return RunError(f"container setup died ({exit_code(status)})")
+    return RunError("container setup failed")
+
+
+class _Lines:
+    """Lines from the message pipe; "" at EOF."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self) -> str:
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                rest, self.buf = self.buf, b""
+                return rest.decode(errors="replace")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run(store: Store, spec: Spec, *, keep_upper: str | None = None) -> int:
+    """Run to completion like ``docker run --rm``: forward signals, return the exit code."""
+    import threading
+
+    forward = threading.current_thread() is threading.main_thread()
+    if forward:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
+    try:
+        ctr = start(store, spec)
+        try:
+            if forward:
+                _forward_until_exit(ctr)
+            return ctr.wait()
+        finally:
+            ctr.close(keep_upper=keep_upper)
+    finally:
+        if forward:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _forward_until_exit(ctr: Container) -> None:
+    # sigwaitinfo tells a signal someone sent us (forward it) from one the terminal sent to the
+    # whole foreground process group (the container got it too: do not deliver it twice).
+    wanted = {*FORWARDED, signal.SIGCHLD}
+    while ctr.poll() is None:
+        info = signal.sigtimedwait(wanted, 1.0)
+        if info is None or info.si_signo == signal.SIGCHLD:
+            continue
+        if info.si_code == _SI_KERNEL:
+            continue
+        ctr.signal(info.si_signo)
+
+
+_SI_KERNEL = 0x80
+
+
+# -- the child's side (runs after fork; must never return into the caller's code) --------------
+
+
+def _child_main(
+    ctr: Container, parent: int, go_r: int, msg_w: int, pass_fds: Sequence[int]
+) -> None:
+    code = RC_SETUP
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        _setup_process(ctr, parent, go_r, msg_w, pass_fds)
+    except _Exit as e:
+        code = e.code
+    except BaseException as e:
+        msg = _describe(e)
+        code = RC_SETUP
+        try:
+            os.write(msg_w, f"error {code} {msg}\n".encode())
+        except OSError:
+            pass
+    os._exit(code)
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TophanError):
+        return str(e).replace("\n", " ")
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"container setup failed: {e.strerror or e}{where}"
+    return f"container setup failed: {type(e).__name__}: {e}".replace("\n", " ")
+
+
+def _setup_process(
+    ctr: Container, parent: int, go_r: int, msg_w: int, pass_fds: Sequence[int]
+) -> None:
+    spec = ctr.spec
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # getppid() says 0 inside the new pid namespace: watch the caller through a pidfd instead.
+    caller = os.pidfd_open(parent)
+    _exit_if_gone(caller)
+    flags = _libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC | _libc.CLONE_NEWPID
+    if spec.network == "none":
+        flags |= _libc.CLONE_NEWNET
+    _libc.unshare(flags)
+    pid = os.fork()
+    if pid:
+        os.write(msg_w, f"pid {pid}\n".encode())
+        raise _Exit(0)
+    # The init process. Our parent (setup) exits now; wait for the caller's go, which also
+    # means we have been reparented to it (it reaped setup before writing).
+    if os.read(go_r, 1) != b"g":
+        raise _Exit(RC_SETUP)  # the caller is gone
+    os.close(go_r)
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _exit_if_gone(caller)
+    try:
+        _libc.unshare(_libc.CLONE_NEWCGROUP)
+    except OSError:
+        pass  # kernels without cgroup namespaces still run containers
+    root = os.path.join(ctr.run_dir.path, "rootfs")
+    _preload()
+    _mount_root(ctr, root)
+    _pivot(root)
+    _init_container(spec, msg_w, pass_fds)
+
+
+def _preload() -> None:
+    """Import now what runs after pivot_root: the host's module and library paths vanish then."""
+    import fcntl  # noqa: F401
+    import resource  # noqa: F401
+    import socket  # noqa: F401
+    import struct  # noqa: F401
+
+    from tophan import security
+
+    security.preload()
+
+
+def _exit_if_gone(pidfd: int) -> None:
+    """Exit if the caller died before our parent-death signal was armed."""
+    import select
+
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    if p.poll(0):
+        raise _Exit(RC_SETUP)
+
+
+def _mount_root(ctr: Container, root: str) -> None:
+    from tophan import mount
+
+    spec = ctr.spec
+    # Nothing we mount may propagate back to the host.
+    _libc.mount("none", "/", None, _libc.MS_REC | _libc.MS_PRIVATE, None)
+    d = ctr.run_dir.path
+    mount.mount_overlay(
+        root,
+        spec.lowers,
+        os.path.join(d, "upper"),
+        os.path.join(d, "work"),
+        userxattr=spec.userxattr,
+    )
+    privileged = not spec.userxattr and os.geteuid() == 0
+    _mount_proc(root)
+    _mount_dev(root, privileged)
+    _mount_sys(root, spec.network == "host" or not privileged)
+    _write_etc(ctr, root)
+    for b in spec.binds:
+        _bind(b, root)
+    for t in spec.tmpfs:
+        target = _inside(root, t)
+        os.makedirs(target, 0o755, exist_ok=True)
+        _libc.mount("tmpfs", target, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV, "mode=1777")
+
+
+def _inside(root: str, path: str) -> str:
+    """``path`` of the container, resolved without leaving ``root`` (symlinks included)."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    cur = root
+    depth = 0
+    while parts:
+        p = parts.pop(0)
+        if p == "..":
+            if depth:
+                cur = os.path.dirname(cur)
+                depth -= 1
+            continue
+        nxt = os.path.join(cur, p)
+        if os.path.islink(nxt):
+            depth += 1
+            if depth > 40:
+                raise RunError(f"too many symlinks in {path}")
+            link = os.readlink(nxt)
+            if link.startswith("/"):
+                cur, depth = root, 0
+            parts = [x for x in link.split("/") if x and x != "."] + parts
+            continue
+        cur = nxt
+        depth += 1
+    return cur
+
+
+def _mount_proc(root: str) -> None:
+    target = os.path.join(root, "proc")
+    os.makedirs(target, 0o555, exist_ok=True)
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+    _libc.mount("proc", target, "proc", flags, None)
+
+
+def _mount_dev(root: str, privileged: bool) -> None:
+    dev = os.path.join(root, "dev")
+    os.makedirs(dev, 0o755, exist_ok=True)
+    _libc.mount(
+        "tmpfs", dev, "tmpfs", _libc.MS_NOSUID | _libc.MS_STRICTATIME, "mode=755,size=65536k"
+    )
+    for name, major, minor in _DEV_NODES:
+        path = os.path.join(dev, name)
+        if privileged:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            os.chmod(path, 0o666)
+        else:
+            # A user namespace cannot make device nodes: bind the host's.
+            open(path, "w").close()
+            _libc.mount(f"/dev/{name}", path, None, _libc.MS_BIND, None)
+    pts = os.path.join(dev, "pts")
+    os.mkdir(pts, 0o755)
+    opts = "newinstance,ptmxmode=0666,mode=0620" + (",gid=5" if privileged else "")
+    _libc.mount("devpts", pts, "devpts", _libc.MS_NOSUID | _libc.MS_NOEXEC, opts)
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    shm = os.path.join(dev, "shm")
+    os.mkdir(shm, 0o1777)
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+    _libc.mount("shm", shm, "tmpfs", flags, "mode=1777,size=65536k")
+    mq = os.path.join(dev, "mqueue")
+    os.mkdir(mq, 0o755)
+    try:
+        _libc.mount("mqueue", mq, "mqueue", flags, None)
+    except OSError:
+        os.rmdir(mq)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ):
+        os.symlink(target, os.path.join(dev, name))
+
+
+def _mount_sys(root: str, bind: bool) -> None:
+    target = os.path.join(root, "sys")
+    os.makedirs(target, 0o555, exist_ok=True)
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC | _libc.MS_RDONLY
+    if not bind:
+        try:
+            _libc.mount("sysfs", target, "sysfs", flags, None)
+            return
+        except OSError:
+            pass
+    # sysfs can only be mounted by the owner of the network namespace: bind the host's, then
+    # make the bind read-only (a separate remount: MS_RDONLY is ignored on the first bind).
+    _libc.mount("/sys", target, None, _libc.MS_BIND | _libc.MS_REC, None)
+    _libc.mount("none", target, None, _libc.MS_REMOUNT | _libc.MS_BIND | flags, None)
+
+
+def _write_etc(ctr: Container, root: str) -> None:
+    etc = _inside(root, "/etc")
+    if not os.path.isdir(etc):
+        return
+    host = ctr.spec.hostname
+    files = {
+        "hostname": f"{host}\n",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1\t{host}\n",
+    }
+    if ctr.spec.network == "host" and os.path.exists("/etc/resolv.conf"):
+        with open("/etc/resolv.conf") as f:
+            files["resolv.conf"] = f.read()
+    for name, text in files.items():
+        src = os.path.join(ctr.run_dir.path, name)
+        with open(src, "w") as f:
+            f.write(text)
+        dst = os.path.join(etc, name)
+        if os.path.islink(dst):
+            continue  # never follow a symlink of the image out of the root
+        if not os.path.exists(dst):
+            open(dst, "w").close()
+        _libc.mount(src, dst, None, _libc.MS_BIND, None)
+
+
+def _bind(b: Bind, root: str) -> None:
+    try:
+        st = os.stat(b.source)
+    except OSError as e:
+        raise RunError(f"cannot mount {b.source}: {e.strerror}", "check the -v source") from e
+    target = _inside(root, b.target)
+    if stat.S_ISDIR(st.st_mode):
+        os.makedirs(target, 0o755, exist_ok=True)
+    elif not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        open(target, "w").close()
+    _libc.mount(b.source, target, None, _libc.MS_BIND | _libc.MS_REC, None)
+    if b.readonly:
+        _remount_ro(target)
+
+
+def _remount_ro(target: str) -> None:
+    # Keep the flags the kernel locked on the original mount (nosuid, nodev…): a user
+    # namespace may not clear them, and we would not want to.
+    vfs = os.statvfs(target)
+    keep = 0
+    for st_flag, ms_flag in (
+        (os.ST_NOSUID, _libc.MS_NOSUID),
+        (os.ST_NODEV, _libc.MS_NODEV),
+        (os.ST_NOEXEC, _libc.MS_NOEXEC),
+    ):
+        if vfs.f_flag & st_flag:
+            keep |= ms_flag
+    flags = _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY | keep
+    _libc.mount("none", target, None, flags, None)
+
+
+def _pivot(root: str) -> None:
+    # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only ours.
+    os.chdir(root)
+    _libc.pivot_root(".", ".")
+    _libc.umount2(".", _libc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
+    from tophan import security
+
+    security.mask_paths("/")
+    if spec.readonly_rootfs:
+        _libc.mount("none", "/", None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY, None)
+    _libc.sethostname(spec.hostname)
+    if spec.network == "none":
+        _loopback_up()
+    _set_rlimits(spec.rlimits)
+    uid, gid, groups, home = resolve_user(spec.user)
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": home}
+    env.update(spec.env)
+    try:
+        os.makedirs(spec.workdir, 0o755, exist_ok=True)
+    except OSError:
+        pass
+    caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
+    security.drop_bounding(caps)
+    _libc.prctl(_libc.PR_SET_KEEPCAPS, 1)
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # Credential changes reset the parent-death signal: set it again.
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    security.set_caps(caps, uid)
+    try:
+        os.chdir(spec.workdir)
+    except OSError as e:
+        raise RunError(f"cannot enter working directory {spec.workdir}: {e.strerror}") from e
+    _close_fds(msg_w, pass_fds)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)  # Python ignores them; exec would keep that
+    if spec.no_new_privs:
+        security.set_no_new_privs()
+    security.load_seccomp("default" if spec.seccomp else None)
+    _exec(spec.argv, env, msg_w)
+
+
+def _exec(argv: list[str], env: dict[str, str], msg_w: int) -> None:
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        code = RC_NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else RC_NOT_EXECUTABLE
+        what = "not found" if code == RC_NOT_FOUND else e.strerror
+        os.write(msg_w, f"error {code} cannot run {argv[0]}: {what}\n".encode())
+        raise _Exit(code) from e
+
+
+def _close_fds(keep: int, pass_fds: Sequence[int]) -> None:
+    # Everything above stderr but the message pipe (close-on-exec) and what the caller passes.
+    for fd in sorted(int(x) for x in os.listdir("/proc/self/fd")):
+        if fd > 2 and fd != keep and fd not in pass_fds:
+            _close_quietly(fd)
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+
+
+def _set_rlimits(rlimits: dict[str, tuple[int, int]]) -> None:
+    import resource
+
+    for name, (soft, hard) in rlimits.items():
+        res = getattr(resource, f"RLIMIT_{name.upper()}", None)
+        if res is None:
+            raise RunError(f"unknown rlimit {name}", "e.g. nofile, nproc, core, stack, memlock")
+        resource.setrlimit(res, (soft, hard))
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+    import struct
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+def resolve_user(user: str | None, etc: str = "/etc") -> tuple[int, int, list[int], str]:
+    """``user[:group]`` (names or numbers) -> uid, gid, supplementary gids, home, like Docker.
+
+    Names are looked up in the container's /etc/passwd and /etc/group; numeric ids need not
+    exist there. Unknown names are an error."""
+    spec = user or "0"
+    uname, _, gname = spec.partition(":")
+    passwd = _table(os.path.join(etc, "passwd"))
+    groups = _table(os.path.join(etc, "group"))
+    entry = None
+    if uname.isdigit():
+        uid = int(uname)
+        entry = next((e for e in passwd if e[2:3] == [uname]), None)
+    else:
+        entry = next((e for e in passwd if e[0] == uname), None)
+        if entry is None:
+            raise RunError(f"unable to find user {uname}: no matching entries in passwd file")
+        uid = int(entry[2])
+    gid = int(entry[3]) if entry is not None and len(entry) > 3 and entry[3].isdigit() else 0
+    if gname:
+        if gname.isdigit():
+            gid = int(gname)
+        else:
+            g = next((e for e in groups if e[0] == gname), None)
+            if g is None:
+                raise RunError(f"unable to find group {gname}: no matching entries in group file")
+            gid = int(g[2])
+    home = entry[5] if entry is not None and len(entry) > 5 and entry[5] else "/"
+    supplementary = [gid]
+    if entry is not None and not gname:
+        name = entry[0]
+        for g in groups:
+            if len(g) > 3 and name in g[3].split(",") and g[2].isdigit():
+                supplementary.append(int(g[2]))
+    return uid, gid, sorted(set(supplementary)), home
+
+
+def _table(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and line[0] != "#"]
+    except OSError:
+        return []
