@@ -163,3 +163,53 @@ def umount2(target: str, flags: int = 0) -> None:
 def unshare(flags: int) -> None:
     """unshare(2) for the calling thread (CLONE_NEWUSER needs a single-threaded process)."""
     _check(libc().unshare(ctypes.c_int(flags)))
+
+
+# -- namespaces and process setup (the runtime) ------------------------------------------------
+
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_SLAVE = 0x80000
+MS_STRICTATIME = 0x1000000
+
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace ``fd`` refers to (a /proc/PID/ns/* file)."""
+    _check(libc().setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    SYS_PIVOT_ROOT = 155  # x86_64; aarch64 and the generic table use 41
+    nr = 41 if os.uname().machine in ("aarch64", "riscv64") else SYS_PIVOT_ROOT
+    _check(_syscall(nr, _str(new_root), _str(put_old)), new_root)
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(libc().sethostname(ctypes.c_char_p(raw), ctypes.c_size_t(len(raw))))
+
+
+def prctl(option: int, arg2: int = 0) -> int:
+    fn = libc().prctl
+    fn.restype = ctypes.c_int
+    return _check(
+        fn(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg2),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        )
+    )

@@ -34,7 +34,7 @@ def gc(store: Store) -> GcReport:
     report = GcReport()
     hidden = []
     with store.lock():
-        referenced = store.layers.referenced_digests()
+        referenced = store.layers.referenced_digests() | _in_use_by_runs(store)
         for digest in sorted(store.layers.stored_digests()):
             if digest not in referenced:
                 path = store.hide(store.path("layers", digest.split(":", 1)[1]))
@@ -46,6 +46,12 @@ def gc(store: Store) -> GcReport:
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
     report.staging_removed = store.clean_tmp()
     return report
+
+
+def _in_use_by_runs(store: Store) -> set[str]:
+    from tophan.runtime import live_run_digests
+
+    return live_run_digests(store)
 
 
 def fsck(store: Store) -> FsckReport:

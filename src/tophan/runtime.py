@@ -102,6 +102,7 @@ class Spec:
     name: str = ""  # used for the cgroup; unique among live runs (default: random)
     userxattr: bool = False  # overlay in a user namespace (rootless stores)
     no_limits: bool = False  # rootless: run without a cgroup rather than refuse
+    digests: list[str] = field(default_factory=list)  # the lowers' layers, kept from gc
 
     def check(self) -> None:
         if not self.argv:
@@ -224,11 +225,56 @@ def start(store: Store, spec: Spec, *, pass_fds: Sequence[int] = ()) -> Containe
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
+        _claim_layers(store, run_dir.path, spec.digests)
         _launch(ctr, pass_fds)
     except BaseException:
         ctr.close()
         raise
     return ctr
+
+
+RUN_META = "run.meta"
+
+
+def _claim_layers(store: Store, run_dir: str, digests: list[str]) -> None:
+    """Record our layers in the (locked) run dir, under the store lock: gc keeps them."""
+    from tophan.store import write_meta
+
+    with store.lock():
+        for d in digests:
+            if not os.path.isdir(store.layers.tree_path(d)):
+                raise RunError(f"layer {d} is gone", "it was removed; run `fsck`")
+        write_meta(os.path.join(run_dir, RUN_META), {"lower_digests": digests})
+
+
+def live_run_digests(store: Store) -> set[str]:
+    """Layers of runs in progress (their run dirs are locked by their owners)."""
+    import fcntl
+
+    from tophan import meta
+
+    out: set[str] = set()
+    tmp = store.path("tmp")
+    for entry in os.scandir(tmp):
+        if not entry.name.startswith("run-"):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            continue  # nobody holds it: a leftover, gc's to remove
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        try:
+            info = meta.read(os.path.join(entry.path, RUN_META))
+        except OSError:
+            continue
+        out.update(x for x in info.get("lower_digests", "").split(",") if x)
+    return out
 
 
 def _make_cgroup(spec: Spec) -> Cgroup | None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any, Literal
 
     from tophan.layers import Layers
+    from tophan.volumes import Volumes
     from tophan.workspace import Workspaces
 
     XattrNs = Literal["trusted", "user"]
@@ -217,6 +218,12 @@ class Store:
 
             self._workspaces = Workspaces(self)
         return self._workspaces
+
+    @property
+    def volumes(self) -> Volumes:
+        from tophan.volumes import Volumes
+
+        return Volumes(self)
 
     # -- paths ---------------------------------------------------------------------------------
 
