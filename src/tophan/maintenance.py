@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class GcReport:
     staging_removed: int = 0
     layers_removed: list[str] = field(default_factory=list)
+    blobs_removed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -30,22 +31,29 @@ class FsckReport:
 
 
 def gc(store: Store) -> GcReport:
-    """Remove staging leftovers and layer trees no name or workspace references."""
+    """Remove staging leftovers, layer trees nothing references, and blobs no image needs."""
     report = GcReport()
     hidden = []
     with store.lock():
-        referenced = store.layers.referenced_digests() | _in_use_by_runs(store)
+        referenced = referenced_layers(store)
         for digest in sorted(store.layers.stored_digests()):
             if digest not in referenced:
                 path = store.hide(store.path("layers", digest.split(":", 1)[1]))
                 if path is not None:
                     hidden.append(path)
                     report.layers_removed.append(digest)
+        image_hidden, report.blobs_removed = store.images.gc(referenced)
+        hidden += image_hidden
     for path in hidden:
         rmtree(path)
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
     report.staging_removed = store.clean_tmp()
     return report
+
+
+def referenced_layers(store: Store) -> set[str]:
+    """Layer digests something still needs: names, workspaces, live runs, images."""
+    return store.layers.referenced_digests() | _in_use_by_runs(store) | store.images.referenced()[1]
 
 
 def _in_use_by_runs(store: Store) -> set[str]:
@@ -78,4 +86,5 @@ def fsck(store: Store) -> FsckReport:
         for layer, digest in zip(ws.lowers, ws.lower_digests, strict=True):
             if digest not in stored:
                 report.problems.append(f"workspace {ws.name}: layer {layer} ({digest}) is missing")
+    report.problems += store.images.fsck()
     return report

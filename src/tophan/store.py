@@ -6,6 +6,8 @@ Layout (see docs/store.md)::
     <root>/version               "1" (what overlayd writes; kept so its scripts recognise a store)
     <root>/layers/<hex>/         tree/ (the immutable layer tree) + meta
     <root>/refs/layers/<name>    JSON: digest + provenance of a layer name
+    <root>/blobs/sha256/<hex>    OCI blobs: manifests, configs, compressed layers (images.md)
+    <root>/refs/images/<name>    image name -> manifest digest; refs/diffids: DiffID -> layer
     <root>/workspaces/<name>/    meta, upper/, work/, merged/
     <root>/tmp/                  staging: everything is built here, then renamed into place
     <root>/lock                  writers hold flock(LOCK_EX) on it while they publish or remove
@@ -28,6 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Literal
 
+    from tophan.images import Images
     from tophan.layers import Layers
     from tophan.volumes import Volumes
     from tophan.workspace import Workspaces
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     XattrNs = Literal["trusted", "user"]
 
 FORMAT_VERSION = 1
+# Images (tophan.images): blobs by digest, image names, DiffID -> layer tree. Stores made before
+# images existed get them on first use (Images.ensure_dirs).
+_IMAGE_DIRS = ("blobs", "blobs/sha256", "refs/images", "refs/diffids")
 
 
 def default_root() -> str:
@@ -181,13 +187,14 @@ class Store:
         self.xattr_ns: XattrNs = "user" if info.get("xattr_ns") == "user" else "trusted"
         self._layers: Layers | None = None
         self._workspaces: Workspaces | None = None
+        self._images: Images | None = None
 
     @classmethod
     def init(cls, root: str, *, overlayd: bool = False) -> Store:
         """Create the store (idempotent) and open it."""
         top = os.path.abspath(root)
         try:
-            for sub in ("", "layers", "refs", "refs/layers", "workspaces", "tmp"):
+            for sub in ("", "layers", "refs", "refs/layers", "workspaces", "tmp", *_IMAGE_DIRS):
                 os.makedirs(os.path.join(top, sub), mode=0o755, exist_ok=True)
             meta_path = os.path.join(top, "store.meta")
             if not os.path.exists(meta_path):
@@ -224,6 +231,14 @@ class Store:
         from tophan.volumes import Volumes
 
         return Volumes(self)
+
+    @property
+    def images(self) -> Images:
+        if self._images is None:
+            from tophan.images import Images
+
+            self._images = Images(self)
+        return self._images
 
     # -- paths ---------------------------------------------------------------------------------
 

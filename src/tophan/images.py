@@ -1,0 +1,1118 @@
+"""Images: ordered layers plus a config, stored as an OCI manifest and config in the blob store.
+
+On disk (see docs/images.md)::
+
+    <root>/blobs/sha256/<hex>        manifests, configs, compressed layer blobs (content-addressed)
+    <root>/refs/images/<quoted name> key=value: digest (of the manifest), created_at, source
+    <root>/refs/diffids/<alg>-<hex>  key=value: layer — the layer tree a DiffID unpacks to
+    <root>/layers/<hex>/tree         the unpacked layers (shared with ``store.layers``)
+
+A layer has three identities: its *blob* digest (compressed bytes, what registries move), its
+*DiffID* (sha256 of the uncompressed tar, what the image config lists) and its *layer* digest (our
+canonical tar, what the tree is stored under). For layers we export ourselves DiffID and layer
+digest are equal; a foreign tar (another tool's ordering or headers) unpacks to a tree whose
+canonical tar differs, so ``refs/diffids`` records where each DiffID's tree is.
+
+Everything an import, pull or create produces is staged in a :class:`Transaction` and published
+under the store lock in one step: blobs, then trees, then DiffID entries, then the image refs.
+A failure before that leaves nothing; a crash during it leaves only unreferenced blobs or trees,
+which ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+from tophan import meta
+from tophan.blobs import (
+    CHUNK,
+    Blobs,
+    VerifyingReader,
+    check_digest,
+    digest_of,
+    dumps,
+    is_digest,
+    loads,
+    new_hash,
+)
+from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
+from tophan.images_spec import (
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    Platform,
+    layer_compression,
+    normalize_name,
+    oci_layer_type,
+    parse_manifest,
+)
+from tophan.store import rmtree, write_meta
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from typing import IO, Any
+
+    from tophan.store import Store
+
+DEFAULT_COMPRESSION = "gzip"
+_OCI_KEYS = {
+    "Entrypoint": "entrypoint",
+    "Cmd": "cmd",
+    "Env": "env",
+    "WorkingDir": "working_dir",
+    "User": "user",
+    "ExposedPorts": "exposed_ports",
+    "Volumes": "volumes",
+    "Labels": "labels",
+    "StopSignal": "stop_signal",
+    "Healthcheck": "healthcheck",
+}
+
+
+# -- the config -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """Docker's Healthcheck field. Durations are nanoseconds (as in the JSON); 0 = default.
+
+    ``test`` is ``["CMD", arg...]``, ``["CMD-SHELL", command]`` or ``["NONE"]`` (disabled)."""
+
+    test: list[str]
+    interval: int = 0
+    timeout: int = 0
+    start_period: int = 0
+    start_interval: int = 0
+    retries: int = 0
+
+    @classmethod
+    def from_oci(cls, obj: object) -> Healthcheck | None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("Test"), list):
+            return None
+
+        def num(key: str) -> int:
+            v = obj.get(key, 0)
+            return int(v) if isinstance(v, int | float) else 0
+
+        return cls(
+            [str(t) for t in obj["Test"]],
+            num("Interval"),
+            num("Timeout"),
+            num("StartPeriod"),
+            num("StartInterval"),
+            num("Retries"),
+        )
+
+    def as_oci(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Test": list(self.test)}
+        for key, value in (
+            ("Interval", self.interval),
+            ("Timeout", self.timeout),
+            ("StartPeriod", self.start_period),
+            ("StartInterval", self.start_interval),
+            ("Retries", self.retries),
+        ):
+            if value:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The runtime part of an image config (the OCI ``config`` object).
+
+    Attributes are snake_case; ``cfg["Cmd"]`` and ``cfg.get("WorkingDir")`` also work with the
+    OCI key names. ``extra`` keeps keys we do not interpret (ArgsEscaped, OnBuild, Shell, …) so
+    they survive a round trip."""
+
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    working_dir: str = ""
+    user: str = ""
+    exposed_ports: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    healthcheck: Healthcheck | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_oci(cls, obj: object) -> ImageConfig:
+        if not isinstance(obj, dict):
+            return cls()
+
+        def strlist(key: str) -> list[str] | None:
+            v = obj.get(key)
+            return [str(x) for x in v] if isinstance(v, list) else None
+
+        def keys(key: str) -> list[str]:
+            v = obj.get(key)
+            return sorted(str(k) for k in v) if isinstance(v, dict) else []
+
+        labels = obj.get("Labels")
+        return cls(
+            entrypoint=strlist("Entrypoint"),
+            cmd=strlist("Cmd"),
+            env=strlist("Env") or [],
+            working_dir=str(obj.get("WorkingDir") or ""),
+            user=str(obj.get("User") or ""),
+            exposed_ports=keys("ExposedPorts"),
+            volumes=keys("Volumes"),
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            stop_signal=str(obj.get("StopSignal") or ""),
+            healthcheck=Healthcheck.from_oci(obj.get("Healthcheck")),
+            extra={k: v for k, v in obj.items() if k not in _OCI_KEYS},
+        )
+
+    def as_oci(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.user:
+            out["User"] = self.user
+        if self.exposed_ports:
+            out["ExposedPorts"] = {p: {} for p in self.exposed_ports}
+        if self.env:
+            out["Env"] = list(self.env)
+        if self.entrypoint is not None:
+            out["Entrypoint"] = list(self.entrypoint)
+        if self.cmd is not None:
+            out["Cmd"] = list(self.cmd)
+        if self.volumes:
+            out["Volumes"] = {v: {} for v in self.volumes}
+        if self.working_dir:
+            out["WorkingDir"] = self.working_dir
+        if self.labels:
+            out["Labels"] = dict(self.labels)
+        if self.stop_signal:
+            out["StopSignal"] = self.stop_signal
+        if self.healthcheck is not None:
+            out["Healthcheck"] = self.healthcheck.as_oci()
+        out.update(self.extra)
+        return out
+
+    def env_dict(self) -> dict[str, str]:
+        out = {}
+        for item in self.env:
+            k, _, v = item.partition("=")
+            out[k] = v
+        return out
+
+    def with_env(self, updates: Iterable[str]) -> ImageConfig:
+        """``K=V`` items replace ``K`` (keeping its position) or are appended."""
+        env = list(self.env)
+        for item in updates:
+            key = item.partition("=")[0]
+            for i, old in enumerate(env):
+                if old.partition("=")[0] == key:
+                    env[i] = item
+                    break
+            else:
+                env.append(item)
+        return replace(self, env=env)
+
+    # Read-only mapping by OCI key names, so ``dict(image.config)`` is the OCI config object.
+    def __getitem__(self, key: str) -> Any:
+        return self.as_oci()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.as_oci().get(key, default)
+
+    def keys(self) -> list[str]:
+        return list(self.as_oci())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_oci())
+
+    def __len__(self) -> int:
+        return len(self.as_oci())
+
+    def __bool__(self) -> bool:
+        return True
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerInfo:
+    """One layer of an image: the tree (``digest``), its DiffID and the blob carrying it."""
+
+    digest: str  # the layer tree in store.layers (what gets mounted)
+    diff_id: str
+    blob: str
+    blob_size: int
+    media_type: str
+
+    @property
+    def compression(self) -> str | None:
+        return layer_compression(self.media_type)
+
+
+class Image:
+    """An image as stored: ``layers`` are layer digests bottom→top (trees present in the store,
+    mountable via ``layer_paths``), ``config`` the runtime config."""
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        digest: str,
+        manifest: dict[str, Any],
+        raw_config: dict[str, Any],
+        layer_infos: list[LayerInfo],
+        ref: dict[str, str],
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.digest = digest
+        self.manifest = manifest
+        self.raw_config = raw_config
+        self.layer_infos = layer_infos
+        self.ref = ref
+        self.config = ImageConfig.from_oci(raw_config.get("config"))
+
+    def __repr__(self) -> str:
+        return f"Image({self.name!r}, {self.digest!r})"
+
+    @property
+    def layers(self) -> list[str]:
+        return [li.digest for li in self.layer_infos]
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return [li.diff_id for li in self.layer_infos]
+
+    @property
+    def layer_paths(self) -> list[str]:
+        """Tree directories bottom→top (reverse it for an overlayfs lowerdir list)."""
+        return [self.store.layers.tree_path(d) for d in self.layers]
+
+    @property
+    def media_type(self) -> str:
+        return str(self.manifest.get("mediaType") or OCI_MANIFEST)
+
+    @property
+    def config_descriptor(self) -> Descriptor:
+        return Descriptor.parse(self.manifest["config"], "config")
+
+    @property
+    def platform(self) -> Platform:
+        c = self.raw_config
+        return Platform(
+            str(c.get("os", "")), str(c.get("architecture", "")), str(c.get("variant", "") or "")
+        )
+
+    @property
+    def created(self) -> str:
+        return str(self.raw_config.get("created") or "")
+
+    @property
+    def size(self) -> int:
+        """Bytes a registry holds for it: manifest + config + layer blobs."""
+        return (
+            self.ref_manifest_size
+            + self.config_descriptor.size
+            + sum(li.blob_size for li in self.layer_infos)
+        )
+
+    @property
+    def ref_manifest_size(self) -> int:
+        return Blobs(self.store).size(self.digest)
+
+    @property
+    def source(self) -> str:
+        return self.ref.get("source", "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "media_type": self.media_type,
+            "created": self.created,
+            "platform": str(self.platform),
+            "size": self.size,
+            "source": self.source,
+            "config_digest": self.config_descriptor.digest,
+            "config": self.config.as_oci(),
+            "layers": [
+                {
+                    "digest": li.digest,
+                    "diff_id": li.diff_id,
+                    "blob": li.blob,
+                    "blob_size": li.blob_size,
+                    "media_type": li.media_type,
+                    "path": self.store.layers.tree_path(li.digest),
+                }
+                for li in self.layer_infos
+            ],
+            "manifest": self.manifest,
+            "image_config": self.raw_config,
+        }
+
+
+def now_rfc3339() -> str:
+    """The creation time we write: ``$SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = int(epoch) if epoch and epoch.isdigit() else int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _ref_file(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _diffid_file(diff_id: str) -> str:
+    return diff_id.replace(":", "-")
+
+
+# -- staging and publishing -------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """Counts and hashes what a compressor writes into the staged blob file."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.hash = new_hash("sha256")
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self.size += n
+        self.f.write(data)
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.hash.hexdigest()}"
+
+
+class _Prefixed(io.RawIOBase):
+    """``src`` with some already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, src: IO[bytes]) -> None:
+        self.head = head
+        self.src = src
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if self.head:
+            n = min(len(view), len(self.head))
+            view[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        src: Any = self.src
+        if hasattr(src, "readinto"):
+            return int(src.readinto(view) or 0)
+        data = src.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
+    head = b""
+    while len(head) < n:
+        chunk = src.read(n - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head, _Prefixed(head, src)  # type: ignore[return-value]
+
+
+def _decompressor(kind: str, src: IO[bytes]) -> IO[bytes]:
+    if kind == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+    return io.BufferedReader(reader, buffer_size=CHUNK)
+
+
+@dataclass
+class StagedLayer:
+    """What ingesting one layer produced (or found already stored)."""
+
+    blob: str
+    blob_size: int
+    media_type: str
+    diff_id: str
+    digest: str
+
+
+class Transaction:
+    """Stage blobs, layer trees and image refs; ``commit()`` publishes them all at once.
+
+    Safe to feed from several threads (parallel layer transfers). Use as a context manager:
+    leaving it without ``commit()`` discards everything staged."""
+
+    def __init__(self, images: Images) -> None:
+        self.images = images
+        self.store = images.store
+        images.ensure_dirs()
+        self.staging = self.store.staging("image")
+        self._lock = threading.Lock()
+        self._n = 0
+        self.blobs: dict[str, str] = {}  # digest -> staged path
+        self.trees: dict[str, tuple[str, int]] = {}  # layer digest -> (staged dir, tar size)
+        self.diffids: dict[str, str] = {}  # DiffID -> layer digest
+        self.refs: dict[str, dict[str, str]] = {}  # image name -> ref fields
+        self.replace: set[str] = set()
+        self.committed = False
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.staging.discard()
+
+    def _new_path(self, kind: str) -> str:
+        with self._lock:
+            self._n += 1
+            return os.path.join(self.staging.path, f"{kind}-{self._n}")
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        with self._lock:
+            if digest in self.blobs:
+                return True
+        return self.images.blobs.exists(digest)
+
+    def blob_path(self, digest: str) -> str:
+        """Where to read a blob this transaction has staged or the store holds."""
+        with self._lock:
+            staged = self.blobs.get(digest)
+        return staged or self.images.blobs.path(digest)
+
+    def _adopt_blob(self, path: str, digest: str) -> None:
+        with self._lock:
+            if digest not in self.blobs:
+                self.blobs[digest] = path
+                return
+        os.unlink(path)
+
+    def add_bytes(self, data: bytes, digest: str | None = None, what: str = "document") -> str:
+        """Stage a small blob (manifest, config); checked against ``digest`` when given."""
+        actual = digest_of(data, digest.split(":", 1)[0] if digest else "sha256")
+        if digest is not None and actual != digest:
+            raise IntegrityError(
+                f"{what} does not match its digest: expected {digest}, got {actual}",
+                "the source is corrupt; nothing was stored",
+            )
+        if not self.has_blob(actual):
+            path = self._new_path("blob")
+            with open(path, "wb") as f:
+                f.write(data)
+            self._adopt_blob(path, actual)
+        return actual
+
+    def add_stream(
+        self,
+        src: IO[bytes],
+        digest: str,
+        size: int | None,
+        *,
+        what: str = "blob",
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        """Stage a blob streamed from ``src``, verified against ``digest`` (and ``size``)."""
+        path = self._new_path("blob")
+        try:
+            with open(path, "wb", buffering=CHUNK) as f:
+                VerifyingReader(src, digest, size, what=what, tee=f, on_read=on_read).drain()
+        except BaseException:
+            os.unlink(path)
+            raise
+        self._adopt_blob(path, digest)
+
+    # -- layers ----------------------------------------------------------------------------
+
+    def tree_for(self, diff_id: str) -> str | None:
+        """The layer digest whose tree ``diff_id`` unpacks to, if stored or staged."""
+        with self._lock:
+            digest = self.diffids.get(diff_id)
+            if digest is not None and digest in self.trees:
+                return digest
+        digest = self.images.layer_for_diff_id(diff_id)
+        if digest is not None and os.path.isdir(self.store.layers.tree_path(digest)):
+            return digest
+        return None
+
+    def ingest_layer(
+        self,
+        src: IO[bytes],
+        *,
+        digest: str | None = None,
+        size: int | None = None,
+        diff_id: str | None = None,
+        compress: str | None = None,
+        on_read: Callable[[int], None] | None = None,
+        what: str = "layer",
+    ) -> StagedLayer:
+        """Stage one layer read from ``src`` (compressed or not, sniffed by content).
+
+        The bytes are checked against ``digest``/``size`` (the blob) and ``diff_id`` (their
+        uncompressed form) while they stream, and unpacked into a staged tree unless the DiffID's
+        tree is already there. A plain tar is stored as a ``compress``-ed blob when asked (the
+        compression is reproducible, so the same tar always gives the same blob)."""
+        head, stream = _peek(src, 6)
+        from tophan.compression import detect
+
+        kind = detect(head)
+        if kind not in (None, "gzip", "zstd"):
+            raise IntegrityError(f"{what} is {kind}-compressed", "OCI layers are tar, gzip or zstd")
+        known_tree = self.tree_for(diff_id) if diff_id else None
+        blob_path = self._new_path("blob")
+        try:
+            with open(blob_path, "wb", buffering=CHUNK) as f:
+                if kind is None and compress is not None:
+                    from tophan.compression import compressor
+
+                    hashing = _HashingWriter(f)
+                    with compressor(compress, cast("IO[bytes]", hashing)) as z:
+                        plain = VerifyingReader(
+                            stream, diff_id, size, what=what, tee=z, on_read=on_read
+                        )
+                        layer = self._unpack(plain, known_tree, what)
+                        actual_diff = plain.drain()
+                    blob, blob_size = hashing.digest, hashing.size
+                    media_kind: str | None = compress
+                else:
+                    raw = VerifyingReader(stream, digest, size, what=what, tee=f, on_read=on_read)
+                    inner: IO[bytes] = cast("IO[bytes]", raw)
+                    if kind is not None:
+                        inner = _decompressor(
+                            kind, cast("IO[bytes]", io.BufferedReader(raw, CHUNK))
+                        )
+                    plain = VerifyingReader(inner, diff_id, None, what=f"{what} (uncompressed)")
+                    layer = self._unpack(plain, known_tree, what)
+                    actual_diff = plain.drain()
+                    blob, blob_size, media_kind = raw.drain(), raw.count, kind
+        except BaseException:
+            os.unlink(blob_path)
+            raise
+        self._adopt_blob(blob_path, blob)
+        with self._lock:
+            self.diffids[actual_diff] = layer
+        return StagedLayer(blob, blob_size, oci_layer_type(media_kind), actual_diff, layer)
+
+    def _unpack(self, plain: VerifyingReader, known_tree: str | None, what: str) -> str:
+        if known_tree is not None:
+            return known_tree
+        from tophan import tarimport
+
+        d = self._new_path("layer")
+        tree = os.path.join(d, "tree")
+        os.makedirs(tree, 0o755)
+        try:
+            stats = tarimport.extract(
+                cast("IO[bytes]", io.BufferedReader(plain, CHUNK)),
+                tree,
+                xattr_ns=self.store.xattr_ns,
+                privileged=self.store.privileged,
+            )
+        except TophanError as e:
+            raise type(e)(f"{what}: {e.message}", e.hint) from e
+        with self._lock:
+            if stats.digest in self.trees:
+                duplicate = True
+            else:
+                duplicate = False
+                self.trees[stats.digest] = (d, stats.size)
+        if duplicate or os.path.isdir(self.store.layers.tree_path(stats.digest)):
+            if not duplicate:
+                with self._lock:
+                    del self.trees[stats.digest]
+            rmtree(d)  # the store has it already: layers are never stored twice
+        return stats.digest
+
+    def link_diff_id(self, diff_id: str, layer: str) -> None:
+        with self._lock:
+            self.diffids[diff_id] = layer
+
+    # -- refs ------------------------------------------------------------------------------
+
+    def set_ref(
+        self,
+        name: str,
+        manifest_digest: str,
+        *,
+        source: str,
+        replace_existing: bool = True,
+        **extra: str,
+    ) -> None:
+        name = normalize_name(name)
+        fields = {"name": name, "digest": manifest_digest, "source": source, **extra}
+        with self._lock:
+            self.refs[name] = fields
+            if replace_existing:
+                self.replace.add(name)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Publish everything staged, under the store lock, refs last."""
+        images = self.images
+        with self.store.lock():
+            for name in self.refs:
+                if name not in self.replace and images.exists(name):
+                    raise Exists(f"image exists: {name}", "pick another name or `image rm` it")
+            for digest, path in self.blobs.items():
+                final = images.blobs.path(digest)
+                if not os.path.exists(final):
+                    os.makedirs(os.path.dirname(final), 0o755, exist_ok=True)
+                    os.chmod(path, 0o644)
+                    os.rename(path, final)
+            for digest, (d, size) in self.trees.items():
+                final = self.store.path("layers", digest.split(":", 1)[1])
+                if not os.path.isdir(final):
+                    write_meta(os.path.join(d, "meta"), {"digest": digest, "size": size})
+                    os.chmod(d, 0o755)
+                    os.rename(d, final)
+            for diff_id, layer in self.diffids.items():
+                images.write_diff_id(diff_id, layer)
+            now = int(time.time())
+            for name, fields in self.refs.items():
+                # What the ref needs must be there now: a concurrent `image rm` or gc may have
+                # removed a blob we found stored when we started.
+                images.check_complete(fields["digest"])
+                write_meta(
+                    images.ref_path(name),
+                    {**fields, "created_at": now},
+                )
+        self.committed = True
+
+
+# -- the image store --------------------------------------------------------------------------
+
+
+class Images:
+    """``store.images``: create, get, list, tag and remove images."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.blobs = Blobs(store)
+
+    def ensure_dirs(self) -> None:
+        """Stores made before images existed lack these; creating them is idempotent."""
+        for sub in ("blobs/sha256", "refs/images", "refs/diffids"):
+            os.makedirs(self.store.path(sub), 0o755, exist_ok=True)
+
+    def transaction(self) -> Transaction:
+        return Transaction(self)
+
+    # -- refs ------------------------------------------------------------------------------
+
+    def ref_path(self, name: str) -> str:
+        return self.store.path("refs", "images", _ref_file(name))
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.ref_path(normalize_name(name)))
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.store.path("refs", "images"))
+        except FileNotFoundError:
+            return []
+        out = []
+        for entry in entries:
+            if ".tmp-" in entry:
+                continue  # atomic_write temporaries
+            out.append(urllib.parse.unquote(entry))
+        return sorted(out)
+
+    def _read_ref(self, name: str) -> dict[str, str]:
+        try:
+            ref = meta.read(self.ref_path(name))
+        except FileNotFoundError:
+            raise NotFound(f"no such image: {name}", "see `image list`") from None
+        except OSError as e:
+            raise TophanError(f"image {name}: unreadable ref: {e}", "run `fsck`") from e
+        if not is_digest(ref.get("digest")):
+            raise TophanError(f"image {name}: corrupt ref", "run `fsck`")
+        return ref
+
+    def write_diff_id(self, diff_id: str, layer: str) -> None:
+        path = self.store.path("refs", "diffids", _diffid_file(diff_id))
+        try:
+            if meta.read(path).get("layer") == layer:
+                return
+        except OSError:
+            pass
+        write_meta(path, {"diff_id": diff_id, "layer": layer})
+
+    def layer_for_diff_id(self, diff_id: str) -> str | None:
+        try:
+            layer = meta.read(self.store.path("refs", "diffids", _diffid_file(diff_id)))["layer"]
+        except (OSError, KeyError):
+            # A layer we exported ourselves: its DiffID is its digest.
+            if os.path.isdir(self.store.layers.tree_path(diff_id)):
+                return diff_id
+            return None
+        return layer if is_digest(layer) else None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, name: str, *, ensure_layers: bool = True) -> Image:
+        """The image ``name`` (``app`` means ``app:latest``). Its layer trees are guaranteed to be
+        in the store: any that went missing (say, `layer rm` of the last name of a layer the
+        image shares) is unpacked again from the image's own blob."""
+        norm = normalize_name(name)
+        ref = self._read_ref(norm)
+        image = self.load(norm, ref["digest"], ref)
+        if ensure_layers:
+            missing = [
+                li
+                for li in image.layer_infos
+                if not os.path.isdir(self.store.layers.tree_path(li.digest))
+            ]
+            if missing:
+                self._restore_trees(missing)
+                image = self.load(norm, ref["digest"], ref)
+        return image
+
+    def load(self, name: str, digest: str, ref: dict[str, str] | None = None) -> Image:
+        """An :class:`Image` from a stored manifest digest."""
+        manifest = parse_manifest(
+            loads(self.blobs.read(digest, "manifest"), f"manifest {digest}"),
+            None,
+            f"image {name}",
+        )
+        cdesc = Descriptor.parse(manifest["config"], "config")
+        raw_config = loads(self.blobs.read(cdesc.digest, "config"), f"config {cdesc.digest}")
+        infos = self._layer_infos(name, manifest, raw_config)
+        return Image(self.store, name, digest, manifest, raw_config, infos, ref or {})
+
+    def _layer_infos(
+        self, name: str, manifest: dict[str, Any], raw_config: dict[str, Any]
+    ) -> list[LayerInfo]:
+        descs = [
+            Descriptor.parse(d, f"image {name}: layer {i}")
+            for i, d in enumerate(manifest["layers"])
+        ]
+        rootfs = raw_config.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(descs):
+            raise IntegrityError(
+                f"image {name}: config lists {len(diff_ids or [])} DiffIDs for {len(descs)} layers"
+            )
+        out = []
+        for desc, diff_id in zip(descs, diff_ids, strict=True):
+            check_digest(diff_id, "DiffID")
+            layer = self.layer_for_diff_id(diff_id) or diff_id
+            out.append(LayerInfo(layer, diff_id, desc.digest, desc.size, desc.media_type))
+        return out
+
+    def all(self) -> list[Image]:
+        out = []
+        for name in self.names():
+            try:
+                out.append(self.get(name, ensure_layers=False))
+            except NotFound:
+                continue  # removed while we listed
+        return out
+
+    def check_complete(self, manifest_digest: str) -> None:
+        """Refuse to point a name at a manifest whose blobs or trees are not all there."""
+        manifest = loads(self.blobs.read(manifest_digest, "manifest"), "manifest")
+        for d in [manifest["config"], *manifest["layers"]]:
+            if not self.blobs.exists(d["digest"]):
+                raise TophanError(
+                    f"blob {d['digest']} went missing while storing the image",
+                    "something removed it concurrently; retry",
+                )
+
+    def _restore_trees(self, missing: list[LayerInfo]) -> None:
+        with self.transaction() as tx:
+            for li in missing:
+                with self.blobs.open(li.blob) as f:
+                    tx.ingest_layer(
+                        f,
+                        digest=li.blob,
+                        size=li.blob_size,
+                        diff_id=li.diff_id,
+                        what=f"layer {li.blob}",
+                    )
+            tx.commit()
+
+    # -- creating --------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        layers: Sequence[str],
+        *,
+        base: str | None = None,
+        config: ImageConfig | None = None,
+        compression: str | None = DEFAULT_COMPRESSION,
+        platform: Platform | None = None,
+        annotations: dict[str, str] | None = None,
+        created: str | None = None,
+        replace_existing: bool = False,
+        jobs: int = 2,
+    ) -> Image:
+        """A new image ``name``: ``base``'s layers (if any), then the named ``layers``
+        **bottom→top**, with ``config`` (default: the base's, else empty).
+
+        Layer blobs are compressed reproducibly (``compression``: "gzip", "zstd" or None), or
+        reused when an image in the store already carries that layer with that compression."""
+        name = normalize_name(name)
+        if compression not in ("gzip", "zstd", None):
+            raise UsageError(f"unknown compression {compression!r}", "use gzip, zstd or none")
+        if not replace_existing and self.exists(name):
+            raise Exists(f"image exists: {name}", "pick another name or `image rm` it first")
+        base_image = self.get(base) if base else None
+        named = [self.store.layers.get(n) for n in layers]
+        if base_image is None and not named:
+            raise UsageError("an image needs at least one layer", "pass -l LAYER or --from IMAGE")
+        if config is None:
+            config = base_image.config if base_image else ImageConfig()
+        if platform is None:
+            platform = base_image.platform if base_image else Platform.host()
+        stamp = created or now_rfc3339()
+
+        with self.transaction() as tx:
+            known = self._known_blobs()
+            new_layers = self._layer_blobs(tx, named, compression, known, jobs)
+            layer_descs: list[dict[str, Any]] = []
+            diff_ids: list[str] = []
+            history: list[dict[str, Any]] = []
+            if base_image is not None:
+                for li in base_image.layer_infos:
+                    # keep the base's blobs as they are; only the media type family changes
+                    layer_descs.append(
+                        {
+                            "mediaType": oci_layer_type(li.compression),
+                            "digest": li.blob,
+                            "size": li.blob_size,
+                        }
+                    )
+                    diff_ids.append(li.diff_id)
+                base_history = base_image.raw_config.get("history")
+                if isinstance(base_history, list):
+                    history.extend(base_history)
+            for layer, staged in zip(named, new_layers, strict=True):
+                layer_descs.append(
+                    {
+                        "mediaType": staged.media_type,
+                        "digest": staged.blob,
+                        "size": staged.blob_size,
+                    }
+                )
+                diff_ids.append(staged.diff_id)
+                history.append(
+                    {"created": stamp, "created_by": f"tophan image create (layer {layer.name})"}
+                )
+            raw_config: dict[str, Any] = {
+                "created": stamp,
+                "architecture": platform.architecture,
+                "os": platform.os,
+            }
+            if platform.variant:
+                raw_config["variant"] = platform.variant
+            raw_config["config"] = config.as_oci()
+            raw_config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+            raw_config["history"] = history
+            config_bytes = dumps(raw_config)
+            config_digest = tx.add_bytes(config_bytes)
+            manifest: dict[str, Any] = {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": OCI_CONFIG,
+                    "digest": config_digest,
+                    "size": len(config_bytes),
+                },
+                "layers": layer_descs,
+            }
+            if annotations:
+                manifest["annotations"] = dict(sorted(annotations.items()))
+            manifest_digest = tx.add_bytes(dumps(manifest))
+            source = f"created from {base_image.name}" if base_image else "created"
+            tx.set_ref(name, manifest_digest, source=source, replace_existing=replace_existing)
+            tx.commit()
+        return self.get(name)
+
+    def _known_blobs(self) -> dict[tuple[str, str | None], LayerInfo]:
+        """(layer digest, compression) -> a stored blob carrying it, from the stored images."""
+        out: dict[tuple[str, str | None], LayerInfo] = {}
+        for image in self.all():
+            for li in image.layer_infos:
+                if self.blobs.exists(li.blob):
+                    out.setdefault((li.digest, li.compression), li)
+        return out
+
+    def _layer_blobs(
+        self,
+        tx: Transaction,
+        named: list[Any],
+        compression: str | None,
+        known: dict[tuple[str, str | None], LayerInfo],
+        jobs: int,
+    ) -> list[StagedLayer]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(layer: Any) -> StagedLayer:
+            hit = known.get((layer.digest, compression))
+            if hit is not None:
+                return StagedLayer(
+                    hit.blob, hit.blob_size, hit.media_type, hit.diff_id, layer.digest
+                )
+            return self._compress_layer(tx, layer.digest, compression)
+
+        unique = list({la.digest: la for la in named}.values())
+        with ThreadPoolExecutor(max(1, min(jobs, len(unique) or 1))) as pool:
+            done = dict(zip([la.digest for la in unique], pool.map(one, unique), strict=True))
+        return [done[la.digest] for la in named]
+
+    def _compress_layer(self, tx: Transaction, digest: str, compression: str | None) -> StagedLayer:
+        from tophan import tarexport
+
+        path = tx._new_path("blob")
+        tree = self.store.layers.tree_path(digest)
+        with open(path, "wb", buffering=CHUNK) as f:
+            hashing = _HashingWriter(f)
+            actual = tarexport.export(
+                tree, cast("IO[bytes]", hashing), xattr_ns=self.store.xattr_ns, compress=compression
+            )
+        if actual != digest:
+            os.unlink(path)
+            raise IntegrityError(
+                f"layer {digest} changed on disk (now {actual})", "run `layer verify`"
+            )
+        tx._adopt_blob(path, hashing.digest)
+        tx.link_diff_id(digest, digest)
+        return StagedLayer(
+            hashing.digest, hashing.size, oci_layer_type(compression), digest, digest
+        )
+
+    # -- naming and removing ---------------------------------------------------------------
+
+    def tag(self, name: str, new_name: str) -> Image:
+        """Point ``new_name`` at ``name``'s manifest (moving it if it named another image)."""
+        image = self.get(name, ensure_layers=False)
+        new = normalize_name(new_name)
+        with self.store.lock():
+            self.check_complete(image.digest)
+            write_meta(
+                self.ref_path(new),
+                {
+                    "name": new,
+                    "digest": image.digest,
+                    "source": image.source or f"tagged from {image.name}",
+                    "created_at": int(time.time()),
+                },
+            )
+        return self.get(new, ensure_layers=False)
+
+    def remove(self, name: str) -> list[str]:
+        """Remove a name; blobs and layer trees nothing else references go with it.
+        Returns the digests of the blobs removed."""
+        from tophan.maintenance import referenced_layers
+
+        norm = normalize_name(name)
+        self._read_ref(norm)
+        with self.store.lock():
+            os.unlink(self.ref_path(norm))
+            hidden, removed = self.gc(referenced_layers(self.store))
+        for path in hidden:
+            rmtree(path)
+        return removed
+
+    def referenced(self) -> tuple[set[str], set[str]]:
+        """(blob digests, layer digests) the image refs keep alive."""
+        blobs: set[str] = set()
+        trees: set[str] = set()
+        for name in self.names():
+            try:
+                ref = self._read_ref(name)
+                image = self.load(name, ref["digest"], ref)
+            except TophanError:
+                # an unreadable image keeps at least its manifest; fsck reports it
+                try:
+                    blobs.add(self._read_ref(name)["digest"])
+                except TophanError:
+                    pass
+                continue
+            blobs.add(image.digest)
+            blobs.add(image.config_descriptor.digest)
+            for li in image.layer_infos:
+                blobs.add(li.blob)
+                trees.add(li.digest)
+        return blobs, trees
+
+    # -- housekeeping (called by maintenance.gc / fsck) ------------------------------------
+
+    def gc(self, keep_trees: set[str]) -> tuple[list[str], list[str]]:
+        """With the store lock held by the caller: hide every blob no image references, and the
+        trees only images used (``keep_trees``: what names, workspaces, runs and images still
+        need). Returns (hidden paths to delete after unlocking, removed blob digests).
+
+        Everything a transaction publishes is referenced by a ref written under the same lock,
+        so an unreferenced blob is garbage, never work in progress."""
+        self.ensure_dirs()
+        keep_blobs, _ = self.referenced()
+        hidden, removed = [], []
+        for digest in sorted(self.blobs.all()):
+            if digest not in keep_blobs:
+                path = self.store.hide(self.blobs.path(digest))
+                if path is not None:
+                    hidden.append(path)
+                    removed.append(digest)
+        diffids = self.store.path("refs", "diffids")
+        for entry in sorted(os.listdir(diffids)):
+            path = os.path.join(diffids, entry)
+            try:
+                layer = meta.read(path)["layer"]
+            except (OSError, KeyError):
+                continue  # an atomic_write temporary
+            if layer in keep_trees or not is_digest(layer):
+                continue
+            tree = self.store.hide(self.store.path("layers", layer.split(":", 1)[1]))
+            if tree is not None:
+                hidden.append(tree)
+            os.unlink(path)
+        return hidden, removed
+
+    def fsck(self) -> list[str]:
+        """Problems: blobs that no longer match their digest, images whose manifest, config or
+        layer blobs are missing."""
+        self.ensure_dirs()
+        problems = []
+        for digest in sorted(self.blobs.all()):
+            wrong = self.blobs.verify(digest)
+            if wrong is not None:
+                problems.append(f"blob {digest}: {wrong}")
+        for name in self.names():
+            try:
+                image = self.get(name, ensure_layers=False)
+            except TophanError as e:
+                problems.append(f"image {name}: {e.message}")
+                continue
+            for li in image.layer_infos:
+                if not self.blobs.exists(li.blob):
+                    problems.append(f"image {name}: layer blob {li.blob} is missing")
+        return problems
