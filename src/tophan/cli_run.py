@@ -234,7 +234,8 @@ def image_stack(store: Store, name: str) -> tuple[list[str], dict[str, Any]]:
 def _command(p: Parsed, config: dict[str, Any], what: str) -> list[str]:
     entry = config.get("Entrypoint") or []
     if "entrypoint" in p.opts:
-        entry = [p.opts["entrypoint"]] if p.opts["entrypoint"] else []
+        given = p.opts["entrypoint"]
+        entry = list(given) if isinstance(given, list) else [given] if given else []
         cmd = p.command
     else:
         cmd = p.command or list(config.get("Cmd") or [])

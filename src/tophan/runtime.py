@@ -33,7 +33,7 @@ from tophan.errors import TophanError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from tophan.cgroup import Cgroup, Limits
     from tophan.store import Staging, Store
@@ -210,8 +210,16 @@ def _copy_special(src: str, dst: str) -> None:
     shutil.copy2(src, dst)
 
 
-def start(store: Store, spec: Spec, *, pass_fds: Sequence[int] = ()) -> Container:
-    """Start ``spec``'s command; returns once it has been exec'd (or raises RunError)."""
+def start(
+    store: Store,
+    spec: Spec,
+    *,
+    pass_fds: Sequence[int] = (),
+    stdio: tuple[int, int, int] | None = None,
+) -> Container:
+    """Start ``spec``'s command; returns once it has been exec'd (or raises RunError).
+
+    ``stdio`` replaces the command's stdin, stdout and stderr (default: ours)."""
     spec.check()
     cgroup = _make_cgroup(spec)
     try:
@@ -226,7 +234,7 @@ def start(store: Store, spec: Spec, *, pass_fds: Sequence[int] = ()) -> Containe
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
         _claim_layers(store, run_dir.path, spec.digests)
-        _launch(ctr, pass_fds)
+        _launch(ctr, pass_fds, stdio)
     except BaseException:
         ctr.close()
         raise
@@ -296,7 +304,7 @@ def _has_limits(limits: Limits) -> bool:
     return any(getattr(limits, f.name) not in (None, [], ()) for f in fields(limits))
 
 
-def _launch(ctr: Container, pass_fds: Sequence[int]) -> None:
+def _launch(ctr: Container, pass_fds: Sequence[int], stdio: tuple[int, int, int] | None) -> None:
     # Orphans of our children (the init process, once setup exits) become our children.
     _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -305,6 +313,7 @@ def _launch(ctr: Container, pass_fds: Sequence[int]) -> None:
     pid = os.fork()
     if pid == 0:
         os.close(go_w)
+        _use_stdio(stdio)
         _child_main(ctr, parent, go_r, msg_w, pass_fds)  # never returns
     os.close(go_r)
     os.close(msg_w)
@@ -387,19 +396,148 @@ def run(store: Store, spec: Spec, *, keep_upper: str | None = None) -> int:
 
 
 def _forward_until_exit(ctr: Container) -> None:
+    _forward(ctr.poll, lambda sig: ctr.signal(sig))
+
+
+def _forward(poll: Callable[[], int | None], send: Callable[[int], None]) -> None:
     # sigwaitinfo tells a signal someone sent us (forward it) from one the terminal sent to the
     # whole foreground process group (the container got it too: do not deliver it twice).
     wanted = {*FORWARDED, signal.SIGCHLD}
-    while ctr.poll() is None:
+    while poll() is None:
         info = signal.sigtimedwait(wanted, 1.0)
-        if info is None or info.si_signo == signal.SIGCHLD:
+        if info is None or info.si_signo == signal.SIGCHLD or info.si_code == _SI_KERNEL:
             continue
-        if info.si_code == _SI_KERNEL:
-            continue
-        ctr.signal(info.si_signo)
+        send(info.si_signo)
 
 
 _SI_KERNEL = 0x80
+
+
+# -- joining a running container (exec, health checks) ----------------------------------------
+
+NAMESPACES = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")  # the order setns needs
+
+
+class Joined:
+    """A process started in a running container; ``pid`` is our child (it waits for the
+    process inside, which had to be forked to enter the pid namespace)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = exit_code(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = exit_code(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def spawn_in(
+    target: int,
+    spec: Spec,
+    *,
+    cgroup: Cgroup | None = None,
+    stdio: tuple[int, int, int] | None = None,
+) -> Joined:
+    """Run ``spec.argv`` inside the container whose init is ``target`` (its namespaces, root,
+    cgroup, and the spec's user, env, workdir, capabilities and seccomp filter)."""
+    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = RC_SETUP
+        try:
+            _use_stdio(stdio)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            code = _join(target, spec, cgroup, msg_w)
+        except _Exit as e:
+            code = e.code
+        except BaseException as e:
+            try:
+                os.write(msg_w, f"error {RC_SETUP} {_describe(e)}\n".encode())
+            except OSError:
+                pass
+        os._exit(code)
+    os.close(msg_w)
+    joined = Joined(pid)
+    try:
+        line = _Lines(msg_r).next()
+    finally:
+        os.close(msg_r)
+    if line:
+        joined.wait()
+        raise _failure(line, None)
+    return joined
+
+
+def exec_in(target: int, spec: Spec, *, cgroup: Cgroup | None = None) -> int:
+    """``spawn_in`` and wait, forwarding signals like ``run``; returns the exit code."""
+    import threading
+
+    forward = threading.current_thread() is threading.main_thread()
+    if forward:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
+    try:
+        joined = spawn_in(target, spec, cgroup=cgroup)
+        if forward:
+            _forward(joined.poll, lambda sig: os.kill(joined.pid, sig))
+        return joined.wait()
+    finally:
+        if forward:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _preload()
+    fds = []
+    for ns in NAMESPACES:
+        theirs = f"/proc/{target}/ns/{ns}"
+        try:
+            if os.stat(theirs).st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino:
+                continue
+            fds.append(os.open(theirs, os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError as e:
+            if ns == "mnt":
+                raise RunError("the container is not running") from e
+    root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if cgroup is not None:
+        cgroup.add(os.getpid())
+    for fd in fds:
+        _libc.setns(fd)
+        os.close(fd)
+    # Joining the mount namespace puts us at its original root, not the one the container
+    # pivoted into: chroot to the container's root, like nsenter --root.
+    os.fchdir(root)
+    os.chroot(".")
+    os.close(root)
+    os.chdir("/")
+    pid = os.fork()
+    if pid == 0:
+        _become(spec, msg_w, ())  # raises on failure
+    os.close(msg_w)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signo, _frame: os.kill(pid, signo))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return exit_code(status)
+        except InterruptedError:
+            continue
 
 
 # -- the child's side (runs after fork; must never return into the caller's code) --------------
@@ -422,6 +560,14 @@ def _child_main(
         except OSError:
             pass
     os._exit(code)
+
+
+def _use_stdio(stdio: tuple[int, int, int] | None) -> None:
+    if stdio is not None:
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
+            os.set_inheritable(target, True)
 
 
 class _Exit(Exception):
@@ -686,6 +832,13 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
     if spec.network == "none":
         _loopback_up()
     _set_rlimits(spec.rlimits)
+    _become(spec, msg_w, pass_fds)
+
+
+def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
+    """Switch to the spec's user, drop privileges, and exec its command (in the container)."""
+    from tophan import security
+
     uid, gid, groups, home = resolve_user(spec.user)
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": home}
     env.update(spec.env)
@@ -711,7 +864,7 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
         signal.signal(sig, signal.SIG_DFL)  # Python ignores them; exec would keep that
     if spec.no_new_privs:
         security.set_no_new_privs()
-    security.load_seccomp("default" if spec.seccomp else None)
+    security.load_seccomp("default" if spec.seccomp else None, caps)
     _exec(spec.argv, env, msg_w)
 
 

@@ -1,0 +1,434 @@
+"""``tophan app ...`` and ``tophan volume ...``: thin wrappers over apps.py and volumes.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tophan.cli import parse
+from tophan.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from tophan.apps import App, Apps
+    from tophan.cli import Cli
+
+APP_USAGE = """\
+usage: tophan app <command> ...
+
+  create NAME [--file SPEC.toml] [run options] [IMAGE | -l TOP -l ...] [-- CMD ARG...]
+         run options as in `tophan run --help`, plus:
+           --restart no|on-failure[:N]|always   --stop-signal SIG   --stop-timeout SECONDS
+           --health-cmd CMD | --health-http URL | --health-tcp HOST:PORT   --no-healthcheck
+           --health-interval D  --health-timeout D  --health-retries N  --health-start-period D
+           --log-opt max-size=SIZE  --log-opt max-file=N
+         flags override the file's keys
+  start NAME...                 start the app's supervisor (tophand NAME) and the app
+  stop [-t SECONDS] NAME...     stop signal, grace period, then kill the app's whole cgroup
+  restart [-t SECONDS] NAME...
+  rm [-f] NAME...               remove (running apps only with -f: stopped first)
+  ps [-a] [--json]              running apps (-a: all) with status, health, restarts
+  logs [-f] [--tail N] NAME     the app's output (-f: follow until it stops)
+  exec [-e K=V] [-u USER] [-w DIR] NAME [--] CMD [ARG...]
+                                run CMD inside the running app
+  inspect NAME...               spec and state as JSON
+
+usage: tophan volume create|ls [--json]|rm|inspect NAME
+"""
+
+APP_FLAGS = {
+    "--file": ("file", True, False),
+    "-f": ("file", True, False),
+    "--restart": ("restart", True, False),
+    "--stop-signal": ("stop_signal", True, False),
+    "--stop-timeout": ("stop_timeout", True, False),
+    "--health-cmd": ("health_cmd", True, False),
+    "--health-http": ("health_http", True, False),
+    "--health-tcp": ("health_tcp", True, False),
+    "--health-interval": ("health_interval", True, False),
+    "--health-timeout": ("health_timeout", True, False),
+    "--health-retries": ("health_retries", True, False),
+    "--health-start-period": ("health_start_period", True, False),
+    "--no-healthcheck": ("no_healthcheck", False, False),
+    "--log-opt": ("log_opt", True, True),
+}
+_APP_ONLY = {v[0] for v in APP_FLAGS.values()}
+
+
+def main(cli: Cli, command: str, argv: list[str]) -> int:
+    if command == "volume":
+        return _volume(cli, argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stderr.write(APP_USAGE)
+        return 0
+    table: dict[str, Callable[[Cli, list[str]], int]] = {
+        "create": _create,
+        "start": _start,
+        "stop": _stop,
+        "restart": _restart,
+        "rm": _rm,
+        "ps": _ps,
+        "ls": _ps,
+        "list": _ps,
+        "logs": _logs,
+        "exec": _exec,
+        "inspect": _inspect,
+    }
+    handler = table.get(argv[0])
+    if handler is None:
+        raise UsageError(f"unknown app subcommand: {argv[0]}", "see `tophan app --help`")
+    return handler(cli, argv[1:])
+
+
+def _apps(cli: Cli) -> Apps:
+    from tophan.apps import Apps
+
+    return Apps(cli.store())
+
+
+# -- create ------------------------------------------------------------------------------------
+
+
+def _create(cli: Cli, argv: list[str]) -> int:
+    from tophan import apps, cli_run
+
+    if not argv or argv[0].startswith("-"):
+        raise UsageError("app create: NAME comes first", "tophan app create NAME [options] ...")
+    name, rest = argv[0], argv[1:]
+    p = cli_run.parse_run_args(rest, {**cli_run.FLAGS, **APP_FLAGS}, "app create")
+    o = p.opts
+    spec: dict[str, Any] = {"opts": {}}
+    if "file" in o:
+        spec = apps.load_spec_file(o["file"])
+    flags = {k: v for k, v in o.items() if k not in _APP_ONLY and k != "layer"}
+    spec["opts"].update(flags)
+    if o.get("layer"):
+        spec["layers"] = o["layer"]
+        spec.pop("image", None)
+    elif p.image is not None:
+        spec["image"] = p.image
+        spec.pop("layers", None)
+    if p.command:
+        spec["command"] = p.command
+    _app_flags(spec, o)
+    if isinstance(spec["opts"].get("entrypoint"), str):
+        spec["opts"]["entrypoint"] = [spec["opts"]["entrypoint"]]
+    app = _apps(cli).create(name, spec)
+    cli.emit(f"{app.name}\n")
+    return 0
+
+
+def _app_flags(spec: dict[str, Any], o: dict[str, Any]) -> None:
+    from tophan import apps, cgroup, health
+
+    if "restart" in o:
+        spec["restart"] = apps.restart_policy(o["restart"], "--restart")
+    if "stop_signal" in o:
+        spec["stop_signal"] = apps.signal_name(o["stop_signal"], "--stop-signal")
+    if "stop_timeout" in o:
+        spec["stop_timeout"] = health.parse_duration(o["stop_timeout"], "--stop-timeout")
+    if o.get("no_healthcheck"):
+        spec.pop("health", None)
+        spec["no_healthcheck"] = True
+    raw = {k[7:]: v for k, v in o.items() if k.startswith("health_")}
+    if raw:
+        base = dict(spec.get("health") or {})
+        if {"cmd", "http", "tcp"} & raw.keys():
+            base = {k: v for k, v in base.items() if k not in ("kind", "cmd", "url", "address")}
+        else:
+            kind = base.get("kind")
+            if kind is None:
+                raise UsageError("--health-* timings need a check", "add --health-cmd/http/tcp")
+            base[kind] = {
+                "cmd": base.get("cmd"),
+                "http": base.get("url"),
+                "tcp": base.get("address"),
+            }[kind]
+        for k in ("kind", "url", "address"):
+            base.pop(k, None)
+        base.update(raw)
+        spec["health"] = apps.health_spec(base, "--health")
+    for item in o.get("log_opt", []):
+        key, _, value = item.partition("=")
+        log = spec.setdefault("log", {})
+        if key == "max-size":
+            log["max_size"] = cgroup.parse_size(value)
+        elif key == "max-file" and value.isdigit() and int(value) >= 1:
+            log["max_files"] = int(value)
+        else:
+            raise UsageError(f"invalid --log-opt {item!r}", "use max-size=SIZE or max-file=N")
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def _names(argv: list[str], what: str, flags: dict[str, tuple[str, bool, bool]]) -> Any:
+    return parse(argv, (1, -1, flags), f"app {what}")
+
+
+def _start(cli: Cli, argv: list[str]) -> int:
+    args = _names(argv, "start", {})
+    for name in args.pos:
+        _apps(cli).start(name)
+        cli.emit(f"{name}\n")
+    return 0
+
+
+def _timeout(args: Any) -> float | None:
+    value = args.opts.get("timeout")
+    if value is None:
+        return None
+    from tophan.health import parse_duration
+
+    return parse_duration(value, "--time")
+
+
+_STOP_FLAGS = {
+    "-t": ("timeout", True, False),
+    "--time": ("timeout", True, False),
+    "--timeout": ("timeout", True, False),
+}
+
+
+def _stop(cli: Cli, argv: list[str]) -> int:
+    args = _names(argv, "stop", _STOP_FLAGS)
+    for name in args.pos:
+        _apps(cli).stop(name, timeout=_timeout(args))
+        cli.emit(f"{name}\n")
+    return 0
+
+
+def _restart(cli: Cli, argv: list[str]) -> int:
+    args = _names(argv, "restart", _STOP_FLAGS)
+    for name in args.pos:
+        _apps(cli).restart(name, timeout=_timeout(args))
+        cli.emit(f"{name}\n")
+    return 0
+
+
+def _rm(cli: Cli, argv: list[str]) -> int:
+    args = _names(argv, "rm", {"-f": ("force", False, False), "--force": ("force", False, False)})
+    for name in args.pos:
+        _apps(cli).remove(name, force=args.flag("force"))
+        cli.emit(f"{name}\n")
+    return 0
+
+
+# -- looking -----------------------------------------------------------------------------------
+
+
+def _ps(cli: Cli, argv: list[str]) -> int:
+    from tophan.cli import JSON
+
+    args = parse(
+        argv,
+        (0, 0, {**JSON, "-a": ("all", False, False), "--all": ("all", False, False)}),
+        "app ps",
+    )
+    rows = []
+    for app in _apps(cli).all():
+        state = app.state()
+        if not args.flag("all") and not state["alive"]:
+            continue
+        rows.append(_row(app, state))
+    if args.flag("json"):
+        cli.emit_json(rows)
+        return 0
+    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "STACK")
+    table = [header] + [
+        (
+            r["name"],
+            r["status"],
+            r["health"] or "-",
+            str(r["pid"] or "-"),
+            str(r["restarts"]),
+            _ago(r["started_at"]) if r["status"] == "running" else "-",
+            r["stack"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        cli.emit(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1] + "\n"
+        )
+    return 0
+
+
+def _row(app: App, state: dict[str, Any]) -> dict[str, Any]:
+    status = state.get("status", "created")
+    if status == "exited" and state.get("exit_code") is not None:
+        status = f"exited ({state['exit_code']})"
+    health = (state.get("health") or {}).get("status") if status == "running" else None
+    stack = app.spec.get("image") or ",".join(app.spec.get("layers", []))
+    return {
+        "name": app.name,
+        "status": status,
+        "health": health,
+        "pid": state.get("pid") or 0,
+        "supervisor": state.get("supervisor") if state["alive"] else None,
+        "restarts": state.get("restart_count", 0),
+        "started_at": state.get("started_at"),
+        "exit_code": state.get("exit_code"),
+        "oom_killed": state.get("oom_killed", False),
+        "stack": stack,
+        "error": state.get("error"),
+    }
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "-"
+    s = int(time.time() - t)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _inspect(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (1, -1, {}), "app inspect")
+    cli.emit_json([_apps(cli).get(n).as_dict() for n in args.pos])
+    return 0
+
+
+def _logs(cli: Cli, argv: list[str]) -> int:
+    args = parse(
+        argv,
+        (
+            1,
+            1,
+            {
+                "-f": ("follow", False, False),
+                "--follow": ("follow", False, False),
+                "--tail": ("tail", True, False),
+                "-n": ("tail", True, False),
+            },
+        ),
+        "app logs",
+    )
+    app = _apps(cli).get(args.pos[0])
+    tail = args.opts.get("tail")
+    if tail is not None and not (tail.isdigit() or tail == "all"):
+        raise UsageError(f"app logs: invalid --tail {tail!r}", "give a number of lines")
+    out = sys.stdout.buffer
+    # Logs are bytes, streamed (with -f, for as long as the app runs): past the CLI's buffer.
+    _print_logs(app, None if tail in (None, "all") else int(tail), out)
+    if args.flag("follow"):
+        _follow(app, out)
+    return 0
+
+
+def _print_logs(app: App, tail: int | None, out: Any) -> None:
+    files = [f"{app.log_path}.{i}" for i in range(9, 0, -1)] + [app.log_path]
+    data = b""
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                data += f.read()
+        except FileNotFoundError:
+            continue
+    if tail is not None:
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-tail:]) if tail else b""
+    out.write(data)
+    out.flush()
+
+
+def _follow(app: App, out: Any) -> None:
+    path = app.log_path
+    f = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+    f.seek(0, os.SEEK_END)
+    try:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not app.supervisor_alive():
+                out.write(f.read())
+                out.flush()
+                return
+            try:
+                if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                    f.close()
+                    f = open(path, "rb")  # noqa: SIM115 - rotated: the new file from its start
+                    continue
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)
+    finally:
+        f.close()
+
+
+def _exec(cli: Cli, argv: list[str]) -> int:
+    import dataclasses
+
+    from tophan import cgroup, cli_run, runtime
+
+    flags = {
+        k: v
+        for k, v in cli_run.FLAGS.items()
+        if v[0] in ("env", "user", "workdir", "interactive", "tty")
+    }
+    p = cli_run.parse_run_args(argv, flags, "app exec")
+    if p.image is None or not p.command:
+        raise UsageError("app exec: NAME and CMD needed", "tophan app exec NAME -- CMD [ARG...]")
+    app = _apps(cli).get(p.image)
+    state = app.state()
+    if not state["alive"] or state.get("status") != "running" or not state.get("pid"):
+        raise UsageError(f"app {app.name} is not running", "start it with `tophan app start`")
+    spec = app.run_spec()
+    env = dict(spec.env)
+    for item in p.opts.get("env", []):
+        cli_run._set_env(env, item)
+    spec = dataclasses.replace(
+        spec,
+        argv=p.command,
+        env=env,
+        user=p.opts.get("user", spec.user),
+        workdir=p.opts.get("workdir", spec.workdir),
+    )
+    cg = cgroup.Cgroup.open(state["cgroup"]) if state.get("cgroup") else None
+    sys.stdout.flush()
+    return runtime.exec_in(int(state["pid"]), spec, cgroup=cg)
+
+
+# -- volumes -----------------------------------------------------------------------------------
+
+
+def _volume(cli: Cli, argv: list[str]) -> int:
+    from tophan.cli import JSON
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stderr.write(APP_USAGE)
+        return 0
+    vols = cli.store().volumes
+    sub, rest = argv[0], argv[1:]
+    if sub == "create":
+        args = parse(rest, (1, 1, {}), "volume create")
+        cli.emit(f"{vols.create(args.pos[0]).name}\n")
+    elif sub in ("ls", "list"):
+        args = parse(rest, (0, 0, JSON), "volume ls")
+        items = [v.as_dict() for v in vols.all()]
+        if args.flag("json"):
+            cli.emit_json(items)
+        else:
+            cli.emit("".join(f"{v['name']}\t{v['mountpoint']}\n" for v in items))
+    elif sub == "rm":
+        args = parse(rest, (1, -1, {}), "volume rm")
+        for name in args.pos:
+            vols.remove(name)
+            cli.emit(f"{name}\n")
+    elif sub == "inspect":
+        args = parse(rest, (1, -1, {}), "volume inspect")
+        cli.emit_json([vols.get(n).as_dict() for n in args.pos])
+    else:
+        raise UsageError(f"unknown volume subcommand: {sub}", "see `tophan volume --help`")
+    return 0
