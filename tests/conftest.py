@@ -97,6 +97,19 @@ def busybox_rootfs(dest: Path) -> Path:
     return dest
 
 
+def busybox_full_rootfs(dest: Path) -> Path:
+    """busybox_rootfs with every applet busybox has (ps, ip, unshare, mount, wget...)."""
+    busybox_rootfs(dest)
+    applets = subprocess.run(
+        ["/bin/busybox", "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        link = dest / "bin" / applet
+        if not link.exists() and not link.is_symlink() and "/" not in applet:
+            link.symlink_to("busybox")
+    return dest
+
+
 @pytest.fixture
 def busybox_tar(tmp_path: Path) -> Path:
     src = busybox_rootfs(tmp_path / "rootfs-src")

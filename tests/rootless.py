@@ -232,7 +232,7 @@ def kill_user_processes(uid: int, *, wait: float = 10.0) -> list[int]:
 
 
 def _make_venv(base: Path) -> tuple[str, Path]:
-    """A venv of Debian's python with a copy of our src (and zstandard, if it fits) on its path."""
+    """A venv of Debian's python with a copy of our src (and our deps, if they fit) on its path."""
     venv = base / "venv"
     subprocess.run(
         [SYSTEM_PYTHON, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
@@ -252,7 +252,7 @@ def _make_venv(base: Path) -> tuple[str, Path]:
     # Compiled once here (readable by all), so the user's interpreters start fast.
     subprocess.run([python, "-m", "compileall", "-q", str(src)], check=True, capture_output=True)
     if version == "{} {}".format(*sys.version_info[:2]):
-        _copy_zstandard(Path(purelib))
+        _copy_deps(Path(purelib))
     for launcher in ("tophan", "overlayd"):
         _copy_launcher(REPO / "bin" / launcher, venv / "bin" / launcher, python)
     for tree in (venv, src):
@@ -270,17 +270,20 @@ def _world_readable(top: Path) -> None:
                 os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
 
 
-def _copy_zstandard(purelib: Path) -> None:
-    # tophan's one dependency (compression only, imported lazily). Our interpreter has it;
-    # Debian's has the same ABI when the versions match, so its package works as it is.
-    spec = importlib.util.find_spec("zstandard")
-    if spec is None or spec.origin is None:
-        return
-    shutil.copytree(
-        Path(spec.origin).parent,
-        purelib / "zstandard",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+def _copy_deps(purelib: Path) -> None:
+    # tophan's dependencies. Our interpreter has them; Debian's has the same ABI when the
+    # versions match, so the installed packages work as they are.
+    for module in ("zstandard", "pyseccomp", "setproctitle"):
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        if origin.name.startswith("__init__."):
+            shutil.copytree(
+                origin.parent, purelib / module, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(origin, purelib / origin.name)
 
 
 def _copy_launcher(src: Path, dest: Path, python: str) -> None:

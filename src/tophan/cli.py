@@ -281,15 +281,20 @@ class Cli:
         report = maintenance.gc(self.store())
         if args.flag("json"):
             self.emit_json(
-                {"staging_removed": report.staging_removed, "layers_removed": report.layers_removed}
+                {
+                    "staging_removed": report.staging_removed,
+                    "layers_removed": report.layers_removed,
+                    "cgroups_removed": report.cgroups_removed,
+                }
             )
         else:
-            self.emit_kv(
-                [
-                    ("staging_removed", str(report.staging_removed)),
-                    ("layers_removed", str(len(report.layers_removed))),
-                ]
-            )
+            pairs = [
+                ("staging_removed", str(report.staging_removed)),
+                ("layers_removed", str(len(report.layers_removed))),
+            ]
+            if report.cgroups_removed:
+                pairs.append(("cgroups_removed", str(len(report.cgroups_removed))))
+            self.emit_kv(pairs)
         return 0
 
     def cmd_fsck(self, argv: list[str]) -> int:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class GcReport:
     staging_removed: int = 0
     layers_removed: list[str] = field(default_factory=list)
+    cgroups_removed: list[str] = field(default_factory=list)
     blobs_removed: list[str] = field(default_factory=list)
 
 
@@ -48,12 +49,22 @@ def gc(store: Store) -> GcReport:
         rmtree(path)
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
     report.staging_removed = store.clean_tmp()
+    report.cgroups_removed = _stale_cgroups()
     return report
 
 
 def referenced_layers(store: Store) -> set[str]:
     """Layer digests something still needs: names, workspaces, live runs, images."""
     return store.layers.referenced_digests() | _in_use_by_runs(store) | store.images.referenced()[1]
+
+
+def _stale_cgroups() -> list[str]:
+    from tophan import cgroup
+    from tophan.runtime import prune_stale_cgroups
+
+    if cgroup.unavailable(cgroup.Limits()) is not None:
+        return []
+    return prune_stale_cgroups(min_age=0)
 
 
 def _in_use_by_runs(store: Store) -> set[str]:

@@ -221,12 +221,12 @@ def start(
 
     ``stdio`` replaces the command's stdin, stdout and stderr (default: ours)."""
     spec.check()
-    cgroup = _make_cgroup(spec)
+    spec.userxattr = store.xattr_ns == "user"
+    run_dir = store.staging("run")
     try:
-        run_dir = store.staging("run")
+        cgroup = _make_cgroup(spec, os.path.basename(run_dir.path))
     except BaseException:
-        if cgroup is not None:
-            cgroup.remove()
+        run_dir.discard()
         raise
     ctr = Container(spec, run_dir, cgroup)
     try:
@@ -285,7 +285,7 @@ def live_run_digests(store: Store) -> set[str]:
     return out
 
 
-def _make_cgroup(spec: Spec) -> Cgroup | None:
+def _make_cgroup(spec: Spec, run_name: str) -> Cgroup | None:
     from tophan import cgroup
 
     limits = spec.limits or cgroup.Limits()
@@ -293,9 +293,33 @@ def _make_cgroup(spec: Spec) -> Cgroup | None:
     if reason is not None:
         if spec.no_limits or not _has_limits(limits):
             return None
-        raise RunError(reason, "pass --no-limits to run without them")
-    name = spec.name or f"run-{os.urandom(6).hex()}"
-    return cgroup.Cgroup.create(name, limits)
+        raise RunError(reason)
+    prune_stale_cgroups()
+    # One-shot runs name their cgroup after their run dir, so gc can tell whose it was.
+    return cgroup.Cgroup.create(spec.name or run_name, limits)
+
+
+def prune_stale_cgroups(min_age: float = 60.0) -> list[str]:
+    """Remove empty run cgroups left by runs whose caller was killed (SIGKILL leaves no time to
+    clean up). Only cgroups with no process that are older than ``min_age`` seconds: a run
+    that just made its cgroup has not moved its process in yet."""
+    import time
+
+    from tophan import cgroup
+
+    removed = []
+    for name in cgroup.list_ours():
+        if not name.startswith("run-"):
+            continue
+        try:
+            cg = cgroup.Cgroup.open(name)
+            if cg.procs() or time.time() - os.stat(cg.paths()[0]).st_mtime < min_age:
+                continue
+            cg.remove()
+        except (OSError, IndexError, TophanError):
+            continue
+        removed.append(name)
+    return removed
 
 
 def _has_limits(limits: Limits) -> bool:
@@ -326,6 +350,12 @@ def _launch(ctr: Container, pass_fds: Sequence[int], stdio: tuple[int, int, int]
 
 def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
     line = msgs.next()
+    if line == "map":
+        from tophan import idmap
+
+        idmap.write_maps(setup_pid)
+        os.write(go_w, b"m")
+        line = msgs.next()
     _, status = os.waitpid(setup_pid, 0)
     if not line.startswith("pid "):
         raise _failure(line, status)
@@ -595,7 +625,17 @@ def _setup_process(
     flags = _libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC | _libc.CLONE_NEWPID
     if spec.network == "none":
         flags |= _libc.CLONE_NEWNET
+    rootless = os.geteuid() != 0
+    if rootless:
+        flags |= _libc.CLONE_NEWUSER
     _libc.unshare(flags)
+    if rootless:
+        # Our ids in the new user namespace are written by the caller (newuidmap needs that).
+        os.write(msg_w, b"map\n")
+        if os.read(go_r, 1) != b"m":
+            raise _Exit(RC_SETUP)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
     pid = os.fork()
     if pid:
         os.write(msg_w, f"pid {pid}\n".encode())
@@ -654,7 +694,9 @@ def _mount_root(ctr: Container, root: str) -> None:
         os.path.join(d, "work"),
         userxattr=spec.userxattr,
     )
-    privileged = not spec.userxattr and os.geteuid() == 0
+    from tophan.store import is_privileged
+
+    privileged = is_privileged()
     _mount_proc(root)
     _mount_dev(root, privileged)
     _mount_sys(root, spec.network == "host" or not privileged)
@@ -849,9 +891,7 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
     caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
     security.drop_bounding(caps)
     _libc.prctl(_libc.PR_SET_KEEPCAPS, 1)
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    _set_ids(uid, gid, groups)
     # Credential changes reset the parent-death signal: set it again.
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     security.set_caps(caps, uid)
@@ -866,6 +906,27 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
         security.set_no_new_privs()
     security.load_seccomp("default" if spec.seccomp else None, caps)
     _exec(spec.argv, env, msg_w)
+
+
+def _set_ids(uid: int, gid: int, groups: list[int]) -> None:
+    try:
+        with open("/proc/self/setgroups") as f:
+            may_setgroups = f.read().strip() != "deny"
+    except OSError:
+        may_setgroups = True
+    try:
+        if may_setgroups:
+            os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        raise RunError(
+            f"user {uid}:{gid} does not exist in this rootless container: only root is mapped",
+            "add subordinate ids for your user to /etc/subuid and /etc/subgid (and install"
+            " uidmap), or run as root inside",
+        ) from e
 
 
 def _exec(argv: list[str], env: dict[str, str], msg_w: int) -> None:
