@@ -585,6 +585,8 @@ class Transaction:
         if kind not in (None, "gzip", "zstd"):
             raise IntegrityError(f"{what} is {kind}-compressed", "OCI layers are tar, gzip or zstd")
         known_tree = self.tree_for(diff_id) if diff_id else None
+        # A blob already stored (unpacked again after its tree went) needs no second copy.
+        keep = not (digest and self.has_blob(digest))
         blob_path = self._new_path("blob")
         try:
             with open(blob_path, "wb", buffering=CHUNK) as f:
@@ -601,7 +603,9 @@ class Transaction:
                     blob, blob_size = hashing.digest, hashing.size
                     media_kind: str | None = compress
                 else:
-                    raw = VerifyingReader(stream, digest, size, what=what, tee=f, on_read=on_read)
+                    raw = VerifyingReader(
+                        stream, digest, size, what=what, tee=f if keep else None, on_read=on_read
+                    )
                     inner: IO[bytes] = cast("IO[bytes]", raw)
                     if kind is not None:
                         inner = _decompressor(
@@ -614,7 +618,10 @@ class Transaction:
         except BaseException:
             os.unlink(blob_path)
             raise
-        self._adopt_blob(blob_path, blob)
+        if keep:
+            self._adopt_blob(blob_path, blob)
+        else:
+            os.unlink(blob_path)
         with self._lock:
             self.diffids[actual_diff] = layer
         return StagedLayer(blob, blob_size, oci_layer_type(media_kind), actual_diff, layer)
@@ -665,7 +672,8 @@ class Transaction:
         **extra: str,
     ) -> None:
         name = normalize_name(name)
-        fields = {"name": name, "digest": manifest_digest, "source": source, **extra}
+        fields = {"name": name, "digest": manifest_digest, "source": source}
+        fields.update({k: v for k, v in extra.items() if v})
         with self._lock:
             self.refs[name] = fields
             if replace_existing:
