@@ -275,8 +275,15 @@ class Layers:
                         f"layer {name} in use by workspace {ws.name}",
                         f"remove the workspace first (`ws rm {ws.name}`)",
                     )
+            for app in _apps_using(self.store, name):
+                raise InUse(
+                    f"layer {name} is part of app {app}",
+                    f"remove the app first (`tophan app rm {app}`)",
+                )
             os.unlink(self._ref_path(name))
-            if layer.digest not in self.names_by_digest():
+            if layer.digest not in self.names_by_digest() and not _in_live_run(
+                self.store, layer.digest
+            ):
                 hidden = self.store.hide(self.store.path("layers", layer.hex))
         if hidden is not None:
             rmtree(hidden)
@@ -322,3 +329,18 @@ class Layers:
                     f"layer {name} changed on disk: expected {r.digest}, found {r.actual}",
                     "restore it from an export or a registry",
                 )
+
+
+def _apps_using(store: Store, layer: str) -> list[str]:
+    if not os.path.isdir(store.path("apps")):
+        return []
+    from tophan.apps import Apps
+
+    return [a.name for a in Apps(store).all() if layer in a.spec.get("layers", [])]
+
+
+def _in_live_run(store: Store, digest: str) -> bool:
+    # A running container's overlay uses the tree: it stays until gc finds it unused.
+    from tophan.runtime import live_run_digests
+
+    return digest in live_run_digests(store)

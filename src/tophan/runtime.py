@@ -890,6 +890,11 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
         pass
     caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
     security.drop_bounding(caps)
+    if spec.no_new_privs:
+        security.set_no_new_privs()
+    # The filter goes in while we still hold CAP_SYS_ADMIN (the kernel wants that or
+    # no_new_privs); it allows what the remaining steps call.
+    security.load_seccomp("default" if spec.seccomp else None, caps)
     _libc.prctl(_libc.PR_SET_KEEPCAPS, 1)
     _set_ids(uid, gid, groups)
     # Credential changes reset the parent-death signal: set it again.
@@ -902,9 +907,6 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
     _close_fds(msg_w, pass_fds)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores them; exec would keep that
-    if spec.no_new_privs:
-        security.set_no_new_privs()
-    security.load_seccomp("default" if spec.seccomp else None, caps)
     _exec(spec.argv, env, msg_w)
 
 
