@@ -145,7 +145,8 @@ def test_keep_upper_then_commit_as_a_layer(stack: Stack, tmp_path: Path) -> None
 def test_dev_proc_sys(stack: Stack) -> None:
     r = stack.sh(
         "ls /dev | tr '\\n' ' '; echo; head -c 4 /dev/urandom | wc -c; "
-        "touch /sys/x 2>&1; wc -c < /proc/timer_list; sh -c 'echo 1 > /proc/sys/kernel/hostname' 2>&1; "
+        "touch /sys/x 2>&1; wc -c < /proc/timer_list; "
+        "sh -c 'echo 1 > /proc/sys/kernel/hostname' 2>&1; "
         "cat /proc/1/cmdline | tr '\\0' ' '"
     )
     assert r.returncode == 0, r.stderr
