@@ -410,7 +410,10 @@ class Client:
                 return
             schemes = ["https", "http"] if self.insecure else ["https"]
             last: Exception | None = None
-            for attempt in range(self.options.retries + 1):
+            # Fewer tries than for a transfer: a host that never answered is more likely a
+            # wrong address than a registry restarting.
+            tries = min(self.options.retries, 2) + 1
+            for attempt in range(tries):
                 for scheme in schemes:
                     try:
                         resp = self._exchange(
@@ -433,9 +436,11 @@ class Client:
                         f" {_registry_error(body)}",
                         "check the host name and port",
                     )
-                if attempt < self.options.retries:
+                if attempt + 1 < tries:
                     time.sleep(_backoff(attempt))
-            hint = "is it running? for a plain-http registry pass --tls-verify=false"
+            hint = "is it running and is the port right?"
+            if not self.insecure:
+                hint += " for a plain-http registry pass --tls-verify=false"
             raise TophanError(f"cannot reach registry {self.host}: {last}", hint)
 
     @staticmethod

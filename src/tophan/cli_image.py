@@ -1,0 +1,594 @@
+"""``tophan image …``, ``tophan push`` and ``tophan pull``: parse, call the library, print.
+
+Dispatched from cli.EXTENSIONS as ``main(cli, command, argv)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+
+from tophan.cli import JSON, Args, Cli, parse
+from tophan.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from tophan.images import Image, ImageConfig
+    from tophan.registry import Options
+
+HELP = """\
+usage: tophan image <command> [args]            (plus tophan push / tophan pull)
+
+  image create NAME -l LAYER [-l LAYER ...] [--from IMAGE] [config flags]
+                        [--compress gzip|zstd|none]
+                        a new image: --from's layers, then the -l layers (first -l is the TOP)
+        config flags: --cmd CMD  --entrypoint CMD  --env K=V  --workdir DIR  --user U
+                      --port 80/tcp  --volume /data  --label K=V  --annotation K=V
+                      --stop-signal SIG  --health-cmd CMD  --health-interval 30s
+                      --health-timeout 5s  --health-retries N  --health-start-period 10s
+                      --no-healthcheck  --platform os/arch  --replace
+                      (CMD is a JSON array '["sh","-c","x"]' or a shell-quoted string)
+  image list [--json]                     name, digest, created, size
+  image inspect NAME [--json]             manifest, config and layers as JSON
+  image rm NAME [NAME ...]                remove names; unreferenced blobs/layers go too
+  image tag NAME NEW                      another name for the same image
+  image import SRC [NAME] [--format oci|oci-archive|docker-archive] [--ref REF]
+                        [--platform os/arch] [--compress gzip|zstd|none] [--json]
+                        SRC: DIR, FILE, '-', or oci:DIR[:REF], oci-archive:FILE[:REF], ...
+  image export NAME [NAME ...] DEST [--format oci|oci-archive|docker-archive]
+  image tags REF [registry flags] [--json]              tags of a remote repository
+  image referrers REF [--artifact-type T] [registry flags] [--json]
+  push NAME [REF] [registry flags] [--jobs N] [--chunk-size SIZE] [--no-mount] [--quiet] [--json]
+  pull REF [NAME] [registry flags] [--platform os/arch] [--jobs N] [--quiet] [--json]
+        registry flags: --tls-verify=false  --creds USER:PASS  --authfile FILE  --retries N
+"""
+
+REGISTRY_FLAGS: dict[str, tuple[str, bool, bool]] = {
+    "--tls-verify": ("tls_verify", True, False),
+    "--creds": ("creds", True, False),
+    "--authfile": ("authfile", True, False),
+    "--retries": ("retries", True, False),
+    "--jobs": ("jobs", True, False),
+    "-j": ("jobs", True, False),
+    "--quiet": ("quiet", False, False),
+    "-q": ("quiet", False, False),
+    **JSON,
+}
+
+
+def main(cli: Cli, command: str, argv: list[str]) -> int:
+    argv = ["--tls-verify=true" if a == "--tls-verify" else a for a in argv]
+    if command == "push":
+        return _push(cli, argv)
+    if command == "pull":
+        return _pull(cli, argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stderr.write(HELP)
+        return 0 if argv else 2
+    table: dict[str, Callable[[Cli, list[str]], int]] = {
+        "create": _create,
+        "list": _list,
+        "ls": _list,
+        "inspect": _inspect,
+        "rm": _rm,
+        "tag": _tag,
+        "import": _import,
+        "export": _export,
+        "tags": _tags,
+        "referrers": _referrers,
+    }
+    handler = table.get(argv[0])
+    if handler is None:
+        raise UsageError(f"unknown image subcommand: {argv[0]}", "see `image help`")
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        sys.stderr.write(HELP)
+        return 0
+    return handler(cli, argv[1:])
+
+
+# -- local images -----------------------------------------------------------------------------
+
+CREATE_FLAGS: dict[str, tuple[str, bool, bool]] = {
+    "-l": ("layer", True, True),
+    "--layer": ("layer", True, True),
+    "--from": ("from", True, False),
+    "--cmd": ("cmd", True, False),
+    "--entrypoint": ("entrypoint", True, False),
+    "--env": ("env", True, True),
+    "-e": ("env", True, True),
+    "--workdir": ("workdir", True, False),
+    "--user": ("user", True, False),
+    "--port": ("port", True, True),
+    "--expose": ("port", True, True),
+    "--volume": ("volume", True, True),
+    "--label": ("label", True, True),
+    "--annotation": ("annotation", True, True),
+    "--stop-signal": ("stop_signal", True, False),
+    "--health-cmd": ("health_cmd", True, False),
+    "--health-interval": ("health_interval", True, False),
+    "--health-timeout": ("health_timeout", True, False),
+    "--health-retries": ("health_retries", True, False),
+    "--health-start-period": ("health_start_period", True, False),
+    "--no-healthcheck": ("no_healthcheck", False, False),
+    "--compress": ("compress", True, False),
+    "--platform": ("platform", True, False),
+    "--replace": ("replace", False, False),
+    **JSON,
+}
+
+
+def _create(cli: Cli, argv: list[str]) -> int:
+    from tophan.images_spec import Platform
+
+    args = parse(argv, (1, 1, CREATE_FLAGS), "image create")
+    store = cli.store()
+    o = args.opts
+    base_name = o.get("from")
+    layers = list(reversed(o.get("layer", [])))  # -l is top-first, like `ws create`
+    base = store.images.get(base_name, ensure_layers=False) if base_name else None
+    from tophan.images import ImageConfig
+
+    config = _config_from_flags(base.config if base else ImageConfig(), o)
+    image = store.images.create(
+        args.pos[0],
+        layers,
+        base=base_name,
+        config=config,
+        compression=_compression(o.get("compress")),
+        platform=Platform.parse(o["platform"]) if "platform" in o else None,
+        annotations=_pairs(o.get("annotation", []), "--annotation"),
+        replace_existing=args.flag("replace"),
+    )
+    cli.log(f"image {image.name} is {image.digest}")
+    if args.flag("json"):
+        cli.emit_json(_summary(image))
+    else:
+        cli.emit(f"{image.name}\n")
+    return 0
+
+
+def _config_from_flags(config: ImageConfig, o: dict[str, Any]) -> ImageConfig:
+    from dataclasses import replace
+
+    from tophan.images import Healthcheck
+
+    changes: dict[str, Any] = {}
+    if "cmd" in o:
+        changes["cmd"] = _command(o["cmd"], "--cmd")
+    if "entrypoint" in o:
+        changes["entrypoint"] = _command(o["entrypoint"], "--entrypoint")
+    if "workdir" in o:
+        changes["working_dir"] = o["workdir"]
+    if "user" in o:
+        changes["user"] = o["user"]
+    if "stop_signal" in o:
+        changes["stop_signal"] = o["stop_signal"]
+    if o.get("port"):
+        ports = list(config.exposed_ports)
+        for p in o["port"]:
+            p = p if "/" in p else f"{p}/tcp"
+            if not p.split("/")[0].isdigit():
+                raise UsageError(f"invalid --port {p!r}", "use PORT[/tcp|/udp], e.g. 8080/tcp")
+            ports.append(p)
+        changes["exposed_ports"] = sorted(set(ports))
+    if o.get("volume"):
+        changes["volumes"] = sorted({*config.volumes, *o["volume"]})
+    if o.get("label"):
+        changes["labels"] = {**config.labels, **_pairs(o["label"], "--label")}
+    if args_health := {k: o[k] for k in o if k.startswith("health_")}:
+        hc = config.healthcheck
+        test = hc.test if hc else None
+        if "health_cmd" in args_health:
+            given = args_health["health_cmd"]
+            if given.lstrip().startswith("["):
+                test = ["CMD", *_command(given, "--health-cmd")]
+            else:
+                test = ["CMD-SHELL", given]
+        if test is None:
+            raise UsageError("--health-* needs --health-cmd (or a base image with a health check)")
+        changes["healthcheck"] = Healthcheck(
+            test,
+            _duration(args_health.get("health_interval"), hc.interval if hc else 0),
+            _duration(args_health.get("health_timeout"), hc.timeout if hc else 0),
+            _duration(args_health.get("health_start_period"), hc.start_period if hc else 0),
+            hc.start_interval if hc else 0,
+            _int(args_health.get("health_retries"), hc.retries if hc else 0, "--health-retries"),
+        )
+    if o.get("no_healthcheck"):
+        changes["healthcheck"] = Healthcheck(["NONE"])
+    config = replace(config, **changes)
+    if o.get("env"):
+        for item in o["env"]:
+            if "=" not in item or item.startswith("="):
+                raise UsageError(f"invalid --env {item!r}", "use KEY=VALUE")
+        config = config.with_env(o["env"])
+    return config
+
+
+def _command(text: str, flag: str) -> list[str]:
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"{flag}: invalid JSON array: {e}") from e
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise UsageError(f"{flag}: expected a JSON array of strings")
+        return value
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}", "quote it as for a shell, or give a JSON array") from e
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid {flag} {item!r}", "use KEY=VALUE")
+        out[key] = value
+    return out
+
+
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def _duration(text: str | None, default: int) -> int:
+    """``30s``, ``1m30s``, ``500ms`` (Go's syntax) or plain seconds -> nanoseconds."""
+    if text is None:
+        return default
+    import re
+
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return int(float(text) * 10**9)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"invalid duration {text!r}", "use e.g. 30s, 1m30s, 500ms")
+    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def _int(text: str | None, default: int, flag: str) -> int:
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise UsageError(f"invalid {flag} {text!r}", "expected a whole number")
+    return int(text)
+
+
+def _compression(value: str | None) -> str | None:
+    if value is None:
+        return "gzip"
+    if value in ("none", "no", ""):
+        return None
+    if value not in ("gzip", "zstd"):
+        raise UsageError(f"unknown --compress {value!r}", "use gzip, zstd or none")
+    return value
+
+
+def _summary(image: Image) -> dict[str, Any]:
+    return {
+        "name": image.name,
+        "digest": image.digest,
+        "created": image.created,
+        "size": image.size,
+        "platform": str(image.platform),
+        "layers": image.layers,
+    }
+
+
+def _list(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (0, 0, JSON), "image list")
+    images = cli.store().images.all()
+    if args.flag("json"):
+        cli.emit_json([_summary(i) for i in images])
+    else:
+        cli.emit("".join(f"{i.name}\t{i.digest}\t{i.created}\t{i.size}\n" for i in images))
+    return 0
+
+
+def _inspect(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (1, 1, JSON), "image inspect")
+    image = cli.store().images.get(args.pos[0], ensure_layers=False)
+    info = image.as_dict()
+    info["names"] = [n for n in cli.store().images.names() if _same_digest(cli, n, image.digest)]
+    cli.emit_json(info)
+    return 0
+
+
+def _same_digest(cli: Cli, name: str, digest: str) -> bool:
+    from tophan.errors import TophanError
+
+    try:
+        return cli.store().images.get(name, ensure_layers=False).digest == digest
+    except TophanError:
+        return False
+
+
+def _rm(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (1, -1, {}), "image rm")
+    images = cli.store().images
+    for name in args.pos:
+        images.get(name, ensure_layers=False)  # all names must exist before any goes
+    for name in args.pos:
+        removed = images.remove(name)
+        cli.log(f"removed {name} ({len(removed)} blobs freed)")
+    return 0
+
+
+def _tag(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (2, 2, {}), "image tag")
+    image = cli.store().images.tag(args.pos[0], args.pos[1])
+    cli.emit(f"{image.name}\n")
+    return 0
+
+
+def _import(cli: Cli, argv: list[str]) -> int:
+    from tophan import oci
+    from tophan.images_spec import Platform
+
+    flags: dict[str, tuple[str, bool, bool]] = {
+        "--format": ("format", True, False),
+        "--ref": ("ref", True, False),
+        "--platform": ("platform", True, False),
+        "--compress": ("compress", True, False),
+        "--quiet": ("quiet", False, False),
+        "-q": ("quiet", False, False),
+        **JSON,
+    }
+    args = parse(argv, (1, 2, flags), "image import")
+    o = args.opts
+    names = oci.import_images(
+        cli.store(),
+        args.pos[0],
+        args.pos[1] if len(args.pos) > 1 else None,
+        fmt=o.get("format"),
+        ref=o.get("ref"),
+        platform=Platform.parse(o["platform"]) if "platform" in o else None,
+        compression=_compression(o.get("compress")),
+    )
+    if args.flag("json"):
+        images = cli.store().images
+        cli.emit_json([_summary(images.get(n, ensure_layers=False)) for n in names])
+    else:
+        cli.emit("".join(f"{n}\n" for n in names))
+    return 0
+
+
+def _export(cli: Cli, argv: list[str]) -> int:
+    from tophan import oci
+
+    args = parse(argv, (2, -1, {"--format": ("format", True, False)}), "image export")
+    *names, dest = args.pos
+    kind = oci.export_images(cli.store(), names, dest, fmt=args.opts.get("format"))
+    cli.log(f"wrote {len(names)} image(s) as {kind} to {dest}")
+    return 0
+
+
+# -- registries -------------------------------------------------------------------------------
+
+
+def _options(o: dict[str, Any]) -> Options:
+    from tophan.images_spec import Platform
+    from tophan.registry import Options
+
+    opts = Options()
+    verify = str(o.get("tls_verify", "true")).lower()
+    if verify not in ("true", "false", "1", "0"):
+        raise UsageError(f"invalid --tls-verify={verify}", "use --tls-verify=false or =true")
+    opts.tls_verify = verify in ("true", "1")
+    if "creds" in o:
+        user, sep, secret = o["creds"].partition(":")
+        if not sep or not user:
+            raise UsageError("invalid --creds", "use --creds USER:PASSWORD")
+        opts.creds = (user, secret)
+    if "authfile" in o:
+        if not os.path.isfile(o["authfile"]):
+            raise UsageError(f"no such auth file: {o['authfile']}")
+        opts.authfile = o["authfile"]
+    opts.retries = _int(o.get("retries"), opts.retries, "--retries")
+    opts.jobs = max(1, _int(o.get("jobs"), opts.jobs, "--jobs"))
+    if "chunk_size" in o:
+        opts.chunk_size = _size(o["chunk_size"])
+    if o.get("no_mount"):
+        opts.mount = False
+    if "platform" in o:
+        opts.platform = Platform.parse(o["platform"])
+    return opts
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.lower().removesuffix("b").removesuffix("i")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in "kmg" else (t, "")
+    if not num.isdigit() or int(num) <= 0:
+        raise UsageError(f"invalid size {text!r}", "e.g. 8M, 65536")
+    return int(num) * units[unit]
+
+
+def _progress(args: Args, verb: str) -> Any:
+    from tophan.registry import NoProgress
+
+    if args.flag("quiet") or args.flag("json") or not sys.stderr.isatty():
+        return NoProgress()
+    return Bars(verb)
+
+
+def _push(cli: Cli, argv: list[str]) -> int:
+    from tophan import registry
+
+    flags = {
+        **REGISTRY_FLAGS,
+        "--chunk-size": ("chunk_size", True, False),
+        "--no-mount": ("no_mount", False, False),
+    }
+    args = parse(argv, (1, 2, flags), "push")
+    name = args.pos[0]
+    dest = args.pos[1] if len(args.pos) > 1 else name
+    store = cli.store()
+    bars = _progress(args, "push")
+    try:
+        report = registry.push(store, name, dest, options=_options(args.opts), progress=bars)
+    finally:
+        if isinstance(bars, Bars):
+            bars.close()
+    cli.log(_describe(report))
+    if args.flag("json"):
+        cli.emit_json(_report(report))
+    else:
+        cli.emit(f"{report.digest}\n")
+    return 0
+
+
+def _pull(cli: Cli, argv: list[str]) -> int:
+    from tophan import registry
+
+    flags = {**REGISTRY_FLAGS, "--platform": ("platform", True, False)}
+    args = parse(argv, (1, 2, flags), "pull")
+    store = cli.store()
+    bars = _progress(args, "pull")
+    try:
+        report = registry.pull(
+            store,
+            args.pos[0],
+            args.pos[1] if len(args.pos) > 1 else None,
+            options=_options(args.opts),
+            progress=bars,
+        )
+    finally:
+        if isinstance(bars, Bars):
+            bars.close()
+    cli.log(_describe(report))
+    if args.flag("json"):
+        cli.emit_json(_report(report))
+    else:
+        cli.emit(f"{report.name}\n")
+    return 0
+
+
+def _describe(report: Any) -> str:
+    counts: dict[str, int] = {}
+    for action in report.blobs.values():
+        counts[action] = counts.get(action, 0) + 1
+    what = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+    sent, received = report.bytes_sent, report.bytes_received
+    return f"{report.reference} {report.digest}: {what}; sent {sent} B, received {received} B"
+
+
+def _report(report: Any) -> dict[str, Any]:
+    return {
+        "reference": report.reference,
+        "name": report.name,
+        "digest": report.digest,
+        "blobs": report.blobs,
+        "bytes_sent": report.bytes_sent,
+        "bytes_received": report.bytes_received,
+    }
+
+
+def _tags(cli: Cli, argv: list[str]) -> int:
+    from tophan import registry
+
+    args = parse(argv, (1, 1, REGISTRY_FLAGS), "image tags")
+    tags = registry.list_tags(args.pos[0], _options(args.opts))
+    if args.flag("json"):
+        cli.emit_json(tags)
+    else:
+        cli.emit("".join(f"{t}\n" for t in tags))
+    return 0
+
+
+def _referrers(cli: Cli, argv: list[str]) -> int:
+    from tophan import registry
+    from tophan.blobs import is_digest
+
+    flags = {**REGISTRY_FLAGS, "--artifact-type": ("artifact_type", True, False)}
+    args = parse(argv, (1, 1, flags), "image referrers")
+    repo, ref = registry.repository_for(args.pos[0], _options(args.opts))
+    try:
+        digest = ref.digest if is_digest(ref.digest) else repo.head_manifest(ref.reference)
+        if digest is None:
+            raise UsageError(f"no such image: {ref}")
+        found = repo.referrers(digest, args.opts.get("artifact_type"))
+    finally:
+        repo.client.close()
+    if args.flag("json"):
+        cli.emit_json(found)
+    else:
+        cli.emit(
+            "".join(
+                f"{m.get('digest')}\t{m.get('artifactType', '')}\t{m.get('mediaType')}\n"
+                for m in found
+            )
+        )
+    return 0
+
+
+# -- progress bars ----------------------------------------------------------------------------
+
+
+class Bars:
+    """One line per blob on stderr, redrawn in place at most ten times a second."""
+
+    WIDTH = 30
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.lock = threading.Lock()
+        self.rows: dict[str, list[Any]] = {}  # key -> [label, done, total, status]
+        self.drawn = 0
+        self.last = 0.0
+
+    def start(self, key: str, label: str, total: int) -> None:
+        with self.lock:
+            self.rows[key] = [label, 0, total, ""]
+            self._draw(force=True)
+
+    def update(self, key: str, done: int) -> None:
+        with self.lock:
+            if key in self.rows:
+                self.rows[key][1] = done
+            self._draw()
+
+    def finish(self, key: str, status: str) -> None:
+        with self.lock:
+            if key in self.rows:
+                row = self.rows[key]
+                row[3] = status
+                if status in ("uploaded", "downloaded", "local"):
+                    row[1] = row[2]
+            self._draw(force=True)
+
+    def close(self) -> None:
+        with self.lock:
+            self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        out = []
+        if self.drawn:
+            out.append(f"\x1b[{self.drawn}F")
+        for label, done, total, status in self.rows.values():
+            frac = done / total if total else 1.0
+            fill = int(frac * self.WIDTH)
+            bar = "#" * fill + "." * (self.WIDTH - fill)
+            state = status or self.verb + "ing"
+            out.append(f"\x1b[2K{label}  [{bar}] {_mb(done):>8}/{_mb(total):<8} {state}\n")
+        self.drawn = len(self.rows)
+        sys.stderr.write("".join(out))
+        sys.stderr.flush()
+
+
+def _mb(n: int) -> str:
+    if n < 1 << 20:
+        return f"{n / 1024:.1f}K"
+    return f"{n / (1 << 20):.1f}M"
