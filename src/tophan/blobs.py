@@ -34,6 +34,10 @@ _DIGEST = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 EMPTY_JSON = b"{}"
 
 
+class Aborted(Exception):
+    """A transfer stopped on purpose (another one of the same operation failed)."""
+
+
 def is_digest(value: object) -> bool:
     return isinstance(value, str) and _DIGEST.match(value) is not None
 

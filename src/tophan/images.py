@@ -32,6 +32,7 @@ from typing import cast
 from tophan import meta
 from tophan.blobs import (
     CHUNK,
+    Aborted,
     Blobs,
     VerifyingReader,
     check_digest,
@@ -642,6 +643,11 @@ class Transaction:
                 privileged=self.store.privileged,
             )
         except TophanError as e:
+            # The extractor reports a failing read as a corrupt archive; when the reader was
+            # ours (digest check, transfer error, cancel), that is the error to report.
+            cause = e.__cause__
+            if isinstance(cause, TophanError | Aborted):
+                raise cause from None
             raise type(e)(f"{what}: {e.message}", e.hint) from e
         with self._lock:
             if stats.digest in self.trees:

@@ -37,6 +37,7 @@ from typing import IO, Any, Protocol
 
 from tophan.blobs import (
     CHUNK,
+    Aborted,
     MAX_DOCUMENT,
     check_digest,
     digest_of,
@@ -84,7 +85,7 @@ class _Transient(Exception):
     """A failure worth retrying: the connection dropped, or the registry is briefly away."""
 
 
-class _Cancelled(Exception):
+class _Cancelled(Aborted):
     """Another transfer of the same operation failed: stop this one early."""
 
 
@@ -967,10 +968,10 @@ class Repository:
 
     # -- tags and referrers ------------------------------------------------------------------
 
-    def tags(self) -> list[str]:
+    def tags(self, page_size: int = 1000) -> list[str]:
         """Every tag, following ``Link`` pagination."""
         out: list[str] = []
-        url = f"/v2/{self.path}/tags/list?n=1000"
+        url = f"/v2/{self.path}/tags/list?n={page_size}"
         while url:
             resp = self._req("GET", url, self.pull_scope)
             if resp.status == 404:
