@@ -295,8 +295,10 @@ def parse_reference(text: str, *, what: str = "image reference") -> Reference:
         if not _PATH_RE.match(path):
             raise UsageError(f"invalid {what}: {text!r}", f"references are {REF_RULE}")
     digest = m["digest"] or ""
-    if digest:
-        check_digest(digest, f"{what} digest")
+    if digest and not is_digest(digest):
+        raise UsageError(
+            f"invalid {what}: {text!r}", "a digest is sha256:<64 hex> or sha512:<128 hex>"
+        )
     return Reference(domain, path, m["tag"] or "", digest)
 
 
