@@ -548,3 +548,73 @@ def test_podman_pulls_and_runs_what_we_push(registry: Registry, tmp_path: Path) 
         )
         assert p.returncode == 0, p.stderr
         assert p.stdout == "app v1\ntest\n"
+
+
+def test_pull_memory_is_bounded_by_chunks_not_layer_size(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A 96 MiB layer streams through: the pulling process's peak RSS stays well below the
+    layer's size (it is hashed, written and unpacked chunk by chunk)."""
+    import subprocess
+    import sys
+
+    src = store_at(tmp_path / "s")
+    size = 96 << 20
+    make_layer(src, "big", {"big.bin": random_bytes(size, 3)}, tmp_path)
+    src.images.create("big", ["big"], compression="zstd")
+    ref = registry.ref("mem/big:v1")
+    push(src, "big", ref)
+    dst = tmp_path / "d"
+    run_cli("init", str(dst))
+    probe = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True)\n"
+        "assert p.returncode == 0, p.stderr\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    tophan = str(Path(sys.executable).parent / "tophan")
+    out = subprocess.run(
+        [sys.executable, "-c", probe, tophan, "--root", str(dst), "pull", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    peak_kib = int(out.strip())
+    assert peak_kib * 1024 < size * 2 // 3, f"peak RSS {peak_kib} KiB for a {size >> 20} MiB layer"
+    assert Store(str(dst)).images.get(ref).layers == src.images.get("big").layers
+
+
+def test_progress_bars_on_a_tty(registry: Registry, tmp_path: Path) -> None:
+    """On a terminal, push and pull draw one bar per blob on stderr; --quiet draws nothing."""
+    import pty
+    import subprocess
+    import sys
+
+    store = store_at(tmp_path / "s")
+    _base_image(store, tmp_path)
+    tophan = str(Path(sys.executable).parent / "tophan")
+
+    def on_tty(*argv: str) -> str:
+        master, slave = pty.openpty()
+        p = subprocess.Popen(
+            [tophan, "--root", str(tmp_path / "s"), *argv], stdout=subprocess.DEVNULL, stderr=slave
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.close(master)
+        assert p.wait() == 0
+        return b"".join(chunks).decode()
+
+    shown = on_tty("push", "app", registry.ref("tty/app:v1"))
+    assert "uploaded" in shown and "[####" in shown and "\x1b[" in shown
+    shown = on_tty("pull", registry.ref("tty/app:v1"), "copy")
+    assert "exists" in shown
+    assert on_tty("push", "app", registry.ref("tty/app:v2"), "--quiet") == ""
