@@ -285,6 +285,7 @@ def cleanup_leftovers(app: App) -> None:
             cg.kill()
             cg.remove()
     if state.get("status") == "dead":
+        app.store.clean_tmp()  # its run dir, unlocked since it died
         state.pop("alive", None)
         state["status"] = "exited"
         state["error"] = state.get("error") or "the supervisor died"

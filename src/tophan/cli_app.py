@@ -104,8 +104,13 @@ def _create(cli: Cli, argv: list[str]) -> int:
     spec: dict[str, Any] = {"opts": {}}
     if "file" in o:
         spec = apps.load_spec_file(o["file"])
-    flags = {k: v for k, v in o.items() if k not in _APP_ONLY and k != "layer"}
-    spec["opts"].update(flags)
+    for key, value in o.items():
+        if key in _APP_ONLY or key == "layer":
+            continue
+        if isinstance(value, list):  # repeatable flags add to the file's list
+            spec["opts"][key] = list(spec["opts"].get(key, [])) + value
+        else:
+            spec["opts"][key] = value
     if o.get("layer"):
         spec["layers"] = o["layer"]
         spec.pop("image", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tophan.errors import TophanError, UsageError
+from tophan.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -212,6 +212,7 @@ def build_spec(store: Store, p: Parsed, what: str) -> Spec:
     spec.tmpfs = list(o.get("tmpfs", []))
     spec.rlimits = _ulimits(o.get("ulimit", []))
     spec.binds = _binds(store, o.get("volume", []))
+    spec.volumes = [v.split(":")[0] for v in o.get("volume", []) if not v.startswith("/")]
     spec.userxattr = store.xattr_ns == "user"
     spec.no_limits = bool(o.get("no_limits"))
     _security(spec, o)
@@ -364,18 +365,7 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
             raise UsageError(f"run: --{bad} is not supported", hint)
     store = cli.store()
     spec = build_spec(store, p, "run")
-    holds = [store.volumes.hold(v) for v in _volume_names(p.opts.get("volume", []))]
-    try:
-        # Our own stdout holds nothing (the container writes to the real one); flush anyway so
-        # that nothing we buffered interleaves with its output.
-        sys.stdout.flush()
-        return runtime.run(store, spec, keep_upper=p.opts.get("keep_upper"))
-    except TophanError:
-        raise
-    finally:
-        for fd in holds:
-            os.close(fd)
-
-
-def _volume_names(items: list[str]) -> list[str]:
-    return [v.split(":")[0] for v in items if not v.startswith("/")]
+    # Our own stdout holds nothing (the container writes to the real one); flush anyway so
+    # that nothing we buffered interleaves with its output.
+    sys.stdout.flush()
+    return runtime.run(store, spec, keep_upper=p.opts.get("keep_upper"))

@@ -103,6 +103,7 @@ class Spec:
     userxattr: bool = False  # overlay in a user namespace (rootless stores)
     no_limits: bool = False  # rootless: run without a cgroup rather than refuse
     digests: list[str] = field(default_factory=list)  # the lowers' layers, kept from gc
+    volumes: list[str] = field(default_factory=list)  # named volumes, held while running
 
     def check(self) -> None:
         if not self.argv:
@@ -132,6 +133,7 @@ class Container:
         self.cgroup = cgroup
         self.pid = 0  # the init process (the command), in our pid namespace
         self.returncode: int | None = None
+        self.holds: list[int] = []  # shared locks on the volumes it mounts
 
     @property
     def upper(self) -> str:
@@ -174,6 +176,9 @@ class Container:
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
+        for fd in self.holds:
+            _close_quietly(fd)
+        self.holds.clear()
         if keep_upper is not None:
             _keep_upper(self.upper, keep_upper)
         self.run_dir.discard()
@@ -234,6 +239,7 @@ def start(
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
         _claim_layers(store, run_dir.path, spec.digests)
+        ctr.holds = [store.volumes.hold(v) for v in spec.volumes]
         _launch(ctr, pass_fds, stdio)
     except BaseException:
         ctr.close()

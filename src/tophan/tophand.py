@@ -425,6 +425,7 @@ class Supervisor:
                 elif key.data == "probe":
                     self._read_probe(int(key.fd))
             self._timers()
+            self._reap_orphans()
 
     def _next_timeout(self) -> float:
         now = time.monotonic()
@@ -459,6 +460,24 @@ class Supervisor:
                 pass
         except BlockingIOError:
             pass
+        self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        """Reap children we did not start ourselves.
+
+        We are a child subreaper (the runtime needs that), so a health check's process inside
+        the container becomes ours when its helper is killed at the timeout. Unreaped, such a
+        zombie would keep the container's pid namespace from ever finishing its exit."""
+        known = {self.ctr.pid if self.ctr is not None else 0}
+        if self.probe is not None:
+            proc = self.probe[0]
+            known.add(proc if isinstance(proc, int) else proc.pid)
+        for pid in _children():
+            if pid not in known:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
     def sleep(self, seconds: float) -> bool:
         """Backoff between restarts; False if a stop came in meanwhile."""
@@ -471,6 +490,21 @@ class Supervisor:
                 if key.data == "wake":
                     self._drain_wake()
         return False
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return pids
 
 
 def _poll(proc: Joined | int) -> int | None:

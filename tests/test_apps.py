@@ -1,0 +1,314 @@
+"""Apps and their supervisor (tophand): real containers, cgroups and processes, as root.
+
+Every test removes its apps (stopping them) and checks that no supervisor, container process,
+mount or cgroup of its own is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, busybox_full_rootfs, run_cli
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs apps as root")
+
+
+class Env:
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.root = root
+        self.tmp = tmp
+
+    def t(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "tophan"), "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str) -> str:
+        r = self.t(*args)
+        assert r.returncode == 0, (args, r.stderr)
+        return r.stdout
+
+    def state(self, name: str) -> dict[str, object]:
+        out = json.loads(self.ok("app", "inspect", name))
+        state: dict[str, object] = out[0]["state"]
+        return state
+
+    def wait_for(self, what: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting; last ps: {self.t('app', 'ps', '-a').stdout}"
+                )
+            time.sleep(0.05)
+
+
+def _supervisors(names: set[str]) -> list[int]:
+    """Live processes titled `tophand NAME` for these app names."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+            if not _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        if title[:1] == ["tophand"] and len(title) > 1 and title[1] in names:
+            out.append(int(pid))
+    return out
+
+
+@pytest.fixture
+def env(root: Path, tmp_path: Path) -> Iterator[Env]:
+    rootfs = busybox_full_rootfs(tmp_path / "rootfs")
+    (tmp_path / "www/www").mkdir(parents=True)
+    (tmp_path / "www/www/index.html").write_text("<h1>hello</h1>\n")
+    (tmp_path / "conf/etc").mkdir(parents=True)
+    (tmp_path / "conf/etc/httpd.conf").write_text("H:/www\n")
+    for name, src in (("base", rootfs), ("www", tmp_path / "www"), ("conf", tmp_path / "conf")):
+        assert run_cli("--root", str(root), "layer", "create", name, "--from", str(src)).rc == 0
+    e = Env(root, tmp_path)
+    try:
+        yield e
+    finally:
+        apps = json.loads(e.t("app", "ps", "-a", "--json").stdout or "[]")
+        names = {a["name"] for a in apps}
+        for name in names:
+            e.t("app", "rm", "-f", name)
+        deadline = time.monotonic() + 5  # the lock goes a moment before the process does
+        while _supervisors(names) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = _supervisors(names)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, "a supervisor outlived its app"
+        assert [d for d in os.listdir(root / "tmp") if d.startswith("run-")] == []
+        from tophan import cgroup
+
+        if cgroup.unavailable(cgroup.Limits()) is None:
+            mine = [c for c in cgroup.list_ours() if c.startswith("app-t")]
+            assert not mine, mine
+
+
+WEB = ["-l", "conf", "-l", "www", "-l", "base", "--", "httpd", "-f", "-p", "127.0.0.1:8080",
+       "-c", "/etc/httpd.conf"]  # fmt: skip
+
+
+def test_create_validates_and_points_at_the_key(env: Env) -> None:
+    bad = env.tmp / "bad.toml"
+    for text, where in (
+        ('layers = ["base"]\ncommand = "true"\n[resources]\nmemory = "lots"\n', "resources.memory"),
+        ('layers = ["base"]\ncommand = "true"\n[resources]\nmemroy = "1g"\n', "resources.memroy"),
+        ('layers = ["base"]\ncommand = 5\n', "command"),
+        ('layers = ["base"]\ncommand = "true"\n[health]\ninterval = "5s"\n', "health"),
+        ('layers = ["base"]\ncommand = "true"\n[restart]\npolicy = "sometimes"\n', "restart"),
+        ('layers = ["base"]\ncommand = "true"\nfoo = 1\n', "foo"),
+        ('layers = ["base"]\ncommand = "true"\nread_only = "yes"\n', "read_only"),
+        ("layers = [\n", "TOML"),
+    ):
+        bad.write_text(text)
+        r = env.t("app", "create", "tbad", "--file", str(bad))
+        assert r.returncode == 2, (text, r.stderr)
+        assert r.stderr.count("\n") == 1 and where in r.stderr, (text, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = env.t("app", "create", "tbad", "-l", "missing", "--", "true")
+    assert r.returncode == 1 and "missing" in r.stderr
+    assert env.t("app", "ps", "-a").stdout.count("\n") == 1  # the header: nothing was created
+
+
+def test_spec_file_and_flags(env: Env) -> None:
+    spec = env.tmp / "web.toml"
+    spec.write_text(
+        'layers = ["conf", "www", "base"]\n'
+        'command = ["httpd", "-f", "-p", "127.0.0.1:8080", "-c", "/etc/httpd.conf"]\n'
+        'env = { GREETING = "hi" }\n'
+        '[resources]\nmemory = "64m"\npids_limit = 32\n'
+        '[health]\nhttp = "http://127.0.0.1:8080/"\ninterval = "0.2s"\nretries = 2\n'
+        '[restart]\npolicy = "on-failure"\nmax_retries = 2\n'
+    )
+    env.ok("app", "create", "tweb", "--file", str(spec), "-e", "EXTRA=1")
+    env.ok("app", "start", "tweb")
+    env.wait_for(lambda: env.state("tweb").get("health", {}).get("status") == "healthy")  # type: ignore[union-attr]
+    out = env.ok("app", "exec", "tweb", "--", "sh", "-c", "echo $GREETING $EXTRA; hostname")
+    assert out == "hi 1\ntweb\n"
+    page = env.ok("app", "exec", "tweb", "--", "wget", "-qO-", "http://127.0.0.1:8080/")
+    assert page == "<h1>hello</h1>\n"
+    ps = json.loads(env.ok("app", "ps", "--json"))
+    assert ps[0]["name"] == "tweb" and ps[0]["status"] == "running" and ps[0]["health"] == "healthy"
+    assert "tophand tweb" in Path(f"/proc/{ps[0]['supervisor']}/cmdline").read_text().replace(
+        "\0", " "
+    )
+    env.ok("app", "stop", "tweb")
+    assert env.state("tweb")["status"] == "exited"
+
+
+def test_health_starting_healthy_unhealthy(env: Env) -> None:
+    env.ok("app", "create", "thealth", "--health-cmd", "wget -qO- http://127.0.0.1:8080/",
+           "--health-interval", "0.2s", "--health-retries", "2", "--health-timeout", "2s",
+           *WEB)  # fmt: skip
+    env.ok("app", "start", "thealth")
+    assert env.state("thealth")["health"]["status"] == "starting"  # type: ignore[index]
+    env.wait_for(lambda: env.state("thealth")["health"]["status"] == "healthy")  # type: ignore[index]
+    env.ok("app", "exec", "thealth", "--", "rm", "/www/index.html")  # the check starts failing
+    env.wait_for(lambda: env.state("thealth")["health"]["status"] == "unhealthy")  # type: ignore[index]
+    health = env.state("thealth")["health"]
+    assert health["failing_streak"] >= 2  # type: ignore[index]
+    assert health["log"][-1]["exit_code"] != 0  # type: ignore[index]
+    assert env.state("thealth")["status"] == "running"  # unhealthy does not restart (Docker)
+
+
+def test_tcp_health_check(env: Env) -> None:
+    env.ok("app", "create", "ttcp", "--health-tcp", "127.0.0.1:8080", "--health-interval", "0.2s",
+           *WEB)  # fmt: skip
+    env.ok("app", "start", "ttcp")
+    env.wait_for(lambda: env.state("ttcp")["health"]["status"] == "healthy")  # type: ignore[index]
+
+
+def test_restart_on_failure_with_backoff(env: Env) -> None:
+    env.ok("app", "create", "tfail", "--restart", "on-failure:3", "-l", "base", "--",
+           "sh", "-c", "cat /proc/uptime; exit 3")  # fmt: skip
+    env.ok("app", "start", "tfail")
+    env.wait_for(lambda: not env.state("tfail")["alive"])
+    st = env.state("tfail")
+    assert st["restart_count"] == 3 and st["exit_code"] == 3 and st["status"] == "exited"
+    starts = [float(line.split()[0]) for line in env.ok("app", "logs", "tfail").splitlines()]
+    assert len(starts) == 4
+    # Docker's backoff: 100 ms, doubling. A wait can only be longer than its backoff.
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    for gap, backoff in zip(gaps, (0.1, 0.2, 0.4), strict=True):
+        assert gap >= backoff, gaps
+
+
+def test_restart_always_and_on_failure_stops_on_success(env: Env) -> None:
+    env.ok("app", "create", "tok", "--restart", "on-failure", "-l", "base", "--", "true")
+    env.ok("app", "start", "tok")
+    env.wait_for(lambda: not env.state("tok")["alive"])
+    assert env.state("tok")["restart_count"] == 0 and env.state("tok")["exit_code"] == 0
+    env.ok("app", "create", "talways", "--restart", "always", "-l", "base", "--", "true")
+    env.ok("app", "start", "talways")
+    env.wait_for(lambda: int(env.state("talways")["restart_count"]) >= 2)  # type: ignore[call-overload]
+    env.ok("app", "stop", "talways")
+    assert env.state("talways")["status"] == "exited"
+
+
+def test_stop_grace_then_kill(env: Env) -> None:
+    env.ok("app", "create", "tstubborn", "-l", "base", "--", "sh", "-c",
+           "trap 'echo ignoring TERM' TERM; while :; do sleep 0.1; done")  # fmt: skip
+    env.ok("app", "create", "tpolite", "-l", "base", "--", "sh", "-c",
+           "trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done")  # fmt: skip
+    env.ok("app", "start", "tstubborn", "tpolite")
+    env.ok("app", "stop", "tpolite")
+    assert env.state("tpolite")["exit_code"] == 0
+    assert "bye" in env.ok("app", "logs", "tpolite")
+    env.ok("app", "stop", "-t", "0.5", "tstubborn")
+    st = env.state("tstubborn")
+    assert st["exit_code"] == 137 and st["status"] == "exited"
+    assert "ignoring TERM" in env.ok("app", "logs", "tstubborn")
+
+
+def test_supervisor_sigkill_leaves_nothing(env: Env) -> None:
+    env.ok("app", "create", "tkill", "-m", "64m", *WEB)
+    env.ok("app", "start", "tkill")
+    st = env.state("tkill")
+    sup, pid = int(st["supervisor"]), int(st["pid"])  # type: ignore[call-overload]
+    os.kill(sup, signal.SIGKILL)
+    env.wait_for(lambda: not _alive(pid))
+    st = env.state("tkill")
+    assert st["status"] == "dead" and not st["alive"]  # the stale "running" is not trusted
+    ps = json.loads(env.ok("app", "ps", "-a", "--json"))
+    assert ps[0]["status"] == "dead"
+    env.ok("app", "start", "tkill")  # cleans up the dead one's cgroup, starts afresh
+    assert env.state("tkill")["status"] == "running"
+    env.ok("app", "stop", "tkill")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_exec_joins_the_app(env: Env) -> None:
+    env.ok("app", "create", "texec", "-e", "APPVAR=1", *WEB)
+    env.ok("app", "start", "texec")
+    out = env.ok("app", "exec", "texec", "--", "sh", "-c",
+                 "echo $APPVAR; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+                 "grep -c . /proc/net/dev; cat /proc/self/cgroup | head -1")  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0] == "1" and lines[1] == "texec" and lines[2].startswith("httpd")
+    assert lines[3] == "3"  # header lines + lo: the app's network namespace
+    r = env.t("app", "exec", "texec", "--", "sh", "-c", "exit 5")
+    assert r.returncode == 5
+    r = env.t("app", "exec", "-u", "user", "texec", "--", "id", "-u")
+    assert r.stdout == "1000\n"
+    env.ok("app", "stop", "texec")
+    r = env.t("app", "exec", "texec", "--", "true")
+    assert r.returncode == 2 and "not running" in r.stderr
+
+
+def test_logs_rotate_and_follow(env: Env) -> None:
+    env.ok("app", "create", "tlog", "--log-opt", "max-size=1k", "--log-opt", "max-file=2",
+           "-l", "base", "--", "sh", "-c",
+           "i=0; while [ $i -lt 100 ]; do echo line-$i-padding-padding; i=$((i+1)); done;"
+           " sleep 0.5; echo last")  # fmt: skip
+    env.ok("app", "start", "tlog")
+    follow = subprocess.run(
+        [str(BIN / "tophan"), "--root", str(env.root), "app", "logs", "-f", "tlog"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert follow.returncode == 0 and follow.stdout.endswith("last\n")
+    logs = env.root / "apps/tlog/logs"
+    assert sorted(os.listdir(logs)) == ["app.log", "app.log.1", "tophand.log"]
+    assert os.path.getsize(logs / "app.log.1") <= 1024
+    out = env.ok("app", "logs", "tlog")
+    assert "line-0-" not in out  # rotated away
+    assert out.endswith("last\n") and env.ok("app", "logs", "--tail", "1", "tlog") == "last\n"
+
+
+def test_volumes_persist_and_are_held(env: Env) -> None:
+    env.ok("app", "create", "tvol", "-v", "tdata:/data", "-l", "base", "--", "sh", "-c",
+           "echo seen:$(cat /data/count 2>/dev/null); echo run >> /data/count;"
+           " sleep 60")  # fmt: skip
+    env.ok("app", "start", "tvol")
+    r = env.t("volume", "rm", "tdata")
+    assert r.returncode == 1 and "in use" in r.stderr
+    env.ok("app", "restart", "-t", "0.2", "tvol")
+    env.wait_for(lambda: "seen:run" in env.ok("app", "logs", "tvol"))  # the first run's write
+    env.ok("app", "stop", "-t", "0.2", "tvol")
+    assert env.ok("app", "logs", "tvol").splitlines() == ["seen:", "seen:run"]
+    env.ok("app", "rm", "tvol")
+    env.ok("volume", "rm", "tdata")
+
+
+def test_rm_and_start_errors(env: Env) -> None:
+    env.ok("app", "create", "trm", "-l", "base", "--", "sleep", "60")
+    r = env.t("app", "create", "trm", "-l", "base", "--", "true")
+    assert r.returncode == 1 and "exists" in r.stderr
+    env.ok("app", "start", "trm")
+    r = env.t("app", "rm", "trm")
+    assert r.returncode == 1 and "running" in r.stderr and r.stderr.count("\n") == 1
+    r = env.t("layer", "rm", "base")
+    assert r.returncode == 1 and "app trm" in r.stderr
+    env.ok("app", "rm", "-f", "trm")
+    r = env.t("app", "start", "trm")
+    assert r.returncode == 1 and "no such app" in r.stderr
+    env.ok("app", "create", "tbadcmd", "-l", "base", "--", "no-such-binary")
+    r = env.t("app", "start", "tbadcmd")
+    assert r.returncode == 127 and "no-such-binary" in r.stderr and r.stderr.count("\n") == 1
