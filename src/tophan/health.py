@@ -153,11 +153,14 @@ def probe_network(check: Check, target_pid: int) -> tuple[int, str]:
     Called in a child process: it joins the namespace for good."""
     from tophan import _libc
 
-    theirs = f"/proc/{target_pid}/ns/net"
-    if os.stat(theirs).st_ino != os.stat("/proc/self/ns/net").st_ino:
-        fd = os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
-        _libc.setns(fd)
-        os.close(fd)
+    # Rootless: the network namespace belongs to the container's user namespace, which we
+    # must enter first to have the right to join it.
+    for ns in ("user", "net"):
+        theirs = f"/proc/{target_pid}/ns/{ns}"
+        if os.stat(theirs).st_ino != os.stat(f"/proc/self/ns/{ns}").st_ino:
+            fd = os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
+            _libc.setns(fd)
+            os.close(fd)
     if check.kind == "tcp":
         return _tcp(check.address, check.timeout)
     return _http(check.url, check.timeout)
