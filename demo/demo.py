@@ -1,30 +1,44 @@
-"""`make demo`: the layer core end to end on a busybox-static rootfs, through the real CLI.
+"""`make demo`: tophan end to end through the real CLI, on the local embedded store.
 
-import a base layer -> create and mount a workspace -> change files (add, modify, chmod, delete a
-base file and a base dir) -> unmount -> commit -> export -> re-import under another name (same
-digest, stored once). As a non-root user it re-runs itself inside `unshare -Urm`.
+1. layers: a busybox-static base (imported tar), an app layer made in a workspace and
+   committed, a config layer from a directory;
+2. an image of the three (OCI manifest + config, with an HTTP health check);
+3. an app from it — busybox httpd — with memory and pids limits: `app ps` until healthy, the page
+   fetched from inside its network namespace, its logs, then stopped: nothing left mounted;
+4. the image pushed to a local OCI registry (Debian's docker-registry) and pulled into a second,
+   empty store, where it runs again.
+
+As a non-root user it re-runs itself inside `unshare -Urm` (and without limits: no cgroup can be
+delegated there).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-STORE = HERE.parent / "build" / "demo-store"
+BUILD = HERE.parent / "build"
+STORE = BUILD / "demo-store"
+STORE2 = BUILD / "demo-store-pulled"
+PRIVILEGED = os.geteuid() == 0 and os.environ.get("TOPHAN_DEMO_NS") != "1"
 
 
-def tophan(*args: str, quiet: bool = False) -> str:
-    cmd = [str(BIN / "tophan"), "--root", str(STORE), *args]
+def tophan(*args: str, quiet: bool = False, root: Path = STORE) -> str:
+    cmd = [str(BIN / "tophan"), "--root", str(root), *args]
     if not quiet:
-        print(f"  $ tophan {' '.join(args)}")
+        where = "" if root == STORE else f"--root {root.name} "
+        print(f"  $ tophan {where}{shlex.join(args)}")
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"demo failed: {p.stderr.strip()}")
@@ -36,16 +50,14 @@ def tophan(*args: str, quiet: bool = False) -> str:
 
 def build_base_tar(work: Path) -> Path:
     root = work / "rootfs"
-    for d in ("bin", "etc", "tmp", "usr/share/doc/busybox", "var/www"):
+    for d in ("bin", "etc", "tmp", "www"):
         (root / d).mkdir(parents=True)
     busybox = shutil.which("busybox") or "/bin/busybox"
     shutil.copy2(busybox, root / "bin/busybox")
-    for applet in ("sh", "ls", "cat", "echo", "httpd"):
+    for applet in ("sh", "ls", "cat", "echo", "httpd", "wget", "id", "hostname", "ps", "sleep"):
         (root / "bin" / applet).symlink_to("busybox")
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc/motd").write_text("welcome to the base layer\n")
-    (root / "usr/share/doc/busybox/README").write_text("busybox docs\n")
-    (root / "var/www/index.html").write_text("<h1>hello from the base layer</h1>\n")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/www:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\nwww:x:33:\n")
     (root / "tmp").chmod(0o1777)
     out = work / "base.tar"
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
@@ -53,80 +65,133 @@ def build_base_tar(work: Path) -> Path:
     return out
 
 
-def digest_of(name: str) -> str:
-    return str(json.loads(tophan("layer", "info", name, "--json", quiet=True))["digest"])
-
-
 def main() -> None:
     if os.geteuid() != 0 and os.environ.get("TOPHAN_DEMO_NS") != "1":
         env = {**os.environ, "TOPHAN_DEMO_NS": "1"}
         os.execvpe("unshare", ["unshare", "-Urm", sys.executable, __file__], env)
-    if STORE.exists():
-        subprocess.run(["rm", "-rf", str(STORE)], check=True)
+    for store in (STORE, STORE2):
+        if store.exists():
+            subprocess.run([str(BIN / "tophan"), "--root", str(store), "app", "rm", "-f", "web"],
+                           capture_output=True)  # fmt: skip
+            subprocess.run(["rm", "-rf", str(store)], check=True)
     work = Path(tempfile.mkdtemp(prefix="tophan-demo-"))
     try:
-        run(work)
+        layers(work)
+        app()
+        registry(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path) -> None:
+def layers(work: Path) -> None:
     base_tar = build_base_tar(work)
-    print(
-        "1. a store, and a base layer from a busybox-static rootfs"
-        f" ({base_tar.stat().st_size:,} B tar)"
-    )
+    print(f"1. layers: a base from a busybox-static rootfs ({base_tar.stat().st_size:,} B tar)")
     tophan("init", str(STORE))
     tophan("layer", "import", str(base_tar), "base")
-    print("2. a workspace over it, mounted with overlayfs")
-    mp = Path(tophan("ws", "create", "job", "-l", "base").strip())
-    print("3. the job changes things in the merged view")
-    (mp / "etc/motd").write_text("modified by the job\n")
-    (mp / "app.txt").write_text("added by the job\n")
-    (mp / "bin/busybox").chmod(0o700)
-    (mp / "etc/passwd").unlink()
-    shutil.rmtree(mp / "usr/share/doc")
-    for what in (
-        "added app.txt",
-        "modified etc/motd",
-        "chmod 700 bin/busybox",
-        "deleted etc/passwd (base file)",
-        "deleted usr/share/doc (base dir)",
-    ):
-        print(f"     - {what}")
-    upper = Path(tophan("ws", "upper", "job", quiet=True).strip())
+    print("   the app layer: made in a workspace over the base, then committed")
+    mp = Path(tophan("ws", "create", "build", "-l", "base").strip())
+    (mp / "www/index.html").write_text("<h1>hello from a tophan app</h1>\n")
+    (mp / "www/health").write_text("ok\n")
+    tophan("ws", "unmount", "build")
+    tophan("layer", "commit", "build", "app")
+    tophan("ws", "rm", "build")
+    print("   the config layer: httpd's config, from a directory")
+    conf = work / "conf"
+    (conf / "etc").mkdir(parents=True)
+    (conf / "etc/httpd.conf").write_text("H:/www\n")
+    tophan("layer", "create", "config", "--from", str(conf))
+    tophan("layer", "list")
+
+
+def app() -> None:
+    print("2. an image of config + app + base: an OCI manifest and config in the store")
+    tophan("image", "create", "web", "-l", "config", "-l", "app", "-l", "base",
+           "--cmd", '["httpd", "-f", "-p", "127.0.0.1:8080", "-c", "/etc/httpd.conf"]',
+           "--port", "8080/tcp")  # fmt: skip
+    tophan("image", "list")
+    limits = ["-m", "32m", "--pids-limit", "64"] if PRIVILEGED else ["--no-limits"]
+    print(f"3. an app from it, with {' '.join(limits)} and an HTTP health check; no network")
+    tophan("app", "create", "web", *limits, "--health-http", "http://127.0.0.1:8080/health",
+           "--health-interval", "0.5s", "--restart", "on-failure:3", "--stop-timeout", "2s",
+           "web")  # fmt: skip
+    tophan("app", "start", "web")
+    tophan("app", "ps")
+    deadline = time.monotonic() + 30
+    while json.loads(tophan("app", "ps", "--json", quiet=True))[0]["health"] != "healthy":
+        if time.monotonic() > deadline:
+            sys.exit("demo failed: the app did not become healthy")
+        time.sleep(0.2)
+    tophan("app", "ps")
+    print("   its supervisor: one small process per app, no daemon")
+    state = json.loads(tophan("app", "inspect", "web", quiet=True))[0]["state"]
+    title = Path(f"/proc/{state['supervisor']}/cmdline").read_text().replace("\0", " ").strip()
+    print(f"    pid {state['supervisor']}: {title}")
+    print("   the page, fetched inside the app's own network namespace:")
+    tophan("app", "exec", "web", "--", "wget", "-qO-", "http://127.0.0.1:8080/")
+    tophan("app", "exec", "web", "--", "sh", "-c", "hostname; ps")
     print(
-        f"   the upper dir now holds: {sorted(str(p.relative_to(upper)) for p in upper.rglob('*'))}"
+        "   stop: SIGTERM, which httpd as pid 1 ignores: after the 2 s grace the cgroup is killed"
     )
-    tophan("ws", "list")
-    print("4. unmount, and commit the changes as a new layer")
-    tophan("ws", "unmount", "job")
-    tophan("layer", "commit", "job", "changes")
-    export = work / "changes.tar"
-    print("5. export it (canonical tar: OCI whiteouts for the deletions)")
-    tophan("layer", "export", "changes", str(export))
-    with tarfile.open(export) as tf:
-        for m in tf.getmembers():
-            print(f"     {m.name}{'/' if m.isdir() else ''}  mode {m.mode:o}")
-    print("6. re-import the export under another name: same digest, stored once")
-    tophan("layer", "import", str(export), "changes-again")
-    a, b = digest_of("changes"), digest_of("changes-again")
-    print(f"     changes       {a}\n     changes-again {b}")
-    trees = len(os.listdir(STORE / "layers"))
-    print(f"     same digest: {a == b}; layer trees on disk: {trees} (base + changes)")
-    print("7. a new workspace over [changes, base] sees the job's result")
-    mp2 = Path(tophan("ws", "create", "check", "-l", "changes-again", "-l", "base").strip())
-    print(
-        f"     etc/motd: {(mp2 / 'etc/motd').read_text().strip()!r}; "
-        f"etc/passwd exists: {(mp2 / 'etc/passwd').exists()}; "
-        f"usr/share/doc exists: {(mp2 / 'usr/share/doc').exists()}"
+    tophan("app", "stop", "web")
+    tophan("app", "ps", "-a")
+    with open("/proc/self/mountinfo") as f:
+        mounted = [line.split()[4] for line in f if str(STORE) in line]
+    print(f"   mounts of the store left: {mounted or 'none'}")
+    if mounted:
+        sys.exit("demo failed: something is still mounted")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def registry(work: Path) -> None:
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        print("4. (skipped: docker-registry is not installed)")
+        return
+    port = free_port()
+    config = work / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    tophan("ws", "rm", "check")
-    tophan("ws", "rm", "job")
-    tophan("fsck")
-    if a != b or trees != 2:
-        sys.exit("demo failed: the re-import was not deduplicated")
-    print("done: nothing left mounted; the store is at", STORE)
+    print(f"4. push to a local OCI registry (docker-registry on 127.0.0.1:{port}), pull elsewhere")
+    proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_port(port)
+        ref = f"127.0.0.1:{port}/demo/web:1.0"
+        tophan("push", "--quiet", "web", ref)
+        tophan("init", str(STORE2), root=STORE2)
+        tophan("pull", "--quiet", ref, "web", root=STORE2)
+        tophan("image", "list", root=STORE2)
+        a = json.loads(tophan("image", "inspect", "web", "--json", quiet=True))
+        b = json.loads(tophan("image", "inspect", "web", "--json", quiet=True, root=STORE2))
+        same = a.get("digest") == b.get("digest")
+        print(f"   same manifest digest in both stores: {same}")
+        print("   and it runs there:")
+        flags = [] if PRIVILEGED else ["--no-limits"]
+        tophan("run", *flags, "web", "--", "cat", "/www/index.html", root=STORE2)
+        if not same:
+            sys.exit("demo failed: the pulled image differs")
+    finally:
+        proc.terminate()
+        proc.wait()
+    print("done: nothing left mounted; the stores are", STORE, "and", STORE2)
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit("demo failed: the registry did not start")
 
 
 if __name__ == "__main__":
