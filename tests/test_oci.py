@@ -437,3 +437,23 @@ def test_umoci_image_imports(tmp_path: Path) -> None:
         hashlib.sha256(Path(store.images.blobs.path(image.digest)).read_bytes()).hexdigest()
         == (umoci_manifest[7:])
     )
+
+
+def test_gzip_reader_members_padding_truncation_garbage() -> None:
+    """The layer gunzip: concatenated members and zero padding are one stream; a cut stream or
+    garbage after the end is refused."""
+    import gzip
+
+    from tophan.images import _decompressor
+
+    data = bytes(range(256)) * 20000
+    whole = gzip.compress(data, mtime=0)
+    for blob in (
+        whole,
+        gzip.compress(data[:999], mtime=0) + gzip.compress(data[999:], mtime=0),
+        whole + b"\0" * 4096,
+    ):
+        assert _decompressor("gzip", io.BytesIO(blob)).read() == data
+    for bad, what in ((whole[:-9], "truncated"), (whole + b"junk", "garbage")):
+        with pytest.raises(IntegrityError, match=what):
+            _decompressor("gzip", io.BytesIO(bad)).read()

@@ -438,11 +438,70 @@ def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
     return head, _Prefixed(head, src)  # type: ignore[return-value]
 
 
+class _GunzipReader(io.RawIOBase):
+    """gzip -> bytes with zlib doing the framing and CRC checks in C, 1 MiB of input at a time.
+
+    ``gzip.GzipFile`` parses headers in Python, feeds zlib 8 KiB at a time and computes the
+    CRC separately: on a 200 MB layer that is a quarter of the pull's CPU time."""
+
+    def __init__(self, src: IO[bytes]) -> None:
+        import zlib
+
+        self.zlib = zlib
+        self.src = src
+        self.d = zlib.decompressobj(31)
+        self.pending = b""
+        self.done = False
+        self.started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        while True:
+            if self.pending:
+                n = min(len(view), len(self.pending))
+                view[:n] = self.pending[:n]
+                self.pending = self.pending[n:]
+                return n
+            if self.done:
+                return 0
+            if self.d.unconsumed_tail:
+                data = self.d.unconsumed_tail
+            else:
+                data = self.src.read(CHUNK)
+                if not data:
+                    if not self.d.eof:
+                        raise IntegrityError("gzip stream is truncated")
+                    self.done = True
+                    return 0
+            try:
+                self.pending = self.d.decompress(data, max(len(view), CHUNK))
+            except self.zlib.error as e:
+                raise IntegrityError(f"corrupt gzip stream: {e}") from e
+            if self.d.eof:
+                rest = self.d.unused_data
+                if rest.strip(b"\0"):
+                    # another gzip member follows (what `cat a.gz b.gz` makes)
+                    self.d = self.zlib.decompressobj(31)
+                    try:
+                        self.pending += self.d.decompress(rest, CHUNK)
+                    except self.zlib.error as e:
+                        raise IntegrityError(f"garbage after a gzip stream: {e}") from e
+                    continue
+                # only zero padding (or nothing) after the stream: read to the end
+                tail = self.src.read(CHUNK)
+                while tail:
+                    if tail.strip(b"\0"):
+                        raise IntegrityError("garbage after the end of a gzip stream")
+                    tail = self.src.read(CHUNK)
+                self.done = True
+
+
 def _decompressor(kind: str, src: IO[bytes]) -> IO[bytes]:
     if kind == "gzip":
-        import gzip
-
-        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+        return cast("IO[bytes]", io.BufferedReader(_GunzipReader(src), CHUNK))
     import zstandard
 
     reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
