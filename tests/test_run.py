@@ -300,11 +300,15 @@ def test_caller_killed_leaves_nothing(stack: Stack) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert p.stdout is not None
-    assert p.stdout.readline() == "ready\n"
-    sleepers = _pids_of("sleep 300")
-    assert sleepers
-    p.kill()
-    p.wait()
+    try:
+        assert p.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 10
+        while not _pids_of("sleep 300") and time.monotonic() < deadline:
+            time.sleep(0.02)  # sh has printed "ready"; its exec of sleep is a moment later
+        assert _pids_of("sleep 300")
+    finally:
+        p.kill()
+        p.wait()
     deadline = time.monotonic() + 10
     while _pids_of("sleep 300") and time.monotonic() < deadline:
         time.sleep(0.05)

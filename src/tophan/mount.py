@@ -51,6 +51,9 @@ def mount_overlay(
     needs at least two lowers. ``userxattr`` is for user namespaces: overlayfs then keeps its
     markers in ``user.overlay.*`` (it cannot write ``trusted.*`` there).
     """
+    # The same layer twice (it can happen: names are refs, and two may share a digest) is
+    # refused by overlayfs with ELOOP. Only its topmost copy can ever show anything.
+    lowers = list(dict.fromkeys(lowers))
     _check_stack(target, lowers, upper, work)
     try:
         _mount_new_api(target, lowers, upper, work, userxattr)

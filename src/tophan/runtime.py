@@ -104,6 +104,9 @@ class Spec:
     no_limits: bool = False  # rootless: run without a cgroup rather than refuse
     digests: list[str] = field(default_factory=list)  # the lowers' layers, kept from gc
     volumes: list[str] = field(default_factory=list)  # named volumes, held while running
+    # Filled in by start()/spawn_in() in the caller: the compiled seccomp filter, so that the
+    # child loads it with one syscall and never imports libseccomp.
+    seccomp_bpf: list[bytes] | None = None
 
     def check(self) -> None:
         if not self.argv:
@@ -227,6 +230,7 @@ def start(
     ``stdio`` replaces the command's stdin, stdout and stderr (default: ours)."""
     spec.check()
     spec.userxattr = store.xattr_ns == "user"
+    _prepare(spec, store.path("cache"))
     run_dir = store.staging("run")
     try:
         cgroup = _make_cgroup(spec, os.path.basename(run_dir.path))
@@ -492,6 +496,7 @@ def spawn_in(
 ) -> Joined:
     """Run ``spec.argv`` inside the container whose init is ``target`` (its namespaces, root,
     cgroup, and the spec's user, env, workdir, capabilities and seccomp filter)."""
+    _prepare(spec, None)
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -539,7 +544,6 @@ def exec_in(target: int, spec: Spec, *, cgroup: Cgroup | None = None) -> int:
 
 def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _preload()
     fds = []
     for ns in NAMESPACES:
         theirs = f"/proc/{target}/ns/{ns}"
@@ -658,22 +662,25 @@ def _setup_process(
     except OSError:
         pass  # kernels without cgroup namespaces still run containers
     root = os.path.join(ctr.run_dir.path, "rootfs")
-    _preload()
     _mount_root(ctr, root)
     _pivot(root)
     _init_container(spec, msg_w, pass_fds)
 
 
-def _preload() -> None:
-    """Import now what runs after pivot_root: the host's module and library paths vanish then."""
+def _prepare(spec: Spec, cache_dir: str | None) -> None:
+    """In the caller, before forking: compile the seccomp filter and import what the child
+    needs after pivot_root (the host's module and library paths vanish then)."""
     import fcntl  # noqa: F401
     import resource  # noqa: F401
+    import select  # noqa: F401
     import socket  # noqa: F401
     import struct  # noqa: F401
 
     from tophan import security
 
-    security.preload()
+    caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
+    profile = "default" if spec.seccomp else None
+    spec.seccomp_bpf = security.compile_seccomp(profile, caps, cache_dir)
 
 
 def _exit_if_gone(pidfd: int) -> None:
@@ -900,7 +907,8 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
         security.set_no_new_privs()
     # The filter goes in while we still hold CAP_SYS_ADMIN (the kernel wants that or
     # no_new_privs); it allows what the remaining steps call.
-    security.load_seccomp("default" if spec.seccomp else None, caps)
+    if spec.seccomp_bpf:
+        security.load_bpf(spec.seccomp_bpf)
     _libc.prctl(_libc.PR_SET_KEEPCAPS, 1)
     _set_ids(uid, gid, groups)
     # Credential changes reset the parent-death signal: set it again.
