@@ -42,28 +42,38 @@ needs_registry = pytest.mark.skipif(REGISTRY_BIN is None, reason="docker-registr
 USER, PASSWORD = "alice", "s3cret-pw"
 
 
-def free_port() -> int:
+def free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((bind, 0))
         return int(s.getsockname()[1])
 
 
 class Registry:
-    def __init__(self, root: Path, auth: str = "", *, basic: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        auth: str = "",
+        *,
+        basic: bool = False,
+        bind: str = "127.0.0.1",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.root = root
         self.data = root / "data"
         self.config = root / "config.yml"
         self.log = root / "registry.log"
-        self.port = free_port()
+        self.port = free_port(bind)
         self.auth = auth
         self.basic = basic  # send Basic credentials on the fixture's own requests
+        self.bind = bind
+        self.tls = tls  # (certificate, key)
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(exist_ok=True)
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.bind}:{self.port}"
 
     def ref(self, path: str) -> str:
         return f"{self.host}/{path}"
@@ -75,7 +85,13 @@ class Registry:
             f"storage:\n  filesystem:\n    rootdirectory: {self.data}\n"
             "  delete:\n    enabled: true\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: tophan-test-secret\n" + self.auth
+            f"http:\n  addr: {self.bind}:{self.port}\n  secret: tophan-test-secret\n"
+            + (
+                f"  tls:\n    certificate: {self.tls[0]}\n    key: {self.tls[1]}\n"
+                if self.tls
+                else ""
+            )
+            + self.auth
         )
 
     def start(self) -> None:
@@ -93,7 +109,7 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited: {self.log.read_text()[-2000:]}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn = self._connection(2)
                 conn.request("GET", "/v2/")
                 status = conn.getresponse().status
                 conn.close()
@@ -104,6 +120,14 @@ class Registry:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("registry did not come up")
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.tls is None:
+            return http.client.HTTPConnection(self.bind, self.port, timeout=timeout)
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.tls[0]))
+        return http.client.HTTPSConnection(self.bind, self.port, timeout=timeout, context=ctx)
 
     def kill(self) -> None:
         """SIGKILL: the registry dies mid-whatever, as in a crash."""
@@ -150,7 +174,7 @@ class Registry:
         if self.basic:
             raw = f"{USER}:{PASSWORD}".encode()
             h.setdefault("Authorization", "Basic " + base64.b64encode(raw).decode())
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self._connection(10)
         try:
             conn.request(method, path, body=body, headers=h)
             resp = conn.getresponse()
@@ -187,6 +211,44 @@ def basic_registry(tmp_path: Path) -> Iterator[Registry]:
     htpasswd.write_text(f"{USER}:{hashed}\n")
     auth = f"auth:\n  htpasswd:\n    realm: tophan-test\n    path: {htpasswd}\n"
     with running(Registry(root, auth, basic=True)) as reg:
+        yield reg
+
+
+def self_signed(root: Path, ip: str) -> tuple[Path, Path]:
+    """A certificate for ``ip`` (its own CA), and its key."""
+    cert, key = root / "tls.crt", root / "tls.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", f"/CN={ip}"),
+            *("-addext", f"subjectAltName=IP:{ip}"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+# Not 127.0.0.1: tophan treats only localhost/127.0.0.1/::1 as trusted-insecure, so a registry
+# here gets full TLS verification, like a remote one.
+REMOTE_IP = "127.0.0.2"
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[Registry]:
+    if REGISTRY_BIN is None or shutil.which("openssl") is None:
+        pytest.skip("docker-registry or openssl not installed")
+    root = tmp_path / "tls-registry"
+    root.mkdir()
+    with running(Registry(root, bind=REMOTE_IP, tls=self_signed(root, REMOTE_IP))) as reg:
+        yield reg
+
+
+@pytest.fixture
+def plain_remote_registry(tmp_path: Path) -> Iterator[Registry]:
+    if REGISTRY_BIN is None:
+        pytest.skip("docker-registry not installed")
+    with running(Registry(tmp_path / "plain-registry", bind=REMOTE_IP)) as reg:
         yield reg
 
 

@@ -23,10 +23,12 @@ from registry_fixture import (
     basic_registry,
     busybox_layer,
     make_layer,
+    plain_remote_registry,
     podman,
     random_bytes,
     registry,
     store_at,
+    tls_registry,
     token_registry,
     tree_file,
 )
@@ -36,7 +38,13 @@ from tophan.images import ImageConfig
 from tophan.images_spec import OCI_INDEX, OCI_MANIFEST, Platform
 from tophan.registry import AuthError, Client, Options, Repository, pull, push
 
-__all__ = ["basic_registry", "registry", "token_registry"]  # fixtures, imported for pytest
+__all__ = [
+    "basic_registry",
+    "plain_remote_registry",
+    "registry",
+    "tls_registry",
+    "token_registry",
+]  # fixtures, imported for pytest
 
 
 def _base_image(store: Store, work: Path, name: str = "app") -> None:
@@ -618,3 +626,39 @@ def test_progress_bars_on_a_tty(registry: Registry, tmp_path: Path) -> None:
     shown = on_tty("pull", registry.ref("tty/app:v1"), "copy")
     assert "exists" in shown
     assert on_tty("push", "app", registry.ref("tty/app:v2"), "--quiet") == ""
+
+
+def test_tls_verification(
+    tls_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry with a certificate we do not trust is refused (one line, with the hint);
+    --tls-verify=false accepts it; trusting its CA (SSL_CERT_FILE) makes it verify."""
+    store = store_at(tmp_path / "s")
+    _base_image(store, tmp_path)
+    ref = tls_registry.ref("tls/app:v1")
+    r = run_cli("push", "app", ref, "--retries", "0", root=tmp_path / "s")
+    assert r.rc == 1 and "not trusted" in r.err and "--tls-verify=false" in r.err
+    assert len(r.err.splitlines()) == 1
+    r = run_cli("push", "app", ref, "--tls-verify=false", root=tmp_path / "s")
+    assert r.rc == 0, r.err
+    assert tls_registry.tls is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.tls[0]))
+    dst = store_at(tmp_path / "d")
+    assert pull(dst, ref).digest == store.images.get("app").digest
+
+
+def test_plain_http_needs_tls_verify_false_unless_localhost(
+    plain_remote_registry: Registry, tmp_path: Path
+) -> None:
+    """A plain-http registry that is not localhost is only spoken to with --tls-verify=false
+    (https is tried first, then http)."""
+    store = store_at(tmp_path / "s")
+    _base_image(store, tmp_path)
+    ref = plain_remote_registry.ref("plain/app:v1")
+    with pytest.raises(TophanError, match="cannot reach registry"):
+        push(store, "app", ref, options=Options(retries=0))
+    push(store, "app", ref, options=Options(tls_verify=False))
+    dst = store_at(tmp_path / "d")
+    assert (
+        pull(dst, ref, options=Options(tls_verify=False)).digest == store.images.get("app").digest
+    )

@@ -330,7 +330,8 @@ class Client:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self.insecure:
-            ctx = ssl.create_default_context()
+            # No CA store to load: nothing will be verified.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
