@@ -329,6 +329,13 @@ def test_podman_archives_import(tmp_path: Path) -> None:
     assert d.config.healthcheck is not None and d.config.healthcheck.retries == 2
     assert d.config.healthcheck.interval == 5 * 10**9 and d.config.stop_signal == "SIGINT"
     assert sorted(oci.import_images(store, str(multi))) == ["localhost/pm2:v2", "localhost/pm:v1"]
+    # and it runs with `tophan run`: Cmd, WorkingDir and the layer as podman made them
+    r = run_cli("run", "d", root=tmp_path / "s")
+    assert (r.rc, r.out) == (0, "made by podman\n"), r.err
+    r = run_cli(
+        "run", "localhost/pm:v1", "/bin/sh", "-c", "pwd; echo $GREETING", root=tmp_path / "s"
+    )
+    assert (r.rc, r.out) == (0, "/etc\nhello\n"), r.err
     # the same layer arrived three times and is stored once
     assert (
         len({li.digest for n in store.images.names() for li in store.images.get(n).layer_infos})
@@ -394,7 +401,7 @@ def test_skopeo_reads_our_archives(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HAVE_UMOCI, reason="umoci not installed")
 def test_umoci_image_imports(tmp_path: Path) -> None:
     """An image umoci made (two layers, one deleting a file of the other, config set with
-    `umoci config`) imports with the whiteout applied and its config intact."""
+    `umoci config`) imports with the whiteout applied and its config intact, and runs."""
     layout = tmp_path / "umoci"
 
     def umoci(*argv: str) -> None:
@@ -406,6 +413,10 @@ def test_umoci_image_imports(tmp_path: Path) -> None:
     umoci("unpack", "--image", f"{layout}:t", str(bundle))
     (bundle / "rootfs/keep").write_text("keep\n")
     (bundle / "rootfs/gone").write_text("gone\n")
+    (bundle / "rootfs/bin").mkdir()
+    (bundle / "rootfs/srv").mkdir()
+    shutil.copy2("/bin/busybox", bundle / "rootfs/bin/busybox")
+    (bundle / "rootfs/bin/cat").symlink_to("busybox")
     umoci("repack", "--image", f"{layout}:t", str(bundle))
     shutil.rmtree(bundle)
     umoci("unpack", "--image", f"{layout}:t", str(bundle))
@@ -416,7 +427,8 @@ def test_umoci_image_imports(tmp_path: Path) -> None:
         "config",
         "--image",
         f"{layout}:t",
-        "--config.cmd=/bin/true",
+        "--config.cmd=/bin/cat",
+        "--config.cmd=/added",
         "--config.env=A=b",
         "--config.workingdir=/srv",
         "--config.label=made.by=umoci",
@@ -427,7 +439,7 @@ def test_umoci_image_imports(tmp_path: Path) -> None:
     assert oci.import_images(store, f"oci:{layout}:t", "from-umoci") == ["from-umoci:latest"]
     image = store.images.get("from-umoci")
     assert len(image.layers) == 2
-    assert image.config.cmd == ["/bin/true"] and image.config.working_dir == "/srv"
+    assert image.config.cmd == ["/bin/cat", "/added"] and image.config.working_dir == "/srv"
     assert "A=b" in image.config.env and image.config.labels["made.by"] == "umoci"
     top = Path(image.layer_paths[1])
     assert (top / "gone").is_char_device() and (top / "added").read_text() == "added\n"
@@ -437,6 +449,8 @@ def test_umoci_image_imports(tmp_path: Path) -> None:
         hashlib.sha256(Path(store.images.blobs.path(image.digest)).read_bytes()).hexdigest()
         == (umoci_manifest[7:])
     )
+    r = run_cli("run", "from-umoci", root=tmp_path / "s")
+    assert (r.rc, r.out) == (0, "added\n"), r.err
 
 
 def test_gzip_reader_members_padding_truncation_garbage() -> None:

@@ -527,6 +527,8 @@ def test_skopeo_interop_both_ways(registry: Registry, tmp_path: Path) -> None:
         assert got.config["Cmd"] == ["/bin/cat", "/srv/app.txt"]
         if fmt == "v2s2":
             assert got.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+            r = run_cli("run", registry.ref(path), root=tmp_path / f"d-{fmt}")
+            assert (r.rc, r.out) == (0, "app v1\n"), r.err  # tophan run of a pulled image
         again = push(dst, registry.ref(path), registry.ref(f"interop/again:{fmt}"))
         assert again.digest == report.digest  # stored byte for byte
 
