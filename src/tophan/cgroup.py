@@ -44,6 +44,7 @@ V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
 # a task may enter; pids (else freezer) is the one procs() reads.
 V1_CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "blkio")
 NO_LIMITS = "or run with --no-limits"
+_V1_FOR = {"cpu": ("cpu", "cpuacct"), "io": ("blkio",)}  # v2 controller -> v1 hierarchies
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _IO_FLAGS = {
     "device-read-bps": "rbps",
@@ -874,7 +875,13 @@ def _apply_v2(fs: Fs, d: str, limits: Limits, name: str) -> None:
 class _V1Cgroup(Cgroup):
     @classmethod
     def make(cls, host: Host, name: str, limits: Limits) -> _V1Cgroup:
-        mps = _unique(host.v1.values())
+        # Only the hierarchies these limits use, plus pids and freezer (to track and kill) and
+        # cpuacct (usage):
+        # every hierarchy joined costs a cgroup.procs write, the slowest step of a start.
+        wanted = {"pids", "freezer", "cpuacct"}
+        for ctrl in limits.controllers():
+            wanted.update(_V1_FOR.get(ctrl, (ctrl,)))
+        mps = _unique(host.v1[c] for c in V1_CONTROLLERS if c in host.v1 and c in wanted)
         for mp in mps:
             _ensure_parent_v1(host, mp)
         reason = _feature_reason_v1(host.fs, host.v1, limits)

@@ -43,6 +43,7 @@ def mount_overlay(
     work: str | None,
     *,
     userxattr: bool,
+    nodev: bool = False,
 ) -> None:
     """Mount an overlay of ``lowers`` at ``target``; raises MountError with the kernel's reason.
 
@@ -53,12 +54,13 @@ def mount_overlay(
     """
     # The same layer twice (it can happen: names are refs, and two may share a digest) is
     # refused by overlayfs with ELOOP. Only its topmost copy can ever show anything.
-    lowers = list(dict.fromkeys(lowers))
+    if len(lowers) <= MAX_LOWERS:
+        lowers = list(dict.fromkeys(lowers))
     _check_stack(target, lowers, upper, work)
     try:
-        _mount_new_api(target, lowers, upper, work, userxattr)
+        _mount_new_api(target, lowers, upper, work, userxattr, nodev)
     except _NoLowerdirPlus:
-        mount_overlay_legacy(target, lowers, upper, work, userxattr=userxattr)
+        mount_overlay_legacy(target, lowers, upper, work, userxattr=userxattr, nodev=nodev)
 
 
 def _check_stack(target: str, lowers: Sequence[str], upper: str | None, work: str | None) -> None:
@@ -97,7 +99,12 @@ def _params(
 
 
 def _mount_new_api(
-    target: str, lowers: Sequence[str], upper: str | None, work: str | None, userxattr: bool
+    target: str,
+    lowers: Sequence[str],
+    upper: str | None,
+    work: str | None,
+    userxattr: bool,
+    nodev: bool = False,
 ) -> None:
     try:
         fd = _libc.fsopen("overlay")
@@ -113,7 +120,7 @@ def _mount_new_api(
                 _set(fd, key, value)
             key = value = None
             _libc.fsconfig(fd, _libc.FSCONFIG_CMD_CREATE)
-            mfd = _libc.fsmount(fd)
+            mfd = _libc.fsmount(fd, attr_flags=_libc.MOUNT_ATTR_NODEV if nodev else 0)
         except OSError as e:
             log = _context_log(fd)
             if e.errno in (errno.EINVAL, errno.ENAMETOOLONG) and not lowerdir_plus_supported():
@@ -277,12 +284,13 @@ def mount_overlay_legacy(
     work: str | None,
     *,
     userxattr: bool,
+    nodev: bool = False,
 ) -> None:
     """:func:`mount_overlay` through a ``mount(2)`` option string, for kernels before 6.8."""
     _check_stack(target, lowers, upper, work)
     data = legacy_options(lowers, upper, work, userxattr=userxattr)
     try:
-        _libc.mount("overlay", target, "overlay", 0, data)
+        _libc.mount("overlay", target, "overlay", _libc.MS_NODEV if nodev else 0, data)
     except OSError as e:
         raise _mount_error(target, e, "", "") from e
 

@@ -706,6 +706,7 @@ def _mount_root(ctr: Container, root: str) -> None:
         os.path.join(d, "upper"),
         os.path.join(d, "work"),
         userxattr=spec.userxattr,
+        nodev=True,
     )
     from tophan.store import is_privileged
 
@@ -759,18 +760,16 @@ def _mount_proc(root: str) -> None:
 def _mount_dev(root: str, privileged: bool) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, 0o755, exist_ok=True)
-    _libc.mount(
-        "tmpfs", dev, "tmpfs", _libc.MS_NOSUID | _libc.MS_STRICTATIME, "mode=755,size=65536k"
-    )
-    for name, major, minor in _DEV_NODES:
+    # nodev: a node the container makes (it has CAP_MKNOD, like Docker's) cannot be opened.
+    # Docker gets that from a device cgroup; we get it from the mounts: the root, /dev, the
+    # tmpfs and bind mounts are all nodev, and the few devices a container gets are bind
+    # mounts of the host's nodes, which keep their own mount's flags.
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_STRICTATIME
+    _libc.mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
+    for name, _major, _minor in _DEV_NODES:
         path = os.path.join(dev, name)
-        if privileged:
-            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-            os.chmod(path, 0o666)
-        else:
-            # A user namespace cannot make device nodes: bind the host's.
-            open(path, "w").close()
-            _libc.mount(f"/dev/{name}", path, None, _libc.MS_BIND, None)
+        open(path, "w").close()
+        _libc.mount(f"/dev/{name}", path, None, _libc.MS_BIND, None)
     pts = os.path.join(dev, "pts")
     os.mkdir(pts, 0o755)
     opts = "newinstance,ptmxmode=0666,mode=0620" + (",gid=5" if privileged else "")
@@ -849,11 +848,10 @@ def _bind(b: Bind, root: str) -> None:
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
         open(target, "w").close()
     _libc.mount(b.source, target, None, _libc.MS_BIND | _libc.MS_REC, None)
-    if b.readonly:
-        _remount_ro(target)
+    _remount(target, readonly=b.readonly)
 
 
-def _remount_ro(target: str) -> None:
+def _remount(target: str, *, readonly: bool) -> None:
     # Keep the flags the kernel locked on the original mount (nosuid, nodev…): a user
     # namespace may not clear them, and we would not want to.
     vfs = os.statvfs(target)
@@ -865,7 +863,9 @@ def _remount_ro(target: str) -> None:
     ):
         if vfs.f_flag & st_flag:
             keep |= ms_flag
-    flags = _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY | keep
+    flags = _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_NODEV | keep
+    if readonly:
+        flags |= _libc.MS_RDONLY
     _libc.mount("none", target, None, flags, None)
 
 
