@@ -23,6 +23,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchiveError",
     "Exists",
+    "Image",
+    "ImageConfig",
     "InUse",
     "IntegrityError",
     "Layer",
@@ -38,6 +40,8 @@ __all__ = [
 _LAZY = {
     "Store": "tophan.store",
     "Layer": "tophan.layers",
+    "Image": "tophan.images",
+    "ImageConfig": "tophan.images",
     "Workspace": "tophan.workspace",
     "TophanError": "tophan.errors",
     "UsageError": "tophan.errors",
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
         TophanError,
         UsageError,
     )
+    from tophan.images import Image, ImageConfig
     from tophan.layers import Layer
     from tophan.store import Store
     from tophan.workspace import Workspace

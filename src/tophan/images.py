@@ -21,6 +21,7 @@ which ``gc`` removes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -1155,6 +1156,9 @@ class Images:
                 if path is not None:
                     hidden.append(path)
                     removed.append(digest)
+                # where registries have it (tophan.registry's mount hints) goes with it
+                with contextlib.suppress(OSError):
+                    os.unlink(self.store.path("refs", "blobsources", _diffid_file(digest)))
         diffids = self.store.path("refs", "diffids")
         for entry in sorted(os.listdir(diffids)):
             path = os.path.join(diffids, entry)
