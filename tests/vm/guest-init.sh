@@ -104,10 +104,38 @@ stage2() {
 	if [ -n "$TVM_CGROUP" ]; then
 		mkdir -p "/sys/fs/cgroup/$TVM_CGROUP" || fail "mkdir cgroup $TVM_CGROUP"
 	fi
+
+	# The command's stdout/stderr are ttys only where the caller's are; otherwise pipes, copied
+	# to the serial ports by cat. Merged (2>&1) when the caller's are one file, to keep the order.
+	out=/dev/ttyS1
+	err=/dev/ttyS2
+	copies=""
+	if [ "$TVM_OUT_TTY" != 1 ]; then
+		out=/run/tophan-vm/out
+		mkfifo "$out" && { cat "$out" >/dev/ttyS1; touch "$out.done"; } &
+		copies="$copies $out.done"
+	fi
+	if [ "$TVM_MERGE" != 1 ] && [ "$TVM_ERR_TTY" != 1 ]; then
+		err=/run/tophan-vm/err
+		mkfifo "$err" && { cat "$err" >/dev/ttyS2; touch "$err.done"; } &
+		copies="$copies $err.done"
+	fi
 	say "running command, uptime $(cut -d' ' -f1 /proc/uptime)"
-	"$B/busybox" sh "$SHARE/cmd.sh" </dev/null >/dev/ttyS1 2>/dev/ttyS2
+	if [ "$TVM_MERGE" = 1 ]; then
+		"$B/busybox" sh "$SHARE/cmd.sh" </dev/null >"$out" 2>&1
+	else
+		"$B/busybox" sh "$SHARE/cmd.sh" </dev/null >"$out" 2>"$err"
+	fi
 	rc=$?
 	say "command exited $rc, uptime $(cut -d' ' -f1 /proc/uptime)"
+	# Wait for the copies, but not for long: a stray background process may hold the pipes.
+	for f in $copies; do
+		i=0
+		while [ ! -e "$f" ] && [ "$i" -lt 30 ]; do
+			usleep 100000
+			i=$((i + 1))
+		done
+	done
 	# tcsetattr(TCSADRAIN): wait until the serial ports have sent everything.
 	stty -F /dev/ttyS1 raw -echo
 	stty -F /dev/ttyS2 raw -echo
