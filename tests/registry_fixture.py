@@ -67,6 +67,7 @@ class Registry:
         self.basic = basic  # send Basic credentials on the fixture's own requests
         self.bind = bind
         self.tls = tls  # (certificate, key)
+        self.restarts: list[threading.Thread] = []
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(exist_ok=True)
@@ -98,7 +99,7 @@ class Registry:
         assert REGISTRY_BIN is not None
         self.write_config()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
+            proc = self.proc = subprocess.Popen(
                 [REGISTRY_BIN, "serve", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -106,7 +107,7 @@ class Registry:
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"registry exited: {self.log.read_text()[-2000:]}")
             try:
                 conn = self._connection(2)
@@ -137,6 +138,9 @@ class Registry:
         self.proc = None
 
     def stop(self) -> None:
+        for t in self.restarts:  # a restart still pending would start one after we stopped
+            t.join()
+        self.restarts = []
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -154,6 +158,7 @@ class Registry:
             self.start()
 
         t = threading.Thread(target=later, daemon=True)
+        self.restarts.append(t)
         t.start()
         return t
 

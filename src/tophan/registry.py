@@ -37,8 +37,8 @@ from typing import IO, Any, Protocol
 
 from tophan.blobs import (
     CHUNK,
-    Aborted,
     MAX_DOCUMENT,
+    Aborted,
     check_digest,
     digest_of,
     dumps,
@@ -318,6 +318,8 @@ class Client:
         )
         self.scheme: str | None = None
         self._local = threading.local()
+        self._all_conns: list[http.client.HTTPConnection] = []  # every thread's, for close()
+        self._conns_lock = threading.Lock()
         self._lock = threading.Lock()
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._tokens: dict[frozenset[str], str] = {}
@@ -363,6 +365,8 @@ class Client:
                     netloc, timeout=self.options.timeout, blocksize=CHUNK
                 )
             conns[(scheme, netloc)] = conn
+            with self._conns_lock:
+                self._all_conns.append(conn)
         return conn
 
     def _drop(self, scheme: str, netloc: str) -> None:
@@ -372,7 +376,10 @@ class Client:
             conn.close()
 
     def close(self) -> None:
-        for conn in getattr(self._local, "conns", {}).values():
+        """Close every thread's connections (the worker threads are gone by now)."""
+        with self._conns_lock:
+            conns, self._all_conns = self._all_conns, []
+        for conn in conns:
             conn.close()
         self._local.conns = {}
 
@@ -768,9 +775,10 @@ class Repository:
     # -- blobs -------------------------------------------------------------------------------
 
     def blob_exists(self, digest: str) -> bool:
-        resp = self._req("HEAD", f"/v2/{self.path}/blobs/{digest}", self.pull_scope, follow=True)
+        resp = self._req("HEAD", f"/v2/{self.path}/blobs/{digest}", self.pull_scope)
         resp.read()
-        if resp.status == 200:
+        # A redirect to blob storage (S3, a CDN) means the registry has it.
+        if resp.status in (200, 301, 302, 303, 307, 308):
             return True
         if resp.status == 404:
             return False
@@ -838,7 +846,7 @@ class Repository:
                 raise _Cancelled()
             try:
                 if location is None:
-                    location, min_chunk = self.client._retrying(self._start_upload, "upload")
+                    location, min_chunk = self._start_upload()  # retried inside
                 else:
                     min_chunk = 0
                 if chunk:
@@ -1162,6 +1170,10 @@ class BlobStream(io.RawIOBase):
                 "the registry's copy of the image is incomplete",
             )
         if resp.status == 206 and self.offset:
+            start = (resp.headers.get("Content-Range") or "").removeprefix("bytes ").split("-")[0]
+            if start != str(self.offset):
+                resp.close()
+                raise _Transient(f"asked for bytes from {self.offset}, got range {start!r}")
             return resp
         if resp.status != 200:
             raise _fail(resp, f"blob {self.digest}")
@@ -1181,7 +1193,7 @@ class BlobStream(io.RawIOBase):
                 raise _Cancelled()
             try:
                 if self.resp is None:
-                    self.resp = client._retrying(self._open, f"download of {self.digest}")
+                    self.resp = self._open()  # its requests are retried inside
                 n = self.resp.readinto(view)
                 if n == 0 and self.offset < self.size:
                     raise _Transient("connection closed before the end of the blob")
