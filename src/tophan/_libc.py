@@ -11,7 +11,10 @@ import ctypes
 import errno
 import os
 from functools import cache
-from typing import NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # The new mount API arrived after the syscall tables were unified (5.1), so these numbers are the
 # same on x86_64, i386, arm, aarch64, riscv, powerpc and s390 (asm-generic/unistd.h agrees with

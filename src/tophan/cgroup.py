@@ -23,7 +23,6 @@ import os
 import signal
 import stat
 import time
-from dataclasses import dataclass, field
 
 from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
 
@@ -63,17 +62,40 @@ _V1_THROTTLE = {
 # -- limits ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class IoMax:
     """Throttles for one whole block device (``None``: not limited)."""
 
-    device: str  # as the user named it, for messages
-    major: int
-    minor: int
-    rbps: int | None = None
-    wbps: int | None = None
-    riops: int | None = None
-    wiops: int | None = None
+    __slots__ = ("device", "major", "minor", "rbps", "riops", "wbps", "wiops")
+
+    def __init__(
+        self,
+        device: str,  # as the user named it, for messages
+        major: int,
+        minor: int,
+        rbps: int | None = None,
+        wbps: int | None = None,
+        riops: int | None = None,
+        wiops: int | None = None,
+    ) -> None:
+        self.device = device
+        self.major = major
+        self.minor = minor
+        self.rbps = rbps
+        self.wbps = wbps
+        self.riops = riops
+        self.wiops = wiops
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IoMax) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "IoMax(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
     def rates(self) -> Iterator[tuple[str, int]]:
         for key in ("rbps", "wbps", "riops", "wiops"):
@@ -86,19 +108,41 @@ class IoMax:
         return " ".join([f"{self.major}:{self.minor}"] + [f"{k}={v}" for k, v in self.rates()])
 
 
-@dataclass
 class Limits:
-    """Resource limits; ``None`` leaves the kernel's default (unlimited)."""
+    """Resource limits; ``None`` leaves the kernel's default (unlimited).
 
-    memory: int | None = None  # bytes (memory.max / memory.limit_in_bytes)
-    memory_swap: int | None = None  # memory + swap in bytes; -1 = unlimited swap; None = 2x memory
-    cpus: float | None = None  # CPUs' worth of time per period (cpu.max / cfs_quota_us)
-    cpu_shares: int | None = None  # v1 cpu.shares 2..262144; v2 cpu.weight by runc's formula
-    cpuset_cpus: str | None = None  # "0-3,5"
-    cpuset_mems: str | None = None
-    pids: int | None = None  # pids.max; -1 or 0 = unlimited
-    io_weight: int | None = None  # 10..1000 (docker --blkio-weight)
-    io_max: list[IoMax] = field(default_factory=list)
+    (A plain class, not a dataclass: ``dataclasses`` costs a container start ~10 ms of imports.)
+    """
+
+    def __init__(
+        self,
+        memory: int | None = None,  # bytes (memory.max / memory.limit_in_bytes)
+        memory_swap: int | None = None,  # memory + swap; -1 = unlimited swap; None = 2x memory
+        cpus: float | None = None,  # CPUs' worth of time per period (cpu.max / cfs_quota_us)
+        cpu_shares: int | None = None,  # v1 cpu.shares 2..262144; v2 cpu.weight (runc's formula)
+        cpuset_cpus: str | None = None,  # "0-3,5"
+        cpuset_mems: str | None = None,
+        pids: int | None = None,  # pids.max; -1 or 0 = unlimited
+        io_weight: int | None = None,  # 10..1000 (docker --blkio-weight)
+        io_max: list[IoMax] | None = None,
+    ) -> None:
+        self.memory = memory
+        self.memory_swap = memory_swap
+        self.cpus = cpus
+        self.cpu_shares = cpu_shares
+        self.cpuset_cpus = cpuset_cpus
+        self.cpuset_mems = cpuset_mems
+        self.pids = pids
+        self.io_weight = io_weight
+        self.io_max: list[IoMax] = list(io_max or [])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Limits) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return "Limits(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
 
     def check(self) -> None:
         """Refuse values docker would refuse, with the flag's name in the message."""
@@ -706,7 +750,13 @@ class Cgroup:
         try:
             self.freeze(timeout=1.0)
         except TophanError:
-            return False  # no freezer, or a task stuck in D state: kill it unfrozen
+            # No freezer, or a task stuck in D state holds up "FREEZING": kill unfrozen, and
+            # never leave it half frozen (killed tasks die only once thawed).
+            try:
+                self.thaw()
+            except TophanError:
+                pass
+            return False
         return True
 
     def _populated(self) -> bool:

@@ -373,7 +373,6 @@ def _follow(app: App, out: Any) -> None:
 
 
 def _exec(cli: Cli, argv: list[str]) -> int:
-    import dataclasses
 
     from tophan import cgroup, cli_run, runtime
 
@@ -393,8 +392,7 @@ def _exec(cli: Cli, argv: list[str]) -> int:
     env = dict(spec.env)
     for item in p.opts.get("env", []):
         cli_run._set_env(env, item)
-    spec = dataclasses.replace(
-        spec,
+    spec = spec.replace(
         argv=p.command,
         env=env,
         user=p.opts.get("user", spec.user),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache, cached_property
 
 from tophan import _libc
@@ -360,7 +359,6 @@ def unmount(target: str, *, missing_ok: bool = True) -> bool:
 # -- reading mount state -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class MountEntry:
     """One line of ``/proc/self/mountinfo``, escapes decoded.
 
@@ -372,14 +370,40 @@ class MountEntry:
     new-API upper/work dir with a backslash, on Linux < 6.13, then shows escaped.)
     """
 
-    mount_id: int
-    parent_id: int
-    mountpoint: str
-    root: str
-    fstype: str
-    source: str
-    options: str
-    super_items: tuple[tuple[str, str], ...]
+    def __init__(
+        self,
+        *,
+        mount_id: int,
+        parent_id: int,
+        mountpoint: str,
+        root: str,
+        fstype: str,
+        source: str,
+        options: str,
+        super_items: tuple[tuple[str, str], ...],
+    ) -> None:
+        # A plain class (no dataclasses import on a container's start path).
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.mountpoint = mountpoint
+        self.root = root
+        self.fstype = fstype
+        self.source = source
+        self.options = options
+        self.super_items = super_items
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.mount_id, self.parent_id, self.mountpoint, self.root, self.fstype,
+                self.source, self.options, self.super_items)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MountEntry) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"MountEntry({self.mountpoint!r}, {self.fstype!r}, {self.source!r})"
 
     @cached_property
     def super_options(self) -> dict[str, str]:

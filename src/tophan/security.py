@@ -399,39 +399,42 @@ def compile_seccomp(
     key = _cache_key(profile, caps)
     programs = _COMPILED.get(key)
     if programs is None and cache_dir is not None:
-        programs = _read_cached(os.path.join(cache_dir, f"seccomp-{key}.bpf"))
+        programs = _read_cached(os.path.join(cache_dir, _cache_name(key)), key)
     if programs is None:
         seccomp = _pyseccomp()
         programs = [_export(f) for f in _default_filters(seccomp, caps, os.uname())]
         if cache_dir is not None:
-            _write_cached(os.path.join(cache_dir, f"seccomp-{key}.bpf"), programs)
+            _write_cached(os.path.join(cache_dir, _cache_name(key)), key, programs)
     _COMPILED[key] = programs
     return programs
 
 
 def _cache_key(profile: str, caps: frozenset[str]) -> str:
-    import hashlib
-
+    # No hashlib/glob here: they cost a container start more than loading the filter does.
     u = os.uname()
-    # This file holds the profile: any change to it is a new key.
-    with open(__file__, "rb") as f:
-        source = f.read()
-    parts = [profile, ",".join(sorted(caps)), u.release, u.machine, _libseccomp_id()]
-    h = hashlib.sha256(source)
-    h.update("\0".join(parts).encode())
-    return h.hexdigest()[:32]
+    st = os.stat(__file__)  # this file holds the profile: a new version is a new key
+    parts = [profile, ",".join(sorted(caps)), u.release, u.machine, _libseccomp_id(u.machine),
+             f"{st.st_size}:{st.st_mtime_ns}"]  # fmt: skip
+    return "\0".join(parts)
 
 
-def _libseccomp_id() -> str:
+def _cache_name(key: str) -> str:
+    import zlib
+
+    # A short file name; the full key is inside the file and checked on every read.
+    return f"seccomp-{zlib.crc32(key.encode()):08x}-{len(key)}.bpf"
+
+
+def _libseccomp_id(machine: str) -> str:
     # Which libseccomp names which syscalls: the installed version is part of the key.
-    import glob
-
-    for pattern in (
-        "/usr/lib/*/libseccomp.so.2",
-        "/lib/*/libseccomp.so.2",
-        "/usr/lib*/libseccomp.so.2",
+    for d in (
+        f"/usr/lib/{machine}-linux-gnu",
+        f"/lib/{machine}-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
     ):
-        for path in glob.glob(pattern):
+        path = os.path.join(d, "libseccomp.so.2")
+        if os.path.exists(path):
             return os.path.realpath(path)
     return "unknown"
 
@@ -450,7 +453,7 @@ def _export(flt: Any) -> bytes:
         os.close(fd)
 
 
-def _read_cached(path: str) -> list[bytes] | None:
+def _read_cached(path: str, key: str) -> list[bytes] | None:
     import struct
 
     try:
@@ -458,10 +461,13 @@ def _read_cached(path: str) -> list[bytes] | None:
             data = f.read()
     except OSError:
         return None
-    programs, i = [], 0
+    header = key.encode() + b"\n"
+    if not data.startswith(header):
+        return None  # another key with the same short name, or a torn file: rebuild
+    programs, i = [], len(header)
     try:
-        (count,) = struct.unpack_from("<I", data, 0)
-        i = 4
+        (count,) = struct.unpack_from("<I", data, i)
+        i += 4
         for _ in range(count):
             (n,) = struct.unpack_from("<I", data, i)
             i += 4
@@ -474,13 +480,16 @@ def _read_cached(path: str) -> list[bytes] | None:
     return programs
 
 
-def _write_cached(path: str, programs: list[bytes]) -> None:
+def _write_cached(path: str, key: str, programs: list[bytes]) -> None:
     import struct
 
     from tophan.store import atomic_write
 
-    blob = struct.pack("<I", len(programs)) + b"".join(
-        struct.pack("<I", len(p)) + p for p in programs
+    blob = (
+        key.encode()
+        + b"\n"
+        + struct.pack("<I", len(programs))
+        + b"".join(struct.pack("<I", len(p)) + p for p in programs)
     )
     try:
         os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)

@@ -28,7 +28,7 @@ from tophan.errors import NotFound, TophanError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Literal
+    from typing import Literal
 
     from tophan.images import Images
     from tophan.layers import Layers
@@ -101,36 +101,48 @@ def write_meta(path: str, items: dict[str, str | int | list[str]]) -> None:
 
 
 def rmtree(path: str) -> None:
-    """Remove a tree we own, even one with read-only directories (layers keep exact modes)."""
+    """Remove a tree we own, even one with read-only directories (layers keep exact modes).
 
-    def fix(func: Any, p: str, exc_info: Any) -> None:
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
-        if not isinstance(exc, PermissionError):
-            raise exc
-        # Only an unprivileged owner gets here: make the parent (and p, if a dir) writable.
-        for d in (os.path.dirname(p), p):
-            try:
-                if stat.S_ISDIR(os.lstat(d).st_mode):
-                    os.chmod(d, 0o700)
-            except OSError:
-                pass
-        if func in (os.open, os.scandir):
-            rmtree(p)
-        else:
-            func(p)
-
+    Our own walk rather than shutil's: importing shutil costs a container start more than
+    removing its run dir does."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(path, onerror=fix)
+        _rmtree_dir(path)
     else:
         os.unlink(path)
+
+
+def _rmtree_dir(path: str) -> None:
+    try:
+        it = os.scandir(path)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        os.chmod(path, 0o700)  # only an unprivileged owner gets here
+        it = os.scandir(path)
+    with it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _rmtree_dir(entry.path)
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            os.chmod(path, 0o700)
+            os.unlink(entry.path)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        os.chmod(os.path.dirname(path), 0o700)
+        os.rmdir(path)
 
 
 class FileLock:

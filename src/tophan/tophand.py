@@ -307,12 +307,11 @@ class Supervisor:
         self.probe_out = b""
 
     def _probe_cmd(self, w: int) -> Joined:
-        import dataclasses
 
         from tophan import runtime
 
         assert self.check is not None and self.ctr is not None and self.spec is not None
-        spec = dataclasses.replace(self.spec, argv=self.check.cmd)
+        spec = self.spec.replace(argv=self.check.cmd)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return runtime.spawn_in(self.ctr.pid, spec, cgroup=self.ctr.cgroup, stdio=(null, w, w))
