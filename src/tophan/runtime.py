@@ -383,9 +383,17 @@ def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
     if not line.startswith("pid "):
         raise _failure(line, status)
     ctr.pid = int(line[4:])
-    if ctr.cgroup is not None:
-        ctr.cgroup.add(ctr.pid)
+    # Joining v1 cgroups is slow (a few ms a hierarchy): the init process sets up its mounts
+    # meanwhile, and waits for "c" only before it enters its cgroup namespace and execs.
     os.write(go_w, b"g")
+    if ctr.cgroup is not None:
+        try:
+            ctr.cgroup.add(ctr.pid)
+        except BaseException:
+            ctr.kill_all()
+            ctr.wait()
+            raise
+    os.write(go_w, b"c")
     line = msgs.next()  # EOF: exec succeeded (the pipe is close-on-exec)
     if line:
         ctr.wait()
@@ -667,17 +675,12 @@ def _setup_process(
     # means we have been reparented to it (it reaped setup before writing).
     if os.read(go_r, 1) != b"g":
         raise _Exit(RC_SETUP)  # the caller is gone
-    os.close(go_r)
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     _exit_if_gone(caller)
-    try:
-        _libc.unshare(_libc.CLONE_NEWCGROUP)
-    except OSError:
-        pass  # kernels without cgroup namespaces still run containers
     root = os.path.join(ctr.run_dir.path, "rootfs")
     _mount_root(ctr, root)
     _pivot(root)
-    _init_container(spec, msg_w, pass_fds)
+    _init_container(spec, msg_w, pass_fds, go_r)
 
 
 def _prepare(spec: Spec, cache_dir: str | None) -> None:
@@ -889,7 +892,7 @@ def _pivot(root: str) -> None:
     os.chdir("/")
 
 
-def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
+def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) -> None:
     from tophan import security
 
     security.mask_paths("/")
@@ -899,6 +902,14 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
     if spec.network == "none":
         _loopback_up()
     _set_rlimits(spec.rlimits)
+    # Now in our cgroup (the caller says "c"): its namespace makes that cgroup our root.
+    if os.read(go_r, 1) != b"c":
+        raise _Exit(RC_SETUP)
+    os.close(go_r)
+    try:
+        _libc.unshare(_libc.CLONE_NEWCGROUP)
+    except OSError:
+        pass  # kernels without cgroup namespaces still run containers
     _become(spec, msg_w, pass_fds)
 
 
