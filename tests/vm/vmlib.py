@@ -54,6 +54,7 @@ KERNEL_CMDLINE = (
 PASS_ENV_PREFIXES = ("LC_", "TOPHAN_", "PYTEST_", "PYTHON", "HYPOTHESIS_")
 PASS_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME")
 TMP_PREFIX = "tophan-vm-"
+TCG_CPU = "Nehalem"  # x86-64-v2
 EXIT_TIMEOUT = 124
 EXIT_VM_FAILED = 125
 STAGE1_MARK = b"tophan-vm: stage1"
@@ -472,7 +473,9 @@ def _qemu_once(
     if accel == "kvm":
         machine = ["-accel", "kvm", "-cpu", "host"]
     else:
-        machine = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        # Not "max": its AVX/SHA/AES are emulated instruction by instruction, and libraries
+        # that pick them (OpenSSL, glibc's string functions) get slower than with plain SSE.
+        machine = ["-accel", "tcg,thread=multi", "-cpu", os.environ.get("TOPHAN_VM_CPU", TCG_CPU)]
     pipes = [os.pipe() for _ in range(3)]  # console, stdout, stderr
     chardevs: list[str] = []
     for i, (_, w) in enumerate(pipes):
