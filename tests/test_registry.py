@@ -382,9 +382,13 @@ def test_manifest_naming_missing_blob(registry: Registry, tmp_path: Path) -> Non
     client.close()
 
 
-def test_registry_killed_mid_push_and_restarted(registry: Registry, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [None, 1 << 20])
+def test_registry_killed_mid_push_and_restarted(
+    registry: Registry, tmp_path: Path, chunk: int | None
+) -> None:
     """SIGKILL while a layer uploads; the registry comes back a moment later: the push retries
-    and completes, and what it pushed pulls back intact."""
+    and completes (monolithic: in a new session; chunked: resumed at the offset the registry
+    reports, so less than the whole layer is sent again), and it pulls back intact."""
     store = store_at(tmp_path / "s")
     busybox_layer(store, "base", tmp_path)
     payload = random_bytes(12 << 20, 7)
@@ -406,8 +410,12 @@ def test_registry_killed_mid_push_and_restarted(registry: Registry, tmp_path: Pa
             pass
 
     ref = registry.ref("crash/big:v1")
-    report = push(store, "big", ref, progress=KillHalfway(), options=Options(jobs=1))
+    report = push(
+        store, "big", ref, progress=KillHalfway(), options=Options(jobs=1, chunk_size=chunk)
+    )
     assert killed and report.digest == store.images.get("big").digest
+    if chunk:
+        assert report.bytes_sent <= store.images.get("big").size + chunk  # resumed, not redone
     dst = store_at(tmp_path / "d")
     pull(dst, ref)
     assert tree_file(dst, dst.images.get(ref), "big.bin") == payload

@@ -841,29 +841,30 @@ class Repository:
         chunk = self.client.options.chunk_size
         attempts = self.client.options.retries + 1
         last: Exception | None = None
+        session = _Session(location, 0)
         for attempt in range(attempts):
             if self.client.cancel.is_set():
                 raise _Cancelled()
             try:
-                if location is None:
-                    location, min_chunk = self._start_upload()  # retried inside
-                else:
-                    min_chunk = 0
+                if session.location is None:
+                    session.location, session.min_chunk = self._start_upload()  # retried inside
                 if chunk:
+                    # keeps session.location current: a resume must use the latest URL
                     self._upload_chunked(
-                        digest, size, opener, location, max(chunk, min_chunk), on_progress
+                        digest, size, opener, session, max(chunk, session.min_chunk), on_progress
                     )
                 else:
-                    self._upload_monolithic(digest, size, opener, location, on_progress)
+                    self._upload_monolithic(digest, size, opener, session.location, on_progress)
                 return
             except _Transient as e:
                 last = e
-                location = None if not chunk else location
+                if not chunk:
+                    session.location = None
                 if attempt + 1 < attempts:
                     time.sleep(_backoff(attempt))
             except _SessionLost as e:
                 last = e
-                location = None
+                session.location = None
         raise TophanError(
             f"upload of {digest} to {self.client.host}/{self.path} failed: {last}",
             "the registry is unreachable or keeps dropping the connection; retry",
@@ -923,11 +924,12 @@ class Repository:
         digest: str,
         size: int,
         opener: Callable[[], IO[bytes]],
-        location: str,
+        session: _Session,
         chunk: int,
         on_progress: Callable[[int], None] | None,
     ) -> None:
-        offset = self._upload_offset(location)
+        assert session.location is not None
+        offset = self._upload_offset(session.location)
         with opener() as src:
             while offset < size:
                 n = min(chunk, size - offset)
@@ -938,7 +940,7 @@ class Repository:
                     on_progress(base)
                 resp = self._req(
                     "PATCH",
-                    location,
+                    session.location,
                     self.push_scope,
                     headers={
                         "Content-Type": "application/octet-stream",
@@ -950,7 +952,7 @@ class Repository:
                 )
                 if resp.status == 416:
                     resp.read()
-                    offset = self._upload_offset(location)
+                    offset = self._upload_offset(session.location)
                     continue
                 if resp.status == 404:
                     resp.read()
@@ -959,11 +961,12 @@ class Repository:
                     raise _fail(resp, f"chunk of {digest}")
                 resp.read()
                 self.client.bytes_sent += n
-                location = self._location(resp)
+                session.location = self._location(resp)
                 offset = _range_end(resp.headers.get("Range"), offset + n)
                 if on_progress is not None:
                     on_progress(offset)
-        resp = self._req("PUT", self._put_url(location, digest), self.push_scope, retry=False)
+        url = self._put_url(session.location, digest)
+        resp = self._req("PUT", url, self.push_scope, retry=False)
         self._finish_upload(resp, digest, size)
 
     def _upload_offset(self, location: str) -> int:
@@ -1057,6 +1060,14 @@ class Repository:
         index["manifests"] = [*manifests, entry]
         self.put_manifest(tag, dumps(index), OCI_INDEX)
         return digest
+
+
+@dataclass
+class _Session:
+    """An upload session: its current URL (None: open a new one) and minimum chunk."""
+
+    location: str | None
+    min_chunk: int
 
 
 class _SessionLost(Exception):
