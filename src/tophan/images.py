@@ -969,7 +969,7 @@ class Images:
         stamp = created or now_rfc3339()
 
         with self.transaction() as tx:
-            known = self._known_blobs()
+            known = self.known_blobs()
             new_layers = self._layer_blobs(tx, named, compression, known, jobs)
             layer_descs: list[dict[str, Any]] = []
             diff_ids: list[str] = []
@@ -1030,7 +1030,7 @@ class Images:
             tx.commit()
         return self.get(name)
 
-    def _known_blobs(self) -> dict[tuple[str, str | None], LayerInfo]:
+    def known_blobs(self) -> dict[tuple[str, str | None], LayerInfo]:
         """(layer digest, compression) -> a stored blob carrying it, from the stored images."""
         out: dict[tuple[str, str | None], LayerInfo] = {}
         for image in self.all():
@@ -1052,9 +1052,9 @@ class Images:
         def one(layer: Any) -> StagedLayer:
             hit = known.get((layer.digest, compression))
             if hit is not None:
-                return StagedLayer(
-                    hit.blob, hit.blob_size, hit.media_type, hit.diff_id, layer.digest
-                )
+                # (a blob from a Docker schema 2 image gets the OCI name of its media type)
+                media_type = oci_layer_type(hit.compression)
+                return StagedLayer(hit.blob, hit.blob_size, media_type, hit.diff_id, layer.digest)
             return self._compress_layer(tx, layer.digest, compression)
 
         unique = list({la.digest: la for la in named}.values())

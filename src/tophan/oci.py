@@ -521,7 +521,7 @@ def _import_docker(
         if not entries:
             raise NotFound(f"{src.label}: no image named {ref!r}")
     final = _final_names(entries, name, src.label, lambda e: ",".join(e.names) or e.config)
-    known = store.images._known_blobs()
+    known = store.images.known_blobs()
     stored = []
     for entry, names in zip(entries, final, strict=True):
         config_bytes = src.read_small(entry.config, "config")
