@@ -325,9 +325,13 @@ def test_caller_killed_leaves_nothing(stack: Stack) -> None:
     while _pids_of("sleep 300") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _pids_of("sleep 300"), "the container outlived its caller"
-    # The run dir (unlocked now) and the empty cgroup are what gc cleans.
+    # The run dir (unlocked now) and the empty cgroup are what gc cleans (gc spares cgroups
+    # younger than 10 s, which a starting run may have made a moment ago: prune it here).
     gc = run_cli("--root", str(stack.root), "gc")
     assert gc.rc == 0 and "staging_removed=1" in gc.out, gc.out
+    from tophan import runtime
+
+    runtime.prune_stale_cgroups(min_age=0)
 
 
 def _pids_of(cmdline: str) -> list[int]:

@@ -64,7 +64,8 @@ def _stale_cgroups() -> list[str]:
 
     if cgroup.unavailable(cgroup.Limits()) is not None:
         return []
-    return prune_stale_cgroups(min_age=0)
+    # Not the newest: a run that has just made its cgroup has no process in it yet.
+    return prune_stale_cgroups(min_age=10)
 
 
 def _in_use_by_runs(store: Store) -> set[str]:

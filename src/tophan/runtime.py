@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 
 from tophan import _libc
@@ -32,10 +31,14 @@ from tophan.errors import TophanError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable, Sequence
 
     from tophan.cgroup import Cgroup, Limits
     from tophan.store import Staging, Store
+else:
+    # The C module: `signal` turns its constants into enums at import (~4 ms of a start).
+    import _signal as signal
 
 # Exit codes of `docker run` for failures that are not the command's own.
 RC_SETUP = 125  # the container could not be set up
@@ -438,9 +441,7 @@ def _close_quietly(fd: int) -> None:
 
 def run(store: Store, spec: Spec, *, keep_upper: str | None = None) -> int:
     """Run to completion like ``docker run --rm``: forward signals, return the exit code."""
-    import threading
-
-    forward = threading.current_thread() is threading.main_thread()
+    forward = _in_main_thread()
     if forward:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
     try:
@@ -454,6 +455,14 @@ def run(store: Store, spec: Spec, *, keep_upper: str | None = None) -> int:
     finally:
         if forward:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _in_main_thread() -> bool:
+    # Signals can be waited for only in the main thread. (No `threading` import for this: on
+    # Linux the main thread's id is the process id.)
+    import _thread
+
+    return _thread.get_native_id() == os.getpid()
 
 
 def _forward_until_exit(ctr: Container) -> None:
@@ -548,9 +557,7 @@ def spawn_in(
 
 def exec_in(target: int, spec: Spec, *, cgroup: Cgroup | None = None) -> int:
     """``spawn_in`` and wait, forwarding signals like ``run``; returns the exit code."""
-    import threading
-
-    forward = threading.current_thread() is threading.main_thread()
+    forward = _in_main_thread()
     if forward:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
     try:
