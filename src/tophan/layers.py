@@ -281,9 +281,11 @@ class Layers:
                     f"remove the app first (`tophan app rm {app}`)",
                 )
             os.unlink(self._ref_path(name))
-            if layer.digest not in self.names_by_digest() and not _in_live_run(
-                self.store, layer.digest
-            ):
+            # Another name, a live run or an image may still use the tree: then gc takes it
+            # once nothing does.
+            from tophan.maintenance import referenced_layers
+
+            if layer.digest not in referenced_layers(self.store):
                 hidden = self.store.hide(self.store.path("layers", layer.hex))
         if hidden is not None:
             rmtree(hidden)
@@ -337,10 +339,3 @@ def _apps_using(store: Store, layer: str) -> list[str]:
     from tophan.apps import Apps
 
     return [a.name for a in Apps(store).all() if layer in a.spec.get("layers", [])]
-
-
-def _in_live_run(store: Store, digest: str) -> bool:
-    # A running container's overlay uses the tree: it stays until gc finds it unused.
-    from tophan.runtime import live_run_digests
-
-    return digest in live_run_digests(store)
