@@ -62,6 +62,16 @@ names: {name_rule}.
 """
 
 
+MORE_USAGE = """
+images, containers and apps (each has --help):
+  image create|list|inspect|rm|tag|import|export   OCI images from layers; archives and layouts
+  push NAME [REF] / pull REF [NAME]   OCI distribution: any registry
+  run [opts] IMAGE|-l L... [--] CMD   run CMD isolated, like `docker run --rm`
+  app create|start|stop|restart|rm|ps|logs|exec|inspect
+                                      supervised apps (one `tophand NAME` process each)
+  volume create|ls|rm|inspect         named volumes in the store
+"""
+
 # Command -> module with ``main(cli, command, argv) -> int``; not for the overlayd entry point.
 EXTENSIONS = {
     "run": "tophan.cli_run",
@@ -158,10 +168,11 @@ class Cli:
             rule, extra, version = "$OVERLAYD_ROOT or ./.overlayd", "", OVERLAYD_VERSION
         else:
             rule = "$TOPHAN_ROOT, else /var/lib/tophan as root, ~/.local/share/tophan otherwise"
-            extra, version = "", __version__
-        return USAGE.format(
+            extra, version = ", images, containers and apps", __version__
+        text = USAGE.format(
             prog=self.prog, version=version, extra=extra, root_rule=rule, name_rule=names.NAME_RULE
         )
+        return text if self.overlayd else text + MORE_USAGE
 
     def emit(self, text: str) -> None:
         self.out.write(text)
