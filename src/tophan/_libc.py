@@ -10,11 +10,27 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from functools import cache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from collections.abc import Callable
+    from typing import NoReturn, TypeVar
+
+    T = TypeVar("T")
+
+
+def once(fn: Callable[[], T]) -> Callable[[], T]:
+    """functools.cache for a function of no arguments, without importing functools (and with
+    it collections): this module is on a container start's path."""
+    memo: list[T] = []
+
+    def wrapper() -> T:
+        if not memo:
+            memo.append(fn())
+        return memo[0]
+
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
 
 # The new mount API arrived after the syscall tables were unified (5.1), so these numbers are the
 # same on x86_64, i386, arm, aarch64, riscv, powerpc and s390 (asm-generic/unistd.h agrees with
@@ -57,12 +73,12 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 
 
-@cache
+@once
 def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-@cache
+@once
 def _syscall_fn() -> ctypes._NamedFuncPointer:
     if os.uname().machine.startswith(_OFFSET_ABIS):
         raise_errno(errno.ENOSYS)

@@ -18,7 +18,6 @@ Importing this module is cheap: no ``re``, no ``typing`` at run time.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import stat
 import time
@@ -288,6 +287,8 @@ def _parse_cpus(text: str) -> float | None:
         cpus = float(text)
     except ValueError:
         raise UsageError(f"--cpus {text!r}: not a number", "e.g. --cpus 1.5") from None
+    import math
+
     if not math.isfinite(cpus) or cpus < 0:
         raise UsageError(f"--cpus {text!r}: must be a positive number")
     if cpus == 0:
@@ -336,6 +337,8 @@ def shares_to_weight(shares: int) -> int:
         return 1
     if shares >= MAX_SHARES:
         return 10_000
+    import math
+
     lg = math.log2(shares)
     return math.ceil(10 ** ((lg * lg + 125 * lg) / 612.0 - 7.0 / 34.0))
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
-from functools import cache, cached_property
 
 from tophan import _libc
+from tophan._libc import once
 from tophan.errors import InUse, MountError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MAX_LOWERS = 500  # the kernel's OVL_MAX_STACK
 _NO_REDIRECTS = (("index", "off"), ("metacopy", "off"), ("redirect_dir", "off"))
@@ -193,7 +196,7 @@ def _context_log(fd: int) -> str:
     return "; ".join(msgs)
 
 
-@cache
+@once
 def lowerdir_plus_supported() -> bool:
     """Whether this kernel's overlayfs takes ``lowerdir+`` through fsconfig (Linux >= 6.8).
 
@@ -220,7 +223,7 @@ def lowerdir_plus_supported() -> bool:
         os.close(fd)
 
 
-@cache
+@once
 def layer_fds_supported() -> bool:
     """Whether overlayfs takes layers as file descriptors (FSCONFIG_SET_FD, Linux >= 6.13)."""
     try:
@@ -249,7 +252,7 @@ def _escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
-@cache
+@once
 def legacy_limit() -> int:
     """Bytes of mount(2) data the kernel keeps: one page minus its terminating NUL."""
     return os.sysconf("SC_PAGE_SIZE") - 1
@@ -405,15 +408,15 @@ class MountEntry:
     def __repr__(self) -> str:
         return f"MountEntry({self.mountpoint!r}, {self.fstype!r}, {self.source!r})"
 
-    @cached_property
+    @property
     def super_options(self) -> dict[str, str]:
         return dict(self.super_items)
 
-    @cached_property
+    @property
     def _legacy(self) -> bool:
         return "lowerdir" in self.super_options
 
-    @cached_property
+    @property
     def lowerdirs(self) -> tuple[str, ...]:
         """Overlay lower dirs, top first."""
         if self._legacy:
