@@ -2,8 +2,9 @@
 against crun, runc and podman on the same rootfs with the same limits, in one run; plus the same
 launch through the Python API in-process, and the supervisors' memory with 20 apps running.
 
-Everything lives on a private tmpfs. The runs alternate (ours, crun, runc, podman, api, ...) and
-every figure is a median. Run as root: ``python bench/launch.py [-n N] [--apps 20] [--json F]``.
+Everything lives on a private tmpfs. The runs alternate (ours, crun, runc, podman, api, ...),
+each after a short untimed pause so that none inherits another's warm kernel state, and every
+figure is a median. Run as root: ``python bench/launch.py [-n N] [--apps 20] [--json F]``.
 
 crun refuses hybrid cgroup hosts (v1 controllers plus an empty v2 mount, like this one): it runs
 here in a private mount namespace where /sys/fs/cgroup/unified is unmounted, so that it sees a
@@ -30,6 +31,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 BIN = Path(sys.executable).parent
 MEM = 64 << 20
 PIDS = 64
+SETTLE = 0.3  # seconds between launches (see measure())
 
 
 def timed(argv: list[str]) -> float:
@@ -99,7 +101,7 @@ def measure(work: Path, n: int) -> dict[str, float]:
         subprocess.run([*tophan, "layer", "create", name, "--from", str(src)], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     b = bundle(work, base, app, conf)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "src")],
+    subprocess.run([sys.executable, "-m", "compileall", "-f", "-q", str(HERE.parent / "src")],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     seq = iter(range(1_000_000))
     cases: dict[str, Callable[[], float]] = {
@@ -162,6 +164,11 @@ def measure(work: Path, n: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(n):
         for k, fn in cases.items():
+            # Every launch starts cold: moving a process into a v1 cgroup waits for an RCU
+            # grace period unless another move happened a moment before, so back-to-back runs
+            # favour whoever comes second. podman also leaves cleanup work running after it
+            # returns. The pause is not timed.
+            time.sleep(SETTLE)
             samples[k].append(fn())
     return {k: statistics.median(v) * 1000 for k, v in samples.items()}
 

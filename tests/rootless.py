@@ -273,7 +273,7 @@ def _world_readable(top: Path) -> None:
 def _copy_deps(purelib: Path) -> None:
     # tophan's dependencies. Our interpreter has them; Debian's has the same ABI when the
     # versions match, so the installed packages work as they are.
-    for module in ("zstandard", "pyseccomp", "setproctitle"):
+    for module in ("zstandard", "pyseccomp"):
         spec = importlib.util.find_spec(module)
         if spec is None or spec.origin is None:
             continue

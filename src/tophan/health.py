@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from tophan.errors import UsageError
 
@@ -29,16 +28,31 @@ MAX_OUTPUT = 4096
 DEFAULTS = {"interval": 30.0, "timeout": 30.0, "retries": 3, "start_period": 0.0}
 
 
-@dataclass
 class Check:
-    kind: str  # "cmd", "http" or "tcp"
-    cmd: list[str] = field(default_factory=list)
-    url: str = ""
-    address: str = ""
-    interval: float = 30.0
-    timeout: float = 30.0
-    retries: int = 3
-    start_period: float = 0.0
+    """One health check. (A plain class: a supervisor's memory is counted, and dataclasses
+    pulls in inspect, ast and tokenize.)"""
+
+    FIELDS = ("kind", "cmd", "url", "address", "interval", "timeout", "retries", "start_period")
+
+    def __init__(
+        self,
+        kind: str,  # "cmd", "http" or "tcp"
+        cmd: list[str] | None = None,
+        url: str = "",
+        address: str = "",
+        interval: float = 30.0,
+        timeout: float = 30.0,
+        retries: int = 3,
+        start_period: float = 0.0,
+    ) -> None:
+        self.kind = kind
+        self.cmd = list(cmd or [])
+        self.url = url
+        self.address = address
+        self.interval = interval
+        self.timeout = timeout
+        self.retries = retries
+        self.start_period = start_period
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +68,7 @@ class Check:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return cls(**{k: d[k] for k in cls.FIELDS if k in d})
 
 
 def parse_duration(text: str | float | int, what: str) -> float:

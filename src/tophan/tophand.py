@@ -538,6 +538,29 @@ def _wait(proc: Joined | int) -> None:
 # -- start-up ----------------------------------------------------------------------------------
 
 
+def set_title(title: str) -> None:
+    """Show as ``title`` in ps: our command line rewritten in place, and the comm name.
+
+    The kernel reads /proc/PID/cmdline from the argument area of our memory, whose bounds
+    /proc/self/stat gives; a title no longer than the original fits there (NUL-padded). This
+    replaces the setproctitle package, which imports logging: a supervisor's memory counts."""
+    from tophan import _libc
+
+    PR_SET_NAME = 15
+    try:
+        _libc.libc().prctl(PR_SET_NAME, title.split()[0].encode()[:15], 0, 0, 0)
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        # fields[0] is field 3 (state): arg_start and arg_end are fields 48 and 49
+        start, end = int(fields[45]), int(fields[46])
+        raw = title.encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(raw + b"\0" * (end - start - len(raw)))
+    except (OSError, ValueError, IndexError):
+        pass  # cosmetic: keep the original command line
+
+
 def _daemonize() -> None:
     if os.fork():
         os._exit(0)  # the parent `app start` reaps this one at once
@@ -559,12 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     root, ready_fd, name = _parse(args)
     _daemonize()
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(f"tophand {name}")
-    except ImportError:
-        pass
+    set_title(f"tophand {name}")
     from tophan import apps
     from tophan.store import Store
 
