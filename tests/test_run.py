@@ -82,6 +82,8 @@ def test_usage_errors_are_one_line(stack: Stack) -> None:
         (["--cap-add", "NOT_A_CAP", "-l", "base", "--", "true"], "NOT_A_CAP"),
         (["-v", "relative/path:/x", "-l", "base", "--", "true"], "relative/path"),
         (["--bogus", "-l", "base", "--", "true"], "--bogus"),
+        (["-e", "A=1", "--restart", "always", "-l", "base", "--", "true"], "apps"),
+        (["-d", "-l", "base", "--", "true"], "app create"),
     ):
         r = stack.run(*args)
         assert r.returncode in (1, 2, 125), (args, r)

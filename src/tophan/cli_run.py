@@ -352,6 +352,17 @@ def _limits(o: dict[str, Any]) -> Any:
 
 # -- the command -------------------------------------------------------------------------------
 
+APP_HINT = "a supervised, detached container is an app: `tophan app create NAME ...` + `app start`"
+# docker run flags that only make sense for something that outlives the command: apps take them
+# (app create's own table replaces these entries), `run` refuses them with a hint.
+APP_ONLY_FLAGS = {
+    "--restart": True, "--health-cmd": True, "--health-interval": True,
+    "--health-timeout": True, "--health-retries": True, "--health-start-period": True,
+    "--health-http": True, "--health-tcp": True, "--no-healthcheck": False,
+    "--stop-signal": True, "--stop-timeout": True, "--log-opt": True,
+}  # fmt: skip
+FLAGS.update({k: (f"app_only{k}", v, False) for k, v in APP_ONLY_FLAGS.items()})
+
 
 def main(cli: Cli, command: str, argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"], ["help"]):
@@ -360,9 +371,11 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
     from tophan import runtime
 
     p = parse_run_args(argv, FLAGS, "run")
-    for bad, hint in (("detach", "run it as an app: `tophan app create` + `app start`"),):
-        if p.opts.get(bad):
-            raise UsageError(f"run: --{bad} is not supported", hint)
+    if p.opts.get("detach"):
+        raise UsageError("run: --detach is not supported", APP_HINT)
+    for key in p.opts:
+        if key.startswith("app_only"):
+            raise UsageError(f"run: {key[8:]} applies to apps", APP_HINT)
     store = cli.store()
     spec = build_spec(store, p, "run")
     # Our own stdout holds nothing (the container writes to the real one); flush anyway so
