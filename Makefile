@@ -45,6 +45,8 @@ test-v2: deps venv
 
 bench: deps venv
 	$(PY) bench/run.py
+	$(PY) bench/launch.py
+	$(PY) bench/registry.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -145,20 +145,12 @@ class Spec:
 # -- the caller's side -------------------------------------------------------------------------
 
 
-class Container:
-    """A started container. ``wait()`` reaps it; ``close()`` removes what it left."""
+class Child:
+    """A child process of ours: signal it, poll it, reap it (exit code as a shell gives it)."""
 
-    def __init__(self, spec: Spec, run_dir: Staging, cgroup: Cgroup | None) -> None:
-        self.spec = spec
-        self.run_dir = run_dir
-        self.cgroup = cgroup
-        self.pid = 0  # the init process (the command), in our pid namespace
+    def __init__(self, pid: int = 0) -> None:
+        self.pid = pid
         self.returncode: int | None = None
-        self.holds: list[int] = []  # shared locks on the volumes it mounts
-
-    @property
-    def upper(self) -> str:
-        return os.path.join(self.run_dir.path, "upper")
 
     def signal(self, sig: int) -> None:
         if self.returncode is None and self.pid:
@@ -182,6 +174,22 @@ class Container:
                 continue
             self.returncode = exit_code(status)
         return self.returncode
+
+
+class Container(Child):
+    """A started container (``pid``: its init, the command). ``wait()`` reaps it; ``close()``
+    removes what it left."""
+
+    def __init__(self, spec: Spec, run_dir: Staging, cgroup: Cgroup | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.run_dir = run_dir
+        self.cgroup = cgroup
+        self.holds: list[int] = []  # shared locks on the volumes it mounts
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.run_dir.path, "upper")
 
     def kill_all(self) -> None:
         """SIGKILL the init process (which ends its pid namespace) and everything in the cgroup."""
@@ -488,33 +496,12 @@ _SI_KERNEL = 0x80
 NAMESPACES = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")  # the order setns needs
 
 
-class Joined:
+class Joined(Child):
     """A process started in a running container; ``pid`` is our child (it waits for the
     process inside, which had to be forked to enter the pid namespace)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = exit_code(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        while self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = exit_code(status)
-        return self.returncode
-
     def kill(self) -> None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.signal(signal.SIGKILL)
 
 
 def spawn_in(
