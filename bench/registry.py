@@ -92,7 +92,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--only", choices=("push", "pull", "dedup"), action="append", help="run just these"
+    )
     args = ap.parse_args()
+    cases = set(args.only or ("push", "pull", "dedup"))
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it mounts a tmpfs)")
     if not shutil.which("skopeo") or not shutil.which("docker-registry"):
@@ -131,7 +135,7 @@ def main() -> None:
 
         # -- push ----------------------------------------------------------------------------
         ours, peer = [], []
-        for _ in range(args.runs):
+        for _ in range(args.runs if "push" in cases else 0):
             fresh_registry()
             ours.append(timed(lambda: push(store, "bench", ref(), options=opts)))
             fresh_registry()
@@ -150,69 +154,78 @@ def main() -> None:
                     )
                 )
             )
-        row("push ~200 MB, 4 layers", ours, peer, "skopeo copy oci: -> docker://")
+        if ours:
+            row("push ~200 MB, 4 layers", ours, peer, "skopeo copy oci: -> docker://")
 
         # -- pull ----------------------------------------------------------------------------
-        fresh_registry()
-        push(store, "bench", ref(), options=opts)
-        ours, peer, peer_cs = [], [], []
-        for i in range(args.runs):
-            dst = top / f"pull-store-{i}"
-            Store.init(str(dst))
-            ours.append(timed(lambda dst=dst: pull(Store(str(dst)), ref(), "x", options=opts)))
-            shutil.rmtree(dst)
-            out = top / f"pull-layout-{i}"
-            peer.append(
-                timed(
-                    lambda out=out: subprocess.run(
-                        [
-                            "skopeo",
-                            "copy",
-                            "--src-tls-verify=false",
-                            f"docker://{ref()}",
-                            f"oci:{out}:x",
-                        ],
-                        check=True,
-                        capture_output=True,
+        if "pull" in cases:
+            fresh_registry()
+            push(store, "bench", ref(), options=opts)
+            ours, peer, peer_cs = [], [], []
+            for i in range(args.runs):
+                dst = top / f"pull-store-{i}"
+                Store.init(str(dst))
+                ours.append(timed(lambda dst=dst: pull(Store(str(dst)), ref(), "x", options=opts)))
+                shutil.rmtree(dst)
+                out = top / f"pull-layout-{i}"
+                peer.append(
+                    timed(
+                        lambda out=out: subprocess.run(
+                            [
+                                "skopeo",
+                                "copy",
+                                "--src-tls-verify=false",
+                                f"docker://{ref()}",
+                                f"oci:{out}:x",
+                            ],
+                            check=True,
+                            capture_output=True,
+                        )
                     )
                 )
-            )
-            shutil.rmtree(out)
-            cs = top / f"cs-{i}"
-            peer_cs.append(
-                timed(
-                    lambda cs=cs: subprocess.run(
-                        [
-                            "skopeo",
-                            "copy",
-                            "--src-tls-verify=false",
-                            f"docker://{ref()}",
-                            f"containers-storage:[vfs@{cs}/root+{cs}/run]localhost/x:latest",
-                        ],
-                        check=True,
-                        capture_output=True,
+                shutil.rmtree(out)
+                cs = top / f"cs-{i}"
+                peer_cs.append(
+                    timed(
+                        lambda cs=cs: subprocess.run(
+                            [
+                                "skopeo",
+                                "copy",
+                                "--src-tls-verify=false",
+                                f"docker://{ref()}",
+                                f"containers-storage:[vfs@{cs}/root+{cs}/run]localhost/x:latest",
+                            ],
+                            check=True,
+                            capture_output=True,
+                        )
                     )
                 )
+                subprocess.run(["umount", "-R", str(cs)], capture_output=True)
+                shutil.rmtree(cs, ignore_errors=True)
+            row(
+                "pull ~200 MB (unpacked into the store)",
+                ours,
+                peer,
+                "skopeo copy docker:// -> oci:",
             )
-            subprocess.run(["umount", "-R", str(cs)], capture_output=True)
-            shutil.rmtree(cs, ignore_errors=True)
-        row("pull ~200 MB (unpacked into the store)", ours, peer, "skopeo copy docker:// -> oci:")
-        row("pull, same", ours, peer_cs, "skopeo -> containers-storage (vfs)")
+            row("pull, same", ours, peer_cs, "skopeo -> containers-storage (vfs)")
 
         # -- dedup ---------------------------------------------------------------------------
-        fresh_registry()
-        push(store, "bench", ref(), options=opts)
-        second = store.images.get("bench2")
-        report = push(store, "bench2", reg.ref("bench/app:v2"), options=opts)
-        new = second.layer_infos[-1]
-        manifest = store.images.blobs.size(second.digest)
-        expected = new.blob_size + second.config_descriptor.size + manifest
-        print(
-            f"second image sharing the base: sent {report.bytes_sent:,} B; new layer "
-            f"{new.blob_size:,} + config {second.config_descriptor.size:,} + manifest {manifest:,}"
-            f" = {expected:,} B -> {'exactly that' if report.bytes_sent == expected else 'MORE'}"
-            f" (the image is {second.size:,} B)"
-        )
+        if "dedup" in cases:
+            fresh_registry()
+            push(store, "bench", ref(), options=opts)
+            second = store.images.get("bench2")
+            report = push(store, "bench2", reg.ref("bench/app:v2"), options=opts)
+            new = second.layer_infos[-1]
+            manifest = store.images.blobs.size(second.digest)
+            expected = new.blob_size + second.config_descriptor.size + manifest
+            print(
+                f"second image sharing the base: sent {report.bytes_sent:,} B; new layer "
+                f"{new.blob_size:,} + config {second.config_descriptor.size:,}"
+                f" + manifest {manifest:,} = {expected:,} B -> "
+                f"{'exactly that' if report.bytes_sent == expected else 'MORE'}"
+                f" (the image is {second.size:,} B)"
+            )
     finally:
         if reg is not None:
             reg.stop()
