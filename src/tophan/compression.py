@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from tophan.errors import UsageError
 
@@ -41,6 +41,13 @@ class _Prefixed(io.RawIOBase):
 
 
 def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
+    peek = getattr(src, "peek", None)
+    if peek is not None and isinstance(src, io.RawIOBase):
+        # A reader of whole chunks (tophan.images' pipes) shows its first bytes without
+        # another buffer behind it.
+        head = bytes(peek(n)[:n])
+        if len(head) == n or not head:
+            return head, src
     head = b""
     while len(head) < n:
         chunk = src.read(n - len(head))
@@ -69,9 +76,14 @@ def open_decompressed(src: IO[bytes]) -> IO[bytes]:
     if kind is None:
         return stream
     if kind == "gzip":
-        import gzip
+        gzip: Any
+        try:
+            # ISA-L's gzip reader: the same checks, about twice as fast as the standard one.
+            from isal import igzip as gzip
+        except ImportError:  # pragma: no cover - isal is a dependency
+            import gzip
 
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=stream, mode="rb"))
     if kind == "zstd":
         import zstandard
 
