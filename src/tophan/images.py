@@ -651,6 +651,15 @@ def _decompressor(kind: str, src: IO[bytes]) -> IO[bytes]:
     return cast("IO[bytes]", io.BufferedReader(_ChunkReader(_plain_chunks(kind, src)), CHUNK))
 
 
+def _checked(actual: str, expected: str | None, what: str) -> str:
+    if expected is not None and actual != expected:
+        raise IntegrityError(
+            f"{what} does not match its digest: expected {expected}, got {actual}",
+            "the source is corrupt; nothing was stored",
+        )
+    return actual
+
+
 class _Hashed:
     """Chunks passed through while hashing them; checked against ``digest`` at their end."""
 
@@ -668,13 +677,7 @@ class _Hashed:
             h.update(chunk)
             self.size += len(chunk)
             yield chunk
-        actual = f"{h.name}:{h.hexdigest()}"
-        if self.expected is not None and actual != self.expected:
-            raise IntegrityError(
-                f"{self.what} does not match its digest: expected {self.expected}, got {actual}",
-                "the source is corrupt; nothing was stored",
-            )
-        self.digest = actual
+        self.digest = _checked(f"{h.name}:{h.hexdigest()}", self.expected, self.what)
 
 
 @dataclass
@@ -827,7 +830,7 @@ class Transaction:
                         plain = VerifyingReader(
                             stream, diff_id, size, what=what, tee=z, on_read=on_read
                         )
-                        layer = self._unpack(
+                        layer, _ = self._unpack(
                             cast("IO[bytes]", io.BufferedReader(plain, CHUNK)), known_tree, what
                         )
                         actual_diff = plain.drain()
@@ -839,16 +842,24 @@ class Transaction:
                     raw = VerifyingReader(
                         stream, digest, size, what=what, tee=f if keep else None, on_read=on_read
                     )
-                    hashed = _Hashed(
-                        _plain_chunks(kind, cast("IO[bytes]", raw)),
-                        diff_id,
-                        f"{what} (uncompressed)",
-                    )
-                    with _Pipe(iter(hashed)) as pipe:
-                        layer = self._unpack(cast("IO[bytes]", pipe), known_tree, what)
-                        pipe.drain()
-                    assert hashed.digest is not None
-                    actual_diff = hashed.digest
+                    chunks = _plain_chunks(kind, cast("IO[bytes]", raw))
+                    plain_what = f"{what} (uncompressed)"
+                    if known_tree is None and (diff_id or "sha256:").startswith("sha256:"):
+                        # The extractor hashes its input too: for an archive that is already
+                        # canonical (a tophan export), the DiffID and the tree's digest are
+                        # one hash.
+                        with _Pipe(chunks) as pipe:
+                            layer, input_digest = self._unpack(
+                                cast("IO[bytes]", pipe), None, what, hash_input=True
+                            )
+                        actual_diff = _checked(input_digest, diff_id, plain_what)
+                    else:
+                        hashed = _Hashed(chunks, diff_id, plain_what)
+                        with _Pipe(iter(hashed)) as pipe:
+                            layer, _ = self._unpack(cast("IO[bytes]", pipe), known_tree, what)
+                            pipe.drain()
+                        assert hashed.digest is not None
+                        actual_diff = hashed.digest
                     blob, blob_size, media_kind = raw.drain(), raw.count, kind
         except BaseException:
             os.unlink(blob_path)
@@ -861,9 +872,13 @@ class Transaction:
             self.diffids[actual_diff] = layer
         return StagedLayer(blob, blob_size, oci_layer_type(media_kind), actual_diff, layer)
 
-    def _unpack(self, plain: IO[bytes], known_tree: str | None, what: str) -> str:
+    def _unpack(
+        self, plain: IO[bytes], known_tree: str | None, what: str, hash_input: bool = False
+    ) -> tuple[str, str]:
+        """The digest of the tree ``plain`` unpacks to (staged unless stored already) and, with
+        ``hash_input``, the digest of ``plain`` itself (read to its end)."""
         if known_tree is not None:
-            return known_tree
+            return known_tree, ""
         from tophan import tarimport
 
         d = self._new_path("layer")
@@ -875,6 +890,7 @@ class Transaction:
                 tree,
                 xattr_ns=self.store.xattr_ns,
                 privileged=self.store.privileged,
+                hash_input=hash_input,
             )
         except TophanError as e:
             # The extractor reports a failing read as a corrupt archive; when the reader was
@@ -894,7 +910,7 @@ class Transaction:
                 with self._lock:
                     del self.trees[stats.digest]
             rmtree(d)  # the store has it already: layers are never stored twice
-        return stats.digest
+        return stats.digest, stats.input_digest
 
     def link_diff_id(self, diff_id: str, layer: str) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from tophan.tarexport import Node
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~8 ms at start-up; annotations need no import
     from collections.abc import Callable
-    from typing import IO, Literal
+    from typing import IO, Any, Literal
 
     XattrNs = Literal["trusted", "user"]
 
@@ -49,6 +49,8 @@ class ExtractStats:
         self.xattrs_skipped: list[str] = []
         self.digest = ""  # of the canonical tar of what was extracted (the layer's DiffID)
         self.size = 0  # of that canonical tar
+        self.input_digest = ""  # of the (decompressed) input, when asked for
+        self.input_size = 0
 
 
 class _Member:
@@ -222,6 +224,7 @@ class _Stream:
     def __init__(self, src: IO[bytes]) -> None:
         self.src = src
         self.offset = 0
+        self.tap: _Hasher | None = None  # sees what ``read`` returns (not ``exact_into``'s)
 
     def read(self, n: int) -> bytes:
         try:
@@ -234,6 +237,8 @@ class _Stream:
         except Exception as e:  # gzip/zstd/lzma/bz2 each raise their own kinds
             raise _corrupt(e) from e
         self.offset += len(data)
+        if self.tap is not None:
+            self.tap.raw(data)
         return data
 
     def exact_into(self, view: memoryview, what: str | bytes) -> None:
@@ -258,6 +263,247 @@ class _Stream:
         return data
 
 
+# -- the digests --------------------------------------------------------------------------------
+
+_UPDATE, _FORK, _SNAP = 0, 1, 2
+_HELD_MAX = 4 * CHUNK  # input held for comparison with the canonical tar, at most
+
+
+class _Hasher(tarexport._Sink):
+    """The SHA-256 of the canonical tar (the layer's digest) and, with ``want_input``, of the
+    input itself (to check it against the DiffID it came with), on another thread: hashlib
+    releases the GIL, so hashing runs on the other core while this one extracts.
+
+    An archive that *is* the canonical tar (our own exports, so every tophan-to-tophan pull)
+    needs one hash for both: while the two streams agree, the canonical bytes are compared with
+    the input's (headers and padding: a few hundred bytes a member; contents are the same
+    buffers) and hashed once. At the first difference the hash forks (``copy()``) and each
+    stream goes on with its own. The input is fed by ``raw`` (what ``_Stream.read`` returns)
+    and ``content`` (file data read into this sink's buffers); the canonical tar by ``add``
+    and ``content`` (the ``tarexport.ThreadedSink`` interface the :class:`Writer` uses).
+    """
+
+    POOL = 4
+
+    def __init__(self, want_input: bool) -> None:
+        import queue
+        import threading
+        from collections import deque
+
+        super().__init__(None)
+        self.q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self.free.put(self.buf)
+        for _ in range(self.POOL - 1):
+            self.free.put(bytearray(tarexport.BATCH))
+        self.hashers: list[Any] = [self.h, None]
+        # batches of small parts on their way to hasher 0 (canonical) and 1 (input, forked)
+        self.batches: tuple[list[Any], list[Any]] = ([], [])
+        self.batched = [0, 0]
+        self.canon_on = True
+        self.raw_on = want_input
+        self.verbatim = want_input  # both streams are one so far (hasher 0)
+        self.raw_t = 0  # the input's hasher
+        self.raw_size = 0
+        self.held: deque[Any] = deque()  # input not yet matched by the canonical stream
+        self.held_off = 0  # into held[0]
+        self.held_len = 0
+        self.thread: threading.Thread | None = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        hashers = self.hashers
+        while (item := self.q.get()) is not None:
+            op = item[0]
+            if op == _UPDATE:
+                _, targets, data, n = item
+                with memoryview(data) as view:
+                    part = view[:n]
+                    for t in targets:
+                        hashers[t].update(part)
+                    part.release()
+                if isinstance(data, bytearray):
+                    self.free.put(data)
+            elif op == _FORK:
+                hashers[1] = hashers[0].copy()
+            else:
+                item[2].put("sha256:" + hashers[item[1]].hexdigest())
+
+    # -- batching ------------------------------------------------------------------------------
+
+    def _emit(self, t: int, data: Any) -> None:
+        n = len(data)
+        if not n:
+            return
+        if self.batched[t] + n > tarexport.BATCH:
+            self._flush(t)
+            if n > tarexport.BATCH:
+                self.q.put((_UPDATE, (t,), bytes(data), n))
+                return
+        self.batches[t].append(data)
+        self.batched[t] += n
+        if self.batched[t] >= CHUNK:
+            self._flush(t)
+
+    def _flush(self, t: int) -> None:
+        parts = self.batches[t]
+        if parts:
+            buf = self.free.get()
+            n = 0
+            for part in parts:
+                end = n + len(part)
+                buf[n:end] = part
+                n = end
+            parts.clear()
+            self.batched[t] = 0
+            self.q.put((_UPDATE, (t,), buf, n))
+
+    def _snap(self, t: int) -> str:
+        import queue
+
+        self._flush(t)
+        reply: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.q.put((_SNAP, t, reply))
+        return reply.get()
+
+    # -- the two streams -----------------------------------------------------------------------
+
+    def _unpend(self) -> None:
+        """The input held for comparison goes to the input's hasher."""
+        first = True
+        for part in self.held:
+            self._emit(self.raw_t, memoryview(part)[self.held_off :] if first else part)
+            first = False
+        self.held.clear()
+        self.held_off = self.held_len = 0
+
+    def _diverge(self) -> None:
+        """The streams differ from here on: the input gets a hasher of its own."""
+        self.verbatim = False
+        self._flush(0)
+        self.q.put((_FORK,))
+        self.raw_t = 1
+        self._unpend()
+
+    def _match(self, data: Any) -> None:
+        n = len(data)
+        if n > self.held_len:
+            self._diverge()
+            self._emit(0, data)
+            return
+        pos, i, off = 0, 0, self.held_off
+        while pos < n:
+            head = self.held[i]
+            k = min(len(head) - off, n - pos)
+            if not head.startswith(data[pos : pos + k], off):
+                self._diverge()
+                self._emit(0, data)
+                return
+            pos += k
+            off += k
+            if off == len(head):
+                i, off = i + 1, 0
+        for _ in range(i):
+            self.held.popleft()
+        self.held_off = off
+        self.held_len -= n
+        self._emit(0, data)
+
+    def raw(self, data: bytes) -> None:
+        """Input bytes, in order (those read into this sink's buffers go to ``content``)."""
+        if not self.raw_on or not data:
+            return
+        self.raw_size += len(data)
+        if self.verbatim:
+            self.held.append(data)
+            self.held_len += len(data)
+            if self.held_len > _HELD_MAX:
+                self._diverge()
+        else:
+            self._emit(self.raw_t, data)
+
+    def add(self, data: bytes | bytearray | memoryview, zeros: int = 0) -> None:
+        """Canonical bytes, then ``zeros`` zero bytes."""
+        if not self.canon_on:
+            return
+        self.size += len(data) + zeros
+        for part in (data, tarexport._ZEROS[:zeros]) if zeros else (data,):
+            if not len(part):
+                continue
+            if self.verbatim:
+                self._match(memoryview(part) if isinstance(part, bytearray) else part)
+            else:
+                self._emit(0, part)
+
+    def big(self, data: bytes | memoryview) -> None:
+        self.add(bytes(data))
+
+    def flush(self) -> None:
+        self._flush(0)
+
+    def content(self, buf: bytearray, n: int, canonical: bool) -> None:
+        """``buf[:n]`` (a buffer from ``free``, handed back) is input and, when ``canonical``,
+        also the canonical tar's next bytes."""
+        canonical = canonical and self.canon_on
+        if canonical:
+            self.size += n
+        if self.raw_on:
+            self.raw_size += n
+            if self.verbatim and (self.held_len or not canonical):
+                self._diverge()
+        targets: tuple[int, ...] = (0,) if canonical else ()
+        if self.raw_on and self.raw_t not in targets:
+            targets += (self.raw_t,)
+        if not targets:
+            self.free.put(buf)
+            return
+        for t in targets:
+            self._flush(t)
+        self.q.put((_UPDATE, targets, buf, n))
+
+    # -- results -------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The canonical tar's digest is not wanted any more (the input's still is)."""
+        if not self.canon_on:
+            return
+        self.canon_on = False
+        if self.verbatim:
+            self.verbatim = False  # the input goes on with hasher 0
+            self._unpend()
+        elif self.raw_t:
+            self.batches[0].clear()
+            self.batched[0] = 0
+        if not self.raw_on:
+            self.close()
+
+    def finish(self) -> tuple[str, int]:
+        """The canonical tar's digest and size (the input may go on)."""
+        self.add(tarexport.ZERO_BLOCK * 2)
+        digest = self._snap(0)
+        self.canon_on = False
+        if self.verbatim:
+            self.verbatim = False
+            self._unpend()
+        if not self.raw_on:
+            self.close()
+        return digest, self.size
+
+    def finish_input(self) -> tuple[str, int]:
+        """The input's digest and size: call after the input's end and ``finish``/``cancel``."""
+        assert not self.canon_on
+        digest = self._snap(self.raw_t)
+        self.raw_on = False
+        self.close()
+        return digest, self.raw_size
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.q.put(None)
+            self.thread.join()
+            self.thread = None
+
+
 # -- the speculative digest ---------------------------------------------------------------------
 
 
@@ -267,8 +513,8 @@ class _Spec:
     nothing changes an entry after it was hashed. Anything else abandons it; the digest is then
     computed from the recorded nodes at the end (``tarexport.write_nodes``)."""
 
-    def __init__(self, tree: bytes) -> None:
-        self.sink = tarexport.ThreadedSink()
+    def __init__(self, tree: bytes, sink: _Hasher) -> None:
+        self.sink = sink
         self.writer = tarexport.Writer(tree, self.sink)
         self.last: list[bytes] = []
         self.dirs: dict[bytes, Node] = {}
@@ -319,7 +565,7 @@ class _Spec:
 
 
 class _Extractor:
-    def __init__(self, dest: str, xattr_ns: XattrNs, privileged: bool) -> None:
+    def __init__(self, dest: str, xattr_ns: XattrNs, privileged: bool, hash_input: bool) -> None:
         self.dest = os.fsencode(dest)
         self.opaque_key = f"{xattr_ns}.overlay.opaque"
         self.privileged = privileged
@@ -329,7 +575,8 @@ class _Extractor:
         self.stats = ExtractStats()
         self.nodes: dict[bytes, Node] = {}  # what the canonical tar will say, path by path
         self.kept = 0
-        self.spec = _Spec(self.dest)
+        self.hasher = _Hasher(hash_input)
+        self.spec = _Spec(self.dest, self.hasher)
         self.iobuf = bytearray(CHUNK)
         self.euid = os.geteuid()
         self.egid = os.getegid()
@@ -548,7 +795,7 @@ class _Extractor:
                 else:
                     kept = None
             else:
-                self.write_stream(fd, m.size, stream, m.name, spec.sink if spec.ok else None)
+                self.write_stream(fd, m.size, stream, m.name, spec.ok)
                 stream.exact(-m.size % BLOCK, "padding")
                 if spec.ok:
                     spec.sink.add(b"", -m.size % BLOCK)
@@ -566,27 +813,24 @@ class _Extractor:
         self.nodes[rel] = node
 
     def write_stream(
-        self,
-        fd: int,
-        size: int,
-        stream: _Stream,
-        name: bytes,
-        sink: tarexport.ThreadedSink | None = None,
+        self, fd: int, size: int, stream: _Stream, name: bytes, canonical: bool = False
     ) -> None:
         """Copy ``size`` bytes to ``fd`` through reused buffers: a fresh 1 MiB object per
-        chunk would page-fault on every chunk. With ``sink``, each chunk is hashed on the other
-        core while the next one is read and written."""
+        chunk would page-fault on every chunk. Each chunk is hashed on the other core (as input
+        and, when ``canonical``, as the canonical tar's) while the next one is read and written."""
+        hasher = self.hasher
+        hashed = canonical or hasher.raw_on
         left = size
         while left:
             n = min(left, CHUNK)
-            buf = sink.free.get() if sink is not None else self.iobuf
+            buf = hasher.free.get() if hashed else self.iobuf
             with memoryview(buf) as whole:
                 view = whole[:n]
                 stream.exact_into(view, name)
                 while view:
                     view = view[os.write(fd, view) :]
-            if sink is not None:
-                sink.chunk(buf, n)
+            if hashed:
+                hasher.content(buf, n, canonical)
             left -= n
 
     def write_sparse(self, fd: int, m: _Member, stream: _Stream) -> None:
@@ -761,23 +1005,37 @@ def _pax_sparse(pax: dict[bytes, bytes], stream: _Stream, m: _Member) -> None:
         raise ArchiveError("GNU sparse format 0.0 is not supported", "re-create with --format=pax")
 
 
-def extract(src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool) -> ExtractStats:
-    """Extract a (maybe compressed) tar stream into the empty staging dir ``dest``."""
+def extract(
+    src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool, hash_input: bool = False
+) -> ExtractStats:
+    """Extract a (maybe compressed) tar stream into the empty staging dir ``dest``.
+
+    With ``hash_input``, the (decompressed) input is read to its end and its SHA-256 is
+    ``stats.input_digest``: the DiffID it claims to have, for the caller to check."""
     from tophan import compression
 
     try:
         stream = _Stream(compression.open_decompressed(src))
     except OSError as e:
         raise ArchiveError(f"cannot read the archive: {e}") from e
-    ex = _Extractor(dest, xattr_ns, privileged)
+    ex = _Extractor(dest, xattr_ns, privileged, hash_input)
+    if hash_input:
+        stream.tap = ex.hasher
     try:
-        with tarexport.NoGC(), _Finally(ex.spec.abort):
+        with tarexport.NoGC(), _Finally(ex.hasher.close):
             _loop(stream, ex)
             ex.finish_dirs()
+            if hash_input:
+                while stream.read(CHUNK):  # what follows the archive is part of the input
+                    pass
             if ex.spec.ok:
-                ex.stats.digest, ex.stats.size = ex.spec.sink.finish()
+                ex.stats.digest, ex.stats.size = ex.hasher.finish()
             else:
+                ex.hasher.cancel()
                 ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
+            if hash_input:
+                ex.stats.input_digest, ex.stats.input_size = ex.hasher.finish_input()
+            ex.hasher.close()
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)[len(dest) + 1 :]})" if e.filename else ""
         raise ArchiveError(f"cannot extract: {e.strerror}{where}") from e
