@@ -558,7 +558,6 @@ class _ChunkReader(io.RawIOBase):
             if chunk is None:
                 self.eof = True
                 return False
-            self.cur.release()
             self.cur, self.pos = memoryview(chunk), 0
         return True
 
@@ -586,6 +585,15 @@ class _ChunkReader(io.RawIOBase):
             parts.append(bytes(self.cur[self.pos :]))
             self.pos = len(self.cur)
         return b"".join(parts)
+
+    def take(self, size: int) -> memoryview:
+        """Up to ``size`` bytes (at least one, none at the end) as a view of the chunk they are
+        in: no copy. The view stays valid however far the reader goes on."""
+        if not size or not self._fill():
+            return memoryview(b"")
+        view = self.cur[self.pos : self.pos + size]
+        self.pos += len(view)
+        return view
 
     def peek(self, size: int = 0) -> bytes:
         if not self._fill():

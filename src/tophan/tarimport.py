@@ -225,6 +225,8 @@ class _Stream:
         self.src = src
         self.offset = 0
         self.tap: _Hasher | None = None  # sees what ``read`` returns (not ``exact_into``'s)
+        # Views of the source's own chunks (``tophan.images``' pipes), where it has them.
+        self.take_src: Callable[[int], memoryview] | None = getattr(src, "take", None)
 
     def read(self, n: int) -> bytes:
         try:
@@ -255,6 +257,18 @@ class _Stream:
         self.offset += got
         if got != len(view):
             raise _truncated(what, len(view) - got)
+
+    def take(self, n: int, what: str | bytes) -> memoryview:
+        """Up to ``n`` bytes (at least one) without a copy; needs ``take_src``."""
+        assert self.take_src is not None
+        try:
+            view = self.take_src(n)
+        except Exception as e:  # gzip/zstd/lzma/bz2 each raise their own kinds
+            raise _corrupt(e) from e
+        if not view:
+            raise _truncated(what, n)
+        self.offset += len(view)
+        return view
 
     def exact(self, n: int, what: str | bytes) -> bytes:
         data = self.read(n)
@@ -308,6 +322,7 @@ class _Hasher(tarexport._Sink):
         self.held: deque[Any] = deque()  # input not yet matched by the canonical stream
         self.held_off = 0  # into held[0]
         self.held_len = 0
+        self.inflight = threading.Semaphore(self.POOL * 2)
         self.thread: threading.Thread | None = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -324,6 +339,8 @@ class _Hasher(tarexport._Sink):
                     part.release()
                 if isinstance(data, bytearray):
                     self.free.put(data)
+                elif isinstance(data, memoryview):
+                    self.inflight.release()
             elif op == _FORK:
                 hashers[1] = hashers[0].copy()
             else:
@@ -441,9 +458,10 @@ class _Hasher(tarexport._Sink):
     def flush(self) -> None:
         self._flush(0)
 
-    def content(self, buf: bytearray, n: int, canonical: bool) -> None:
-        """``buf[:n]`` (a buffer from ``free``, handed back) is input and, when ``canonical``,
-        also the canonical tar's next bytes."""
+    def content(self, buf: bytearray | memoryview, n: int, canonical: bool) -> None:
+        """``buf[:n]`` is input and, when ``canonical``, also the canonical tar's next bytes.
+        ``buf`` is a buffer from ``free`` (handed back once hashed) or a view of immutable
+        bytes (a few at a time in flight)."""
         canonical = canonical and self.canon_on
         if canonical:
             self.size += n
@@ -455,10 +473,13 @@ class _Hasher(tarexport._Sink):
         if self.raw_on and self.raw_t not in targets:
             targets += (self.raw_t,)
         if not targets:
-            self.free.put(buf)
+            if isinstance(buf, bytearray):
+                self.free.put(buf)
             return
         for t in targets:
             self._flush(t)
+        if isinstance(buf, memoryview):
+            self.inflight.acquire()  # bounds the memory held by views waiting to be hashed
         self.q.put((_UPDATE, targets, buf, n))
 
     # -- results -------------------------------------------------------------------------------
@@ -821,6 +842,17 @@ class _Extractor:
         hasher = self.hasher
         hashed = canonical or hasher.raw_on
         left = size
+        if stream.take_src is not None:
+            # The source's chunks are immutable: written and hashed as they are, no copy.
+            while left:
+                view = stream.take(min(left, CHUNK), name)
+                left -= len(view)
+                part = view
+                while part:
+                    part = part[os.write(fd, part) :]
+                if hashed:
+                    hasher.content(view, len(view), canonical)
+            return
         while left:
             n = min(left, CHUNK)
             buf = hasher.free.get() if hashed else self.iobuf
