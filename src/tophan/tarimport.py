@@ -13,6 +13,7 @@ write to, so our record of what we created there is the truth about it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 
@@ -304,12 +305,17 @@ class _Hasher(tarexport._Sink):
         import threading
         from collections import deque
 
-        super().__init__(None)
+        # Not _Sink.__init__: its batch buffer would be made whether it is needed or not.
+        self.out = None
+        self.h = hashlib.sha256()
+        self.parts = []
+        self.pending = 0
+        self.size = 0
+        self.buf = bytearray()
         self.q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self.free.put(self.buf)
-        for _ in range(self.POOL - 1):
-            self.free.put(bytearray(tarexport.BATCH))
+        # Buffers are made as needed, up to POOL (a fresh one costs a page fault per 4 KiB).
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self.made = 0
         self.hashers: list[Any] = [self.h, None]
         # batches of small parts on their way to hasher 0 (canonical) and 1 (input, forked)
         self.batches: tuple[list[Any], list[Any]] = ([], [])
@@ -338,7 +344,7 @@ class _Hasher(tarexport._Sink):
                         hashers[t].update(part)
                     part.release()
                 if isinstance(data, bytearray):
-                    self.free.put(data)
+                    self._free.put(data)
                 elif isinstance(data, memoryview):
                     self.inflight.release()
             elif op == _FORK:
@@ -347,6 +353,13 @@ class _Hasher(tarexport._Sink):
                 item[2].put("sha256:" + hashers[item[1]].hexdigest())
 
     # -- batching ------------------------------------------------------------------------------
+
+    def buffer(self) -> bytearray:
+        """A free buffer of ``tarexport.BATCH`` bytes; give it back through ``content``."""
+        if self.made < self.POOL and self._free.empty():
+            self.made += 1
+            return bytearray(tarexport.BATCH)
+        return self._free.get()
 
     def _emit(self, t: int, data: Any) -> None:
         n = len(data)
@@ -365,7 +378,7 @@ class _Hasher(tarexport._Sink):
     def _flush(self, t: int) -> None:
         parts = self.batches[t]
         if parts:
-            buf = self.free.get()
+            buf = self.buffer()
             n = 0
             for part in parts:
                 end = n + len(part)
@@ -460,7 +473,7 @@ class _Hasher(tarexport._Sink):
 
     def content(self, buf: bytearray | memoryview, n: int, canonical: bool) -> None:
         """``buf[:n]`` is input and, when ``canonical``, also the canonical tar's next bytes.
-        ``buf`` is a buffer from ``free`` (handed back once hashed) or a view of immutable
+        ``buf`` is one of ``buffer()``'s (handed back once hashed) or a view of immutable
         bytes (a few at a time in flight)."""
         canonical = canonical and self.canon_on
         if canonical:
@@ -474,7 +487,7 @@ class _Hasher(tarexport._Sink):
             targets += (self.raw_t,)
         if not targets:
             if isinstance(buf, bytearray):
-                self.free.put(buf)
+                self._free.put(buf)
             return
         for t in targets:
             self._flush(t)
@@ -598,12 +611,18 @@ class _Extractor:
         self.kept = 0
         self.hasher = _Hasher(hash_input)
         self.spec = _Spec(self.dest, self.hasher)
-        self.iobuf = bytearray(CHUNK)
+        self._iobuf: bytearray | None = None
         self.euid = os.geteuid()
         self.egid = os.getegid()
 
     def path(self, rel: bytes) -> bytes:
         return self.dest + b"/" + rel
+
+    @property
+    def iobuf(self) -> bytearray:
+        if self._iobuf is None:
+            self._iobuf = bytearray(CHUNK)
+        return self._iobuf
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -855,7 +874,7 @@ class _Extractor:
             return
         while left:
             n = min(left, CHUNK)
-            buf = hasher.free.get() if hashed else self.iobuf
+            buf = hasher.buffer() if hashed else self.iobuf
             with memoryview(buf) as whole:
                 view = whole[:n]
                 stream.exact_into(view, name)
