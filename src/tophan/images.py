@@ -439,21 +439,74 @@ def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
     return head, _Prefixed(head, src)  # type: ignore[return-value]
 
 
-def _inflate_module() -> Any:
-    """``isal_zlib`` (ISA-L's inflate: about twice zlib's speed, same API and checks) when
-    installed, else the standard ``zlib``."""
-    try:
-        from isal import isal_zlib
+class _Inflater:
+    """One gzip member's inflater: ISA-L's (about twice zlib's speed, the same checks of the
+    header, CRC and size) when ``isal`` is installed, else zlib's."""
 
-        return isal_zlib
-    except ImportError:  # pragma: no cover - isal is a dependency; zlib stays the fallback
-        import zlib
+    def __init__(self) -> None:
+        try:
+            from isal import igzip_lib
+        except ImportError:  # pragma: no cover - isal is a dependency; zlib stays the fallback
+            import zlib
 
-        return zlib
+            self.error: type[Exception] = zlib.error
+            self.d: Any = zlib.decompressobj(31)
+            self.igzip = False
+        else:
+            self.error = cast("type[Exception]", igzip_lib.IsalError)
+            self.d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
+            self.igzip = True
+
+    @property
+    def eof(self) -> bool:
+        return bool(self.d.eof)
+
+    def unused(self) -> bytes:
+        return bytes(self.d.unused_data)
+
+    def run(self, data: Any) -> Iterator[bytes]:
+        """Inflate ``data`` (which may be reused once this ends), at most ``_OUT_MAX`` bytes at
+        a time; ends at the member's end or when more input is needed."""
+        d = self.d
+        try:
+            if self.igzip:
+                # Unconsumed input stays inside the decompressor: no copy of a tail per call.
+                out = d.decompress(data, _OUT_MAX)
+                while True:
+                    if out:
+                        yield out
+                    if d.eof or d.needs_input:
+                        return
+                    out = d.decompress(b"", _OUT_MAX)
+            while True:
+                out = d.decompress(data, _OUT_MAX)
+                if out:
+                    yield out
+                data = d.unconsumed_tail
+                if d.eof or not data:
+                    return
+        except self.error as e:
+            raise IntegrityError(f"corrupt gzip stream: {e}") from e
+
+    def end(self) -> Iterator[bytes]:
+        """The input ended: what the inflater still holds, then it must be at the member's end."""
+        if not self.eof:
+            yield from self.run(b"") if self.igzip else self._flush()
+        if not self.eof:
+            raise IntegrityError("gzip stream is truncated")
+
+    def _flush(self) -> Iterator[bytes]:
+        try:
+            out = self.d.flush()
+        except self.error as e:
+            raise IntegrityError(f"corrupt gzip stream: {e}") from e
+        if out:
+            yield out
 
 
-# The most one decompress call returns: bounds memory whatever the compression ratio.
-_OUT_MAX = 4 * CHUNK
+# The most one decompress call returns: bounds memory whatever the compression ratio (and
+# buffers this size are recycled by malloc, where bigger ones would be fresh pages each time).
+_OUT_MAX = CHUNK
 
 
 def _read_full(src: IO[bytes], view: memoryview) -> int:
@@ -471,12 +524,10 @@ def _read_full(src: IO[bytes], view: memoryview) -> int:
 
 
 def _gunzip(src: IO[bytes]) -> Iterator[bytes]:
-    """The decompressed chunks of gzip ``src`` (one or more members, then maybe zero padding).
-
-    The inflater does the framing and the CRC/size checks in C, on 1 MiB of input at a time
-    (``gzip.GzipFile`` parses headers in Python and feeds 8 KiB at a time)."""
-    z = _inflate_module()
-    d = z.decompressobj(31)
+    """The decompressed chunks of gzip ``src`` (one or more members, then maybe zero padding),
+    from 1 MiB of input at a time (``gzip.GzipFile`` parses headers in Python and feeds the
+    inflater 8 KiB at a time)."""
+    d = _Inflater()
     buf = bytearray(CHUNK)
     whole = memoryview(buf)
     padding = False  # after the last member: only zeros may follow
@@ -491,26 +542,12 @@ def _gunzip(src: IO[bytes]) -> Iterator[bytes]:
                 if not bytes(data).strip(b"\0"):
                     padding = True
                     break
-                head = bytes(data[:2])
-                if not b"\x1f\x8b".startswith(head):
+                if not b"\x1f\x8b".startswith(bytes(data[:2])):
                     raise IntegrityError("garbage after a gzip stream: no gzip header")
-                d = z.decompressobj(31)  # another member follows (what `cat a.gz b.gz` makes)
-            try:
-                out = d.decompress(data, _OUT_MAX)
-            except z.error as e:
-                raise IntegrityError(f"corrupt gzip stream: {e}") from e
-            if out:
-                yield out
-            data = d.unused_data if d.eof else d.unconsumed_tail
-    if not d.eof:
-        try:
-            out = d.flush()  # what the inflater still holds
-        except z.error as e:
-            raise IntegrityError(f"corrupt gzip stream: {e}") from e
-        if out:
-            yield out
-        if not d.eof:
-            raise IntegrityError("gzip stream is truncated")
+                d = _Inflater()  # another member follows (what `cat a.gz b.gz` makes)
+            yield from d.run(data)
+            data = d.unused() if d.eof else b""
+    yield from d.end()
 
 
 def _unzstd(src: IO[bytes]) -> Iterator[bytes]:
