@@ -563,7 +563,9 @@ def _plain_chunks(kind: str | None, src: IO[bytes]) -> Iterator[bytes]:
     if kind == "gzip":
         return _gunzip(src)
     if kind == "zstd":
-        return _unzstd(src)
+        # Buffered: the blob's end (and its digest check) is met before its last frame is
+        # decoded, so a corrupt blob is reported as such.
+        return _unzstd(cast("IO[bytes]", io.BufferedReader(cast("io.RawIOBase", src), CHUNK)))
 
     def plain() -> Iterator[bytes]:
         while data := src.read(CHUNK):
