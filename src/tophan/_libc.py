@@ -32,6 +32,7 @@ def once(fn: Callable[[], T]) -> Callable[[], T]:
     wrapper.__doc__ = fn.__doc__
     return wrapper
 
+
 # The new mount API arrived after the syscall tables were unified (5.1), so these numbers are the
 # same on x86_64, i386, arm, aarch64, riscv, powerpc and s390 (asm-generic/unistd.h agrees with
 # x86_64's unistd_64.h). Only a few old ABIs add an offset; there we report ENOSYS and the caller
