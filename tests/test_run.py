@@ -323,15 +323,31 @@ def test_caller_killed_leaves_nothing(stack: Stack) -> None:
     finally:
         p.kill()
         p.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _pids_of("sleep 300") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _pids_of("sleep 300"), "the container outlived its caller"
+    left = _pids_of("sleep 300")
+    assert not left, f"the container outlived its caller: {_describe(left)}"
     # The run dir (unlocked now) and the empty cgroup are what gc cleans (gc spares cgroups
     # younger than 10 s, which a starting run may have made a moment ago: prune it here).
     gc = run_cli("--root", str(stack.root), "gc")
     assert gc.rc == 0 and "staging_removed=1" in gc.out, gc.out
     _prune_killed_runs()
+
+
+def _describe(pids: list[int]) -> str:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                keep = ("State", "PPid", "NSpid", "SigBlk", "SigIgn", "SigCgt", "CapPrm", "CapBnd")
+                fields = [line.strip() for line in f if line.split(":")[0] in keep]
+            with open(f"/proc/{pid}/wchan") as f:
+                fields.append(f"wchan={f.read()}")
+        except OSError as e:
+            fields = [str(e)]
+        out.append(f"{pid}: {'; '.join(fields)}")
+    return " | ".join(out)
 
 
 def _prune_killed_runs() -> None:
