@@ -54,7 +54,16 @@ stage1() {
 		mount --move "/$d" "/newroot/$d" || fail "move /$d"
 	done
 	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fail "mount /run"
+	# shellcheck disable=SC1091
+	. /share/config || fail "read config"
+	if [ -n "$TVM_KEEP" ]; then
+		mkdir -p /ovl/keep && mount --bind "/newroot$TVM_KEEP" /ovl/keep || fail "keep $TVM_KEEP"
+	fi
 	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || fail "mount /tmp"
+	if [ -n "$TVM_KEEP" ]; then
+		mkdir -p "/newroot$TVM_KEEP" && mount --move /ovl/keep "/newroot$TVM_KEEP" ||
+			fail "restore $TVM_KEEP"
+	fi
 	mkdir -p "/newroot$B" "/newroot$SHARE"
 	mount --move /share "/newroot$SHARE" || fail "move share"
 	cp /bin/busybox "/newroot$B/busybox" && cp /init "/newroot/run/tophan-vm/init" ||

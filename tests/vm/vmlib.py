@@ -595,6 +595,10 @@ def run(argv: Sequence[str], opts: Options) -> int:
         config = _stdio_config()
         config += f"TVM_MODDIR={shlex.quote(str(kernel.moddir))}\n"
         config += f"TVM_CGROUP={shlex.quote(opts.cgroup)}\n"
+        # The guest's /tmp is a fresh tmpfs (overlay upper dirs cannot live on its overlay root);
+        # a repo (and its venv) under /tmp, as a CI checkout may be, is carried over into it.
+        keep = str(opts.cwd) if str(opts.cwd).startswith("/tmp/") else ""
+        config += f"TVM_KEEP={shlex.quote(keep)}\n"
         (share / "config").write_text(config)
         (share / "cmd.sh").write_text(
             _command_script(argv, opts.cwd, _guest_env(opts.env or {}), opts.cgroup)
