@@ -15,7 +15,7 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 BZIP2_MAGIC = b"BZh"
 
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """A non-seekable stream with some already-read bytes put back in front."""
 
     def __init__(self, head: bytes, rest: IO[bytes]) -> None:
@@ -34,7 +34,7 @@ class _Prefixed(io.RawIOBase):
             return n
         rest: Any = self.rest
         if hasattr(rest, "readinto"):
-            return int(rest.readinto(view))
+            return int(rest.readinto(view) or 0)
         data = rest.read(len(view))
         view[: len(data)] = data
         return len(data)
@@ -54,7 +54,7 @@ def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
         if not chunk:
             break
         head += chunk
-    return head, io.BufferedReader(_Prefixed(head, src), buffer_size=1 << 20)
+    return head, io.BufferedReader(Prefixed(head, src), buffer_size=1 << 20)
 
 
 def detect(head: bytes) -> str | None:

@@ -404,31 +404,6 @@ class _HashingWriter:
         return f"sha256:{self.hash.hexdigest()}"
 
 
-class _Prefixed(io.RawIOBase):
-    """``src`` with some already-read bytes put back in front."""
-
-    def __init__(self, head: bytes, src: IO[bytes]) -> None:
-        self.head = head
-        self.src = src
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        if self.head:
-            n = min(len(view), len(self.head))
-            view[:n] = self.head[:n]
-            self.head = self.head[n:]
-            return n
-        src: Any = self.src
-        if hasattr(src, "readinto"):
-            return int(src.readinto(view) or 0)
-        data = src.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
 def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
     head = b""
     while len(head) < n:
@@ -436,7 +411,9 @@ def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
         if not chunk:
             break
         head += chunk
-    return head, _Prefixed(head, src)  # type: ignore[return-value]
+    from tophan.compression import Prefixed
+
+    return head, Prefixed(head, src)  # type: ignore[return-value]
 
 
 class _Inflater:
