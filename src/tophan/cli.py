@@ -110,27 +110,43 @@ def parse(argv: list[str], spec: Spec, what: str) -> Args:
             if a == "--":
                 out.opts["--"] = True
                 continue
-            key, _, inline = a.partition("=")
-            if key not in flags:
-                raise UsageError(f"{what}: unknown option {key}", "see `help`")
-            dest, takes_value, repeatable = flags[key]
-            if not takes_value:
-                out.opts[dest] = True
-                continue
-            if not inline:
-                if i >= len(argv):
-                    raise UsageError(f"{what}: {key} needs a value")
-                inline = argv[i]
-                i += 1
-            if repeatable:
-                out.opts.setdefault(dest, []).append(inline)
-            else:
-                out.opts[dest] = inline
+            i = take_option(out.opts, flags, a, argv, i, what, "see `help`")
         else:
             out.pos.append(a)
     if len(out.pos) < lo or (hi >= 0 and len(out.pos) > hi):
         raise UsageError(f"{what}: wrong number of arguments", "see `help`")
     return out
+
+
+def take_option(
+    opts: dict[str, Any],
+    flags: dict[str, tuple[str, bool, bool]],
+    a: str,
+    argv: list[str],
+    i: int,
+    what: str,
+    hint: str,
+) -> int:
+    """Store option ``a`` (``--key``, ``--key=value`` or ``--key value`` at ``argv[i]``) in
+    ``opts``; returns the index after what it used."""
+    key, eq, inline = a.partition("=")
+    spec = flags.get(key)
+    if spec is None:
+        raise UsageError(f"{what}: unknown option {key}", hint)
+    dest, takes_value, repeatable = spec
+    if not takes_value:
+        opts[dest] = not eq or inline.lower() not in ("false", "0", "no")
+        return i
+    if not eq:
+        if i >= len(argv):
+            raise UsageError(f"{what}: {key} needs a value")
+        inline = argv[i]
+        i += 1
+    if repeatable:
+        opts.setdefault(dest, []).append(inline)
+    else:
+        opts[dest] = inline
+    return i
 
 
 class Cli:

@@ -150,7 +150,7 @@ def _take_flag(
     flags: dict[str, tuple[str, bool, bool]],
     what: str,
 ) -> int:
-    key, eq, inline = a.partition("=")
+    key = a.partition("=")[0]
     if key not in flags and not a.startswith("--") and len(a) > 2:
         # Clustered short booleans, like -it.
         for ch in a[1:]:
@@ -159,26 +159,9 @@ def _take_flag(
                 raise UsageError(f"{what}: unknown option {a}", f"see `tophan {what} --help`")
             out.opts[spec[0]] = True
         return i
-    spec = flags.get(key)
-    if spec is None:
-        raise UsageError(f"{what}: unknown option {key}", f"see `tophan {what} --help`")
-    dest, takes_value, repeatable = spec
-    if not takes_value:
-        if eq:
-            out.opts[dest] = inline.lower() not in ("false", "0", "no")
-        else:
-            out.opts[dest] = True
-        return i
-    if not eq:
-        if i >= len(argv):
-            raise UsageError(f"{what}: {key} needs a value")
-        inline = argv[i]
-        i += 1
-    if repeatable:
-        out.opts.setdefault(dest, []).append(inline)
-    else:
-        out.opts[dest] = inline
-    return i
+    from tophan.cli import take_option
+
+    return take_option(out.opts, flags, a, argv, i, what, f"see `tophan {what} --help`")
 
 
 # -- building the spec -------------------------------------------------------------------------
