@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh store per test, a CLI runner, and a safety net for mounts.
+"""Shared fixtures: a fresh store per test, a CLI runner, and safety nets for mounts and cgroups.
 
 Everything a test creates lives under its own ``tmp_path``; the ``_no_leaked_mounts`` finalizer
 unmounts anything still mounted below it, so a failing test cannot break the next run.
@@ -53,6 +53,30 @@ def _mounts_under(prefix: str) -> list[str]:
             if mp == prefix or mp.startswith(prefix + "/"):
                 out.append(mp)
     return out
+
+
+def _our_cgroup_parents() -> list[str]:
+    """The `tophan` parent cgroup in each hierarchy where it exists (cgroups of ours live in it)."""
+    out = []
+    for top in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        out += [os.path.join(e.path, "tophan") for e in entries if e.is_dir()]
+        out.append(os.path.join(top, "tophan"))
+    return sorted(p for p in set(out) if os.path.isdir(p))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_leaked_cgroups() -> Iterator[None]:
+    """Whatever the tests make under our parent cgroup goes, and so the parent itself (if the
+    session found none: an app of the machine's own may keep one)."""
+    before = _our_cgroup_parents()
+    yield
+    if not before:
+        left = _our_cgroup_parents()
+        assert not left, f"cgroups left behind by the tests: {left}"
 
 
 @pytest.fixture(autouse=True)

@@ -518,6 +518,40 @@ def test_fake_v2_lifecycle(fake_v2: Callable[..., FakeV2]) -> None:
         Cgroup.open("app")
 
 
+def test_fake_v2_parent_goes_with_the_last_child(fake_v2: Callable[..., FakeV2]) -> None:
+    fs = fake_v2()
+    parent = Path(fs.root, "tophan")
+    a, b = Cgroup.create("a", Limits()), Cgroup.create("b", Limits(memory=64 * MiB))
+    a.remove()
+    assert parent.is_dir()  # b still lives in it
+    b.remove()
+    assert not parent.exists()  # nothing of ours is left on the host
+    Cgroup.create("c", Limits(pids=8)).remove()  # made again (controllers enabled) when needed
+    assert not parent.exists()
+
+
+def test_fake_v2_parent_removed_while_a_child_is_made(
+    fake_v2: Callable[..., FakeV2], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process removes our (empty) parent between our making sure of it and making the
+    child: the child is made all the same."""
+    fs = fake_v2()
+    parent = Path(fs.root, "tophan")
+    real_mkdir = fs.mkdir
+    raced = []
+
+    def mkdir(path: str) -> None:
+        if os.path.dirname(path) == str(parent) and not raced:
+            raced.append(path)
+            fs.rmdir(str(parent))  # the other process's remove() of the last child
+        real_mkdir(path)
+
+    monkeypatch.setattr(fs, "mkdir", mkdir)
+    cg = Cgroup.create("late", Limits(memory=64 * MiB))
+    assert raced and Path(parent, "late", "memory.max").read_text().strip() == str(64 * MiB)
+    cg.remove()
+
+
 def test_fake_v2_no_internal_processes(fake_v2: Callable[..., FakeV2]) -> None:
     fs = fake_v2()
     Path(fs.root, "tophan").mkdir()  # a parent someone put a process in
@@ -743,6 +777,18 @@ def test_freeze_and_thaw(lab: Lab) -> None:
         time.sleep(0.05)
     assert _usage(cg) - u1 >= 50_000  # running again (polled: the host may be busy)
     assert p.poll() is None
+
+
+@real
+def test_parent_goes_with_the_last_child(lab: Lab) -> None:
+    parents = cgroup._host().parents()
+    if any(cgroup._host().fs.subdirs(p) for p in parents):
+        pytest.skip("other cgroups of ours live on this host: our parent stays for them")
+    cg = lab.cgroup(Limits(memory=64 * MiB, pids=10))
+    made = {os.path.dirname(d) for d in cg.paths()}
+    assert made and all(os.path.isdir(d) for d in made)
+    cg.remove()
+    assert not any(os.path.exists(d) for d in made)
 
 
 @real

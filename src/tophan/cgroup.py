@@ -722,6 +722,7 @@ class Cgroup:
         for d in self.paths():
             for sub in reversed(list(_walk(self.fs, d))):
                 _rmdir_retrying(self.fs, sub, deadline, self.name)
+            _remove_parent_if_empty(self.fs, os.path.dirname(d))
 
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in it and wait until it is empty (InUse after ``timeout``)."""
@@ -790,7 +791,7 @@ class _V2Cgroup(Cgroup):
         if reason:
             raise TophanError(*reason)
         d = os.path.join(parent, name)
-        _mkdir_new(host.fs, d, name)
+        _mkdir_new(host.fs, d, name, lambda: _ensure_parent_v2(host.fs, parent, []))
         cg = cls(host, name, {"": d})
         try:
             _apply_v2(host.fs, d, limits, name)
@@ -947,7 +948,11 @@ class _V1Cgroup(Cgroup):
         try:
             for mp in mps:
                 made[mp] = os.path.join(mp, PARENT, name)
-                _mkdir_new(host.fs, made[mp], name)
+
+                def ensure(mp: str = mp) -> None:
+                    _ensure_parent_v1(host, mp)
+
+                _mkdir_new(host.fs, made[mp], name, ensure)
                 cg._dirs.update({c: made[mp] for c, m in host.v1.items() if m == mp})
             _apply_v1(host.fs, cg._dirs, limits, name)
         except BaseException:
@@ -1093,16 +1098,35 @@ def _setting_error(e: OSError, fname: str, value: str, name: str) -> TophanError
     return TophanError(what)
 
 
-def _mkdir_new(fs: Fs, d: str, name: str) -> None:
+def _mkdir_new(fs: Fs, d: str, name: str, ensure_parent: Callable[[], None]) -> None:
+    # Our parent goes when its last child does (see remove()), so another process may remove
+    # it between our making sure of it and making the child: then make sure again.
+    for _ in range(10):
+        try:
+            fs.mkdir(d)
+            return
+        except FileExistsError:
+            raise Exists(
+                f"cgroup {name!r} already exists ({d})",
+                "choose another name, or remove a stale one (list_ours, open, kill, remove)",
+            ) from None
+        except FileNotFoundError:
+            ensure_parent()
+        except OSError as e:
+            raise TophanError(f"cannot create cgroup {d}: {e.strerror}", NO_LIMITS) from None
+    raise TophanError(f"cannot create cgroup {d}: its parent keeps vanishing", "retry")
+
+
+def _remove_parent_if_empty(fs: Fs, parent: str) -> None:
+    """rmdir our parent cgroup once it holds no cgroup: a host keeps nothing of ours when
+    nothing of ours runs. The kernel refuses while a child exists; a race with a process
+    making one is handled there (_mkdir_new)."""
+    if os.path.basename(parent) != PARENT or fs.subdirs(parent):
+        return
     try:
-        fs.mkdir(d)
-    except FileExistsError:
-        raise Exists(
-            f"cgroup {name!r} already exists ({d})",
-            "choose another name, or remove a stale one (list_ours, open, kill, remove)",
-        ) from None
-    except OSError as e:
-        raise TophanError(f"cannot create cgroup {d}: {e.strerror}", NO_LIMITS) from None
+        fs.rmdir(parent)
+    except OSError:
+        pass  # a child appeared meanwhile (EBUSY), or someone else removed it
 
 
 def _walk(fs: Fs, top: str) -> Iterator[str]:
