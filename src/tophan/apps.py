@@ -8,7 +8,7 @@ Layout: ``<root>/apps/<name>/``::
     logs/        app.log (+ app.log.1, .2... after rotation)
 
 There is no daemon and no socket. The CLI finds a supervisor through ``state.json`` and talks to
-it with signals (SIGTERM: stop; SIGHUP: reopen logs). Liveness is never taken from the state
+it with signals (SIGTERM: stop). Liveness is never taken from the state
 file: a supervisor is alive exactly when the lock is held, which the kernel releases the moment
 it dies, however it dies. A state that says "running" with the lock free is stale, and is shown
 as what it is.
@@ -216,12 +216,7 @@ class Apps:
                 raise InUse(f"app {name} is running", "stop it first, or use `app rm -f`")
             self.stop(name, timeout=0)
         cleanup_leftovers(app)
-        with self.store.lock():
-            hidden = self.store.hide(app.dir)
-        if hidden is not None:
-            from tophan.store import rmtree
-
-            rmtree(hidden)
+        self.store.trash(app.dir)
 
 
 def _spawn_supervisor(store: Store, name: str, ready_fd: int) -> None:

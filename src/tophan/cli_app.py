@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tophan.apps import App, Apps
-    from tophan.cli import Cli
+    from tophan.cli import Args, Cli
 
 APP_USAGE = """\
 usage: tophan app <command> ...
@@ -171,19 +171,23 @@ def _app_flags(spec: dict[str, Any], o: dict[str, Any]) -> None:
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
-def _names(argv: list[str], what: str, flags: dict[str, tuple[str, bool, bool]]) -> Any:
-    return parse(argv, (1, -1, flags), f"app {what}")
-
-
-def _start(cli: Cli, argv: list[str]) -> int:
-    args = _names(argv, "start", {})
+def _each(
+    cli: Cli,
+    argv: list[str],
+    what: str,
+    flags: dict[str, tuple[str, bool, bool]],
+    act: Callable[[Apps, str, Args], object],
+) -> int:
+    """``app WHAT [flags] NAME...``: ``act`` on each app in turn, printing its name."""
+    args = parse(argv, (1, -1, flags), f"app {what}")
+    apps = _apps(cli)
     for name in args.pos:
-        _apps(cli).start(name)
+        act(apps, name, args)
         cli.emit(f"{name}\n")
     return 0
 
 
-def _timeout(args: Any) -> float | None:
+def _timeout(args: Args) -> float | None:
     value = args.opts.get("timeout")
     if value is None:
         return None
@@ -197,30 +201,25 @@ _STOP_FLAGS = {
     "--time": ("timeout", True, False),
     "--timeout": ("timeout", True, False),
 }
+_RM_FLAGS = {"-f": ("force", False, False), "--force": ("force", False, False)}
+
+
+def _start(cli: Cli, argv: list[str]) -> int:
+    return _each(cli, argv, "start", {}, lambda apps, name, _: apps.start(name))
 
 
 def _stop(cli: Cli, argv: list[str]) -> int:
-    args = _names(argv, "stop", _STOP_FLAGS)
-    for name in args.pos:
-        _apps(cli).stop(name, timeout=_timeout(args))
-        cli.emit(f"{name}\n")
-    return 0
+    return _each(cli, argv, "stop", _STOP_FLAGS, lambda a, n, o: a.stop(n, timeout=_timeout(o)))
 
 
 def _restart(cli: Cli, argv: list[str]) -> int:
-    args = _names(argv, "restart", _STOP_FLAGS)
-    for name in args.pos:
-        _apps(cli).restart(name, timeout=_timeout(args))
-        cli.emit(f"{name}\n")
-    return 0
+    return _each(
+        cli, argv, "restart", _STOP_FLAGS, lambda a, n, o: a.restart(n, timeout=_timeout(o))
+    )
 
 
 def _rm(cli: Cli, argv: list[str]) -> int:
-    args = _names(argv, "rm", {"-f": ("force", False, False), "--force": ("force", False, False)})
-    for name in args.pos:
-        _apps(cli).remove(name, force=args.flag("force"))
-        cli.emit(f"{name}\n")
-    return 0
+    return _each(cli, argv, "rm", _RM_FLAGS, lambda a, n, o: a.remove(n, force=o.flag("force")))
 
 
 # -- looking -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tophan.cli import Cli
-    from tophan.runtime import Spec
+    from tophan.runtime import Bind, Spec
     from tophan.store import Store
 
 RUN_USAGE = """\
@@ -194,9 +194,7 @@ def build_spec(store: Store, p: Parsed, what: str) -> Spec:
     spec.readonly_rootfs = bool(o.get("read_only"))
     spec.tmpfs = list(o.get("tmpfs", []))
     spec.rlimits = _ulimits(o.get("ulimit", []))
-    spec.binds = _binds(store, o.get("volume", []))
-    spec.volumes = [v.split(":")[0] for v in o.get("volume", []) if not v.startswith("/")]
-    spec.userxattr = store.xattr_ns == "user"
+    spec.binds, spec.volumes = _binds(store, o.get("volume", []))
     spec.no_limits = bool(o.get("no_limits"))
     _security(spec, o)
     spec.limits = _limits(o)
@@ -206,13 +204,8 @@ def build_spec(store: Store, p: Parsed, what: str) -> Spec:
 
 def image_stack(store: Store, name: str) -> tuple[list[str], dict[str, Any]]:
     """An image's layer digests (top first) and its config (Entrypoint, Cmd, Env...)."""
-    images = getattr(store, "images", None)
-    if images is None:
-        raise UsageError(f"no such image: {name}", "give the stack as -l TOP -l ... -l BASE")
-    image = images.get(name)
-    layers = [str(x) for x in image.layers]
-    digests = [d if d.startswith("sha256:") else store.layers.get(d).digest for d in layers]
-    return list(reversed(digests)), dict(image.config or {})
+    image = store.images.get(name)
+    return list(reversed(image.layers)), dict(image.config)
 
 
 def _command(p: Parsed, config: dict[str, Any], what: str) -> list[str]:
@@ -278,11 +271,12 @@ def _ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _binds(store: Store, items: list[str]) -> list[Any]:
+def _binds(store: Store, items: list[str]) -> tuple[list[Bind], list[str]]:
+    """The mounts of ``-v`` items, and the named volumes among them (held while running)."""
     from tophan import names
     from tophan.runtime import Bind
 
-    out = []
+    out, volumes = [], []
     for item in items:
         parts = item.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
@@ -298,11 +292,12 @@ def _binds(store: Store, items: list[str]) -> list[Any]:
                 raise UsageError(
                     f"invalid volume {item!r}: {src!r} is neither an absolute path nor a name"
                 )
+            volumes.append(src)
             src = store.volumes.ensure(src).data
         elif not os.path.exists(src):
             raise UsageError(f"bind source {src} does not exist", "create it first")
         out.append(Bind(os.path.realpath(src), dst, mode == "ro"))
-    return out
+    return out, volumes
 
 
 def _security(spec: Spec, o: dict[str, Any]) -> None:

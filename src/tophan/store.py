@@ -293,8 +293,9 @@ class Store:
         return dest
 
     def trash(self, path: str) -> None:
-        """Hide ``path`` and delete it."""
-        hidden = self.hide(path)
+        """Hide ``path`` under the store lock and delete it after releasing the lock."""
+        with self.lock():
+            hidden = self.hide(path)
         if hidden is not None:
             rmtree(hidden)
 

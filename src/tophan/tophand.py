@@ -19,7 +19,6 @@ import fcntl
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
     from tophan.apps import App
     from tophan.health import Check, Health
-    from tophan.runtime import Container, Joined, Spec
+    from tophan.runtime import Child, Container, Spec
 
 BACKOFF_START = 0.1  # Docker's: 100 ms, doubling, at most a minute, reset after 10 s of uptime
 BACKOFF_MAX = 60.0
@@ -83,7 +82,8 @@ class Supervisor:
         self.app = app
         self.ready_fd = ready_fd
         self.sel = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = socket.socketpair()
+        # Signals wake the loop through this pipe (signal.set_wakeup_fd).
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.state: dict[str, Any] = {
             "status": "starting",
             "supervisor": os.getpid(),
@@ -106,7 +106,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.check: Check | None = None
         self.health: Health | None = None
-        self.probe: tuple[Joined | int, int, float, float] | None = None  # proc, fd, start, end
+        self.probe: tuple[Child, int, float, float] | None = None  # proc, fd, start, end
         self.probe_out = b""
         self.next_check = 0.0
         self.pipes: list[int] = []
@@ -114,10 +114,8 @@ class Supervisor:
     # -- signals: set flags, wake the loop ----------------------------------------------------
 
     def install_signals(self) -> None:
-        self.wake_w.setblocking(False)
-        self.wake_r.setblocking(False)
-        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
 
@@ -290,7 +288,7 @@ class Supervisor:
         start = time.time()
         try:
             if self.check.kind == "cmd":
-                proc: Joined | int = self._probe_cmd(w)
+                proc: Child = self._probe_cmd(w)
             else:
                 proc = self._probe_net(w)
         except TophanError as e:
@@ -306,8 +304,7 @@ class Supervisor:
         self.probe = (proc, r, start, time.monotonic() + self.check.timeout)
         self.probe_out = b""
 
-    def _probe_cmd(self, w: int) -> Joined:
-
+    def _probe_cmd(self, w: int) -> Child:
         from tophan import runtime
 
         assert self.check is not None and self.ctr is not None and self.spec is not None
@@ -318,8 +315,8 @@ class Supervisor:
         finally:
             os.close(null)
 
-    def _probe_net(self, w: int) -> int:
-        from tophan import health
+    def _probe_net(self, w: int) -> Child:
+        from tophan import health, runtime
 
         assert self.check is not None and self.ctr is not None
         check, target = self.check, self.ctr.pid
@@ -335,14 +332,14 @@ class Supervisor:
                 except OSError:
                     pass
             os._exit(code)
-        return pid
+        return runtime.Child(pid)
 
     def probe_tick(self) -> None:
         """Reap a finished probe or kill one past its timeout."""
         if self.probe is None:
             return
         proc, fd, start, deadline = self.probe
-        code = _poll(proc)
+        code = proc.poll()
         if code is None and time.monotonic() < deadline:
             return
         if code is None:
@@ -374,8 +371,8 @@ class Supervisor:
         proc, fd, _, _ = self.probe
         self.probe = None
         if kill:
-            _kill(proc)
-        _wait(proc)
+            proc.signal(signal.SIGKILL)
+        proc.wait()
         self.sel.unregister(fd)
         os.close(fd)
 
@@ -455,7 +452,7 @@ class Supervisor:
 
     def _drain_wake(self) -> None:
         try:
-            while self.wake_r.recv(4096):
+            while os.read(self.wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
@@ -469,8 +466,7 @@ class Supervisor:
         zombie would keep the container's pid namespace from ever finishing its exit."""
         known = {self.ctr.pid if self.ctr is not None else 0}
         if self.probe is not None:
-            proc = self.probe[0]
-            known.add(proc if isinstance(proc, int) else proc.pid)
+            known.add(self.probe[0].pid)
         for pid in _children():
             if pid not in known:
                 try:
@@ -504,35 +500,6 @@ def _children() -> list[int]:
         except OSError:
             continue
     return pids
-
-
-def _poll(proc: Joined | int) -> int | None:
-    if isinstance(proc, int):
-        pid, status = os.waitpid(proc, os.WNOHANG)
-        if not pid:
-            return None
-        return os.waitstatus_to_exitcode(status)
-    return proc.poll()
-
-
-def _kill(proc: Joined | int) -> None:
-    if isinstance(proc, int):
-        try:
-            os.kill(proc, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    else:
-        proc.kill()
-
-
-def _wait(proc: Joined | int) -> None:
-    if isinstance(proc, int):
-        try:
-            os.waitpid(proc, 0)
-        except ChildProcessError:
-            pass
-    else:
-        proc.wait()
 
 
 # -- start-up ----------------------------------------------------------------------------------

@@ -114,11 +114,6 @@ class Volumes:
                         f"volume {name} is in use by a running container", "stop it first"
                     ) from e
                 raise
-            with self.store.lock():
-                hidden = self.store.hide(vol.dir)
+            self.store.trash(vol.dir)
         finally:
             os.close(fd)
-        if hidden is not None:
-            from tophan.store import rmtree
-
-            rmtree(hidden)

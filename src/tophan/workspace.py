@@ -11,7 +11,7 @@ import time
 
 from tophan import meta, names
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
-from tophan.store import FileLock, rmtree, write_meta
+from tophan.store import FileLock, write_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -265,7 +265,4 @@ class Workspaces:
         if self.is_mounted(ws):
             raise InUse(f"workspace {name} is still mounted at {ws.mountpoint}")
         # A custom mountpoint stays (overlayd leaves it too): it may be a caller's directory.
-        with self.store.lock():
-            hidden = self.store.hide(ws.dir)
-        if hidden is not None:
-            rmtree(hidden)
+        self.store.trash(ws.dir)
