@@ -59,6 +59,28 @@ def stack(root: Path, tmp_path: Path) -> Iterator[Stack]:
     assert not leaked, f"cgroups left: {leaked}"
 
 
+def test_container_paths_resolve_inside_the_root(tmp_path: Path) -> None:
+    """Where a bind mount or /etc file goes: symlinks of the image resolved as the container
+    would see them, never above its root, and loops refused."""
+    from tophan.errors import TophanError
+    from tophan.runtime import _inside
+
+    root = tmp_path / "root"
+    (root / "a/b").mkdir(parents=True)
+    (root / "a/rel").symlink_to("b")
+    (root / "a/abs").symlink_to("/a/b")
+    (root / "up").symlink_to("../../../..")
+    (root / "loop").symlink_to("/loop")
+    r = str(root)
+    assert _inside(r, "/a/rel/x") == f"{r}/a/b/x"
+    assert _inside(r, "/a/abs/x") == f"{r}/a/b/x"
+    assert _inside(r, "/a/rel/../../..") == r  # `..` after a relative link stops at the root
+    assert _inside(r, "/up/etc") == f"{r}/etc"
+    assert _inside(r, "../../etc/passwd") == f"{r}/etc/passwd"
+    with pytest.raises(TophanError, match="symbolic links"):
+        _inside(r, "/loop/x")
+
+
 def test_exit_code_stdout_stderr_and_stdin_pass_through(stack: Stack) -> None:
     r = stack.run("-i", "-l", "base", "--", "sh", "-c", "read x; echo out:$x; echo err >&2; exit 7",
                   input=b"hello\n")  # fmt: skip

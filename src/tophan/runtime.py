@@ -5,9 +5,9 @@ How a container comes to life (no daemon, no helper binary, two forks)::
     caller (tophan run / tophand / your program; a child subreaper)
       └─ fork: "setup" — unshare(mnt, uts, ipc, pid [, net] [, user]) ... forks "init", exits
             └─ "init" (pid 1 in the new pid namespace, reparented to the caller)
-                 waits for the caller to put it in its cgroup, then unshares the cgroup
-                 namespace, mounts the overlay and /proc, /dev, /sys, volumes, pivots into the
-                 root, drops privileges and execs the command.
+                 mounts the overlay and /proc, /dev, /sys, volumes, pivots into the root
+                 (while the caller puts it in its cgroup), enters a cgroup namespace, drops
+                 privileges and execs the command.
 
 The setup process exists only because a process cannot move itself into a new pid namespace;
 it exits at once, and since the caller is a child subreaper the init process becomes the
@@ -57,14 +57,8 @@ FORWARDED = (
     signal.SIGWINCH,
     signal.SIGCONT,
 )
-_DEV_NODES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
+# The devices a container gets: bind mounts of the host's nodes (see _mount_dev).
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
 class RunError(TophanError):
@@ -140,6 +134,13 @@ class Spec:
                 raise UsageError(f"mount target {b.target!r} is not an absolute path")
         if not os.path.isabs(self.workdir):
             raise UsageError(f"working directory {self.workdir!r} is not an absolute path")
+        import resource
+
+        for name in self.rlimits:
+            if not hasattr(resource, f"RLIMIT_{name.upper()}"):
+                raise UsageError(
+                    f"unknown rlimit {name!r}", "e.g. nofile, nproc, core, stack, memlock"
+                )
 
 
 # -- the caller's side -------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def run(store: Store, spec: Spec, *, keep_upper: str | None = None) -> int:
         ctr = start(store, spec)
         try:
             if forward:
-                _forward_until_exit(ctr)
+                _forward(ctr.poll, ctr.signal)
             return ctr.wait()
         finally:
             ctr.close(keep_upper=keep_upper)
@@ -471,10 +472,6 @@ def _in_main_thread() -> bool:
     import _thread
 
     return _thread.get_native_id() == os.getpid()
-
-
-def _forward_until_exit(ctr: Container) -> None:
-    _forward(ctr.poll, lambda sig: ctr.signal(sig))
 
 
 def _forward(poll: Callable[[], int | None], send: Callable[[int], None]) -> None:
@@ -550,7 +547,7 @@ def exec_in(target: int, spec: Spec, *, cgroup: Cgroup | None = None) -> int:
     try:
         joined = spawn_in(target, spec, cgroup=cgroup)
         if forward:
-            _forward(joined.poll, lambda sig: os.kill(joined.pid, sig))
+            _forward(joined.poll, joined.signal)
         return joined.wait()
     finally:
         if forward:
@@ -704,6 +701,7 @@ def _exit_if_gone(pidfd: int) -> None:
 
 def _mount_root(ctr: Container, root: str) -> None:
     from tophan import mount
+    from tophan.store import is_privileged
 
     spec = ctr.spec
     # Nothing we mount may propagate back to the host.
@@ -717,8 +715,6 @@ def _mount_root(ctr: Container, root: str) -> None:
         userxattr=spec.userxattr,
         nodev=True,
     )
-    from tophan.store import is_privileged
-
     privileged = is_privileged()
     _mount_proc(root)
     _mount_dev(root, privileged)
@@ -733,30 +729,29 @@ def _mount_root(ctr: Container, root: str) -> None:
 
 
 def _inside(root: str, path: str) -> str:
-    """``path`` of the container, resolved without leaving ``root`` (symlinks included)."""
+    """``path`` of the container, resolved without leaving ``root`` (symlinks included, as the
+    kernel would resolve them with ``root`` as /)."""
     parts = [p for p in path.split("/") if p and p != "."]
-    cur = root
-    depth = 0
+    below: list[str] = []  # the components of the resolved path under root
+    links = 0
     while parts:
         p = parts.pop(0)
         if p == "..":
-            if depth:
-                cur = os.path.dirname(cur)
-                depth -= 1
+            if below:
+                below.pop()
             continue
-        nxt = os.path.join(cur, p)
+        nxt = os.path.join(root, *below, p)
         if os.path.islink(nxt):
-            depth += 1
-            if depth > 40:
-                raise RunError(f"too many symlinks in {path}")
+            links += 1
+            if links > 40:
+                raise RunError(f"too many levels of symbolic links in {path}")
             link = os.readlink(nxt)
             if link.startswith("/"):
-                cur, depth = root, 0
+                below = []
             parts = [x for x in link.split("/") if x and x != "."] + parts
             continue
-        cur = nxt
-        depth += 1
-    return cur
+        below.append(p)
+    return os.path.join(root, *below)
 
 
 def _mount_proc(root: str) -> None:
@@ -775,7 +770,7 @@ def _mount_dev(root: str, privileged: bool) -> None:
     # mounts of the host's nodes, which keep their own mount's flags.
     flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_STRICTATIME
     _libc.mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
-    for name, _major, _minor in _DEV_NODES:
+    for name in _DEV_NODES:
         path = os.path.join(dev, name)
         open(path, "w").close()
         _libc.mount(f"/dev/{name}", path, None, _libc.MS_BIND, None)
@@ -984,11 +979,8 @@ def _close_fds(keep: int, pass_fds: Sequence[int]) -> None:
 def _set_rlimits(rlimits: dict[str, tuple[int, int]]) -> None:
     import resource
 
-    for name, (soft, hard) in rlimits.items():
-        res = getattr(resource, f"RLIMIT_{name.upper()}", None)
-        if res is None:
-            raise RunError(f"unknown rlimit {name}", "e.g. nofile, nproc, core, stack, memlock")
-        resource.setrlimit(res, (soft, hard))
+    for name, limits in rlimits.items():  # names were checked by Spec.check
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), limits)
 
 
 def _loopback_up() -> None:
