@@ -401,7 +401,7 @@ def _load_key(w: _Where, spec: dict[str, Any], key: str, value: Any) -> None:
     elif key == "ulimits":
         opts["ulimit"] = _ulimit_items(w, value)
     elif key == "stop_signal":
-        spec["stop_signal"] = _signal_name(_typed(w, key, value, str), f"{w.path}: {key}")
+        spec["stop_signal"] = signal_name(_typed(w, key, value, str), f"{w.path}: {key}")
     elif key == "stop_timeout":
         from tophan.health import parse_duration
 
@@ -626,7 +626,7 @@ def health_spec(raw: dict[str, Any], what: str) -> dict[str, Any]:
     return check.as_dict()
 
 
-def _signal_name(text: str, what: str) -> str:
+def signal_name(text: str, what: str) -> str:
     import signal
 
     name = text.upper()
@@ -640,7 +640,3 @@ def _signal_name(text: str, what: str) -> str:
         if name in signal.Signals.__members__:
             return name
     raise UsageError(f"{what}: unknown signal {text!r}", "e.g. SIGTERM, SIGINT, SIGQUIT, 15")
-
-
-def signal_name(text: str, what: str) -> str:
-    return _signal_name(text, what)

@@ -432,18 +432,13 @@ def _push(cli: Cli, argv: list[str]) -> int:
     name = args.pos[0]
     dest = args.pos[1] if len(args.pos) > 1 else name
     store = cli.store()
-    bars = _progress(args, "push")
-    try:
-        report = registry.push(store, name, dest, options=_options(args.opts), progress=bars)
-    finally:
-        if isinstance(bars, Bars):
-            bars.close()
-    cli.log(_describe(report))
-    if args.flag("json"):
-        cli.emit_json(_report(report))
-    else:
-        cli.emit(f"{report.digest}\n")
-    return 0
+    return _transfer(
+        cli,
+        args,
+        "push",
+        lambda bars: registry.push(store, name, dest, options=_options(args.opts), progress=bars),
+        lambda report: str(report.digest),
+    )
 
 
 def _pull(cli: Cli, argv: list[str]) -> int:
@@ -452,15 +447,29 @@ def _pull(cli: Cli, argv: list[str]) -> int:
     flags = {**REGISTRY_FLAGS, "--platform": ("platform", True, False)}
     args = parse(argv, (1, 2, flags), "pull")
     store = cli.store()
-    bars = _progress(args, "pull")
+    name = args.pos[1] if len(args.pos) > 1 else None
+    return _transfer(
+        cli,
+        args,
+        "pull",
+        lambda bars: registry.pull(
+            store, args.pos[0], name, options=_options(args.opts), progress=bars
+        ),
+        lambda report: str(report.name),
+    )
+
+
+def _transfer(
+    cli: Cli,
+    args: Args,
+    what: str,
+    go: Callable[[Any], Any],
+    summary: Callable[[Any], str],
+) -> int:
+    """Run a push or pull with progress bars (on a TTY), then report it."""
+    bars = _progress(args, what)
     try:
-        report = registry.pull(
-            store,
-            args.pos[0],
-            args.pos[1] if len(args.pos) > 1 else None,
-            options=_options(args.opts),
-            progress=bars,
-        )
+        report = go(bars)
     finally:
         if isinstance(bars, Bars):
             bars.close()
@@ -468,7 +477,7 @@ def _pull(cli: Cli, argv: list[str]) -> int:
     if args.flag("json"):
         cli.emit_json(_report(report))
     else:
-        cli.emit(f"{report.name}\n")
+        cli.emit(f"{summary(report)}\n")
     return 0
 
 

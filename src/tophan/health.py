@@ -15,7 +15,6 @@ The last five results are kept, with the first 4 KiB of their output.
 from __future__ import annotations
 
 import os
-import time
 
 from tophan.errors import UsageError
 
@@ -224,7 +223,3 @@ def _http(url: str, timeout: float) -> tuple[int, str]:
         conn.close()
     ok = 200 <= resp.status < 400
     return (0 if ok else 1), f"GET {url}: {resp.status} {resp.reason}\n{body}"
-
-
-def now() -> float:
-    return time.time()

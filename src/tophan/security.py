@@ -3,15 +3,16 @@
 The defaults are Docker's (moby's), so that what runs under docker runs here and what docker
 forbids is forbidden here: docs/security.md lists every one and why. The runtime calls, in order::
 
-    preload()                        # in the parent or before pivot_root: imports the binding
+    compile_seccomp("default", caps, cache_dir)   # in the caller, before forking: BPF programs
     mask_paths("/")                  # once /proc and /sys are mounted in the new mount namespace
     drop_bounding(caps)              # while still privileged (needs CAP_SETPCAP)
-    set_caps(caps, uid)              # after setgroups/setgid/setuid with PR_SET_KEEPCAPS
     set_no_new_privs()
-    load_seccomp("default")          # reads the bounding set drop_bounding left
+    load_bpf(programs)               # while CAP_SYS_ADMIN or no_new_privs is held
+    set_caps(caps, uid)              # after setgroups/setgid/setuid with PR_SET_KEEPCAPS
 
 The kernel takes a filter only with no_new_privs or CAP_SYS_ADMIN: without no_new_privs, load
 the filter before set_caps (it allows what set_caps and the user switch need).
+:func:`load_seccomp` is compile + load in one call, for use in one process.
 
 Capability names are spelled as in the OCI runtime spec and moby: ``CAP_NET_ADMIN``.
 Importing this module does no work; the seccomp binding is imported by :func:`preload`.
@@ -354,7 +355,7 @@ def _pyseccomp() -> ModuleType:
     except (ImportError, RuntimeError, OSError) as e:
         raise TophanError(
             f"cannot load libseccomp: {e}",
-            "install libseccomp2, and call security.preload() before pivot_root",
+            "install libseccomp2; compile the filter before pivot_root (compile_seccomp)",
         ) from e
     return sys.modules["pyseccomp"]
 
