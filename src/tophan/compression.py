@@ -40,7 +40,9 @@ class Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
+def peek(src: IO[bytes], n: int, *, buffered: bool = True) -> tuple[bytes, IO[bytes]]:
+    """The first ``n`` bytes of ``src`` and a stream that still starts with them (``buffered``:
+    behind a 1 MiB buffer; else raw, for readers that move whole chunks themselves)."""
     peek = getattr(src, "peek", None)
     if peek is not None and isinstance(src, io.RawIOBase):
         # A reader of whole chunks (tophan.images' pipes) shows its first bytes without
@@ -54,6 +56,8 @@ def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
         if not chunk:
             break
         head += chunk
+    if not buffered:
+        return head, Prefixed(head, src)  # type: ignore[return-value]
     return head, io.BufferedReader(Prefixed(head, src), buffer_size=1 << 20)
 
 
@@ -71,7 +75,7 @@ def detect(head: bytes) -> str | None:
 
 def open_decompressed(src: IO[bytes]) -> IO[bytes]:
     """``src`` decompressed if it is gzip, zstd, xz or bzip2 (by content), else as it is."""
-    head, stream = _peek(src, 6)
+    head, stream = peek(src, 6)
     kind = detect(head)
     if kind is None:
         return stream

@@ -404,18 +404,6 @@ class _HashingWriter:
         return f"sha256:{self.hash.hexdigest()}"
 
 
-def _peek(src: IO[bytes], n: int) -> tuple[bytes, IO[bytes]]:
-    head = b""
-    while len(head) < n:
-        chunk = src.read(n - len(head))
-        if not chunk:
-            break
-        head += chunk
-    from tophan.compression import Prefixed
-
-    return head, Prefixed(head, src)  # type: ignore[return-value]
-
-
 class _Inflater:
     """One gzip member's inflater: ISA-L's (about twice zlib's speed, the same checks of the
     header, CRC and size) when ``isal`` is installed, else zlib's."""
@@ -834,8 +822,9 @@ class Transaction:
         uncompressed form) while they stream, and unpacked into a staged tree unless the DiffID's
         tree is already there. A plain tar is stored as a ``compress``-ed blob when asked (the
         compression is reproducible, so the same tar always gives the same blob)."""
-        head, stream = _peek(src, 6)
-        from tophan.compression import detect
+        from tophan.compression import detect, peek
+
+        head, stream = peek(src, 6, buffered=False)
 
         kind = detect(head)
         if kind not in (None, "gzip", "zstd"):

@@ -858,11 +858,11 @@ def _write_plain_layer(store: Store, tar: _TarWriter, name: str, li: Any) -> Non
     staging = store.staging("export")
     try:
         plain = os.path.join(staging.path, "layer.tar")
-        from tophan.compression import detect
-        from tophan.images import _decompressor, _peek
+        from tophan.compression import detect, peek
+        from tophan.images import _decompressor
 
         with store.images.blobs.open(li.blob) as f, open(plain, "wb") as out:
-            head, stream = _peek(f, 6)
+            head, stream = peek(f, 6, buffered=False)
             kind = detect(head)
             inner = _decompressor(kind, stream) if kind in ("gzip", "zstd") else stream
             VerifyingReader(inner, li.diff_id, None, what=f"layer {li.blob}", tee=out).drain()
