@@ -33,6 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
     from tophan.cgroup import Cgroup, Limits
     from tophan.store import Staging, Store
@@ -372,8 +373,7 @@ def _launch(ctr: Container, pass_fds: Sequence[int], stdio: tuple[int, int, int]
     pid = os.fork()
     if pid == 0:
         os.close(go_w)
-        _use_stdio(stdio)
-        _child_main(ctr, parent, go_r, msg_w, pass_fds)  # never returns
+        _in_child(msg_w, stdio, lambda: _setup_process(ctr, parent, go_r, msg_w, pass_fds))
     os.close(go_r)
     os.close(msg_w)
     try:
@@ -514,19 +514,7 @@ def spawn_in(
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        code = RC_SETUP
-        try:
-            _use_stdio(stdio)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            code = _join(target, spec, cgroup, msg_w)
-        except _Exit as e:
-            code = e.code
-        except BaseException as e:
-            try:
-                os.write(msg_w, f"error {RC_SETUP} {_describe(e)}\n".encode())
-            except OSError:
-                pass
-        os._exit(code)
+        _in_child(msg_w, stdio, lambda: _join(target, spec, cgroup, msg_w))
     os.close(msg_w)
     joined = Joined(pid)
     try:
@@ -595,20 +583,19 @@ def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
 # -- the child's side (runs after fork; must never return into the caller's code) --------------
 
 
-def _child_main(
-    ctr: Container, parent: int, go_r: int, msg_w: int, pass_fds: Sequence[int]
-) -> None:
+def _in_child(msg_w: int, stdio: tuple[int, int, int] | None, body: Callable[[], int]) -> NoReturn:
+    """Run ``body`` in a forked child and exit with its code; a failure goes to the caller as
+    one ``error CODE MESSAGE`` line. Never returns into the caller's code."""
     code = RC_SETUP
     try:
+        _use_stdio(stdio)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        _setup_process(ctr, parent, go_r, msg_w, pass_fds)
+        code = body()
     except _Exit as e:
         code = e.code
     except BaseException as e:
-        msg = _describe(e)
-        code = RC_SETUP
         try:
-            os.write(msg_w, f"error {code} {msg}\n".encode())
+            os.write(msg_w, f"error {RC_SETUP} {_describe(e)}\n".encode())
         except OSError:
             pass
     os._exit(code)
@@ -638,7 +625,7 @@ def _describe(e: BaseException) -> str:
 
 def _setup_process(
     ctr: Container, parent: int, go_r: int, msg_w: int, pass_fds: Sequence[int]
-) -> None:
+) -> int:
     spec = ctr.spec
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     # getppid() says 0 inside the new pid namespace: watch the caller through a pidfd instead.
@@ -672,6 +659,7 @@ def _setup_process(
     _mount_root(ctr, root)
     _pivot(root)
     _init_container(spec, msg_w, pass_fds, go_r)
+    return RC_SETUP  # not reached: the command was exec'd, or an exception was raised
 
 
 def _prepare(spec: Spec, cache_dir: str | None) -> None:
