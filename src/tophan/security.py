@@ -15,7 +15,7 @@ the filter before set_caps (it allows what set_caps and the user switch need).
 :func:`load_seccomp` is compile + load in one call, for use in one process.
 
 Capability names are spelled as in the OCI runtime spec and moby: ``CAP_NET_ADMIN``.
-Importing this module does no work; the seccomp binding is imported by :func:`preload`.
+Importing this module does no work; the seccomp binding is imported only to compile a filter.
 """
 
 from __future__ import annotations
