@@ -55,7 +55,10 @@ def gc(store: Store) -> GcReport:
 
 def referenced_layers(store: Store) -> set[str]:
     """Layer digests something still needs: names, workspaces, live runs, images."""
-    return store.layers.referenced_digests() | _in_use_by_runs(store) | store.images.referenced()[1]
+    from tophan.runtime import live_run_digests
+
+    images = store.images.referenced()[1]
+    return store.layers.referenced_digests() | live_run_digests(store) | images
 
 
 def _stale_cgroups() -> list[str]:
@@ -66,12 +69,6 @@ def _stale_cgroups() -> list[str]:
         return []
     # Not the newest: a run that has just made its cgroup has no process in it yet.
     return prune_stale_cgroups(min_age=10)
-
-
-def _in_use_by_runs(store: Store) -> set[str]:
-    from tophan.runtime import live_run_digests
-
-    return live_run_digests(store)
 
 
 def fsck(store: Store) -> FsckReport:
