@@ -71,7 +71,13 @@ def _our_cgroup_parents() -> list[str]:
 @pytest.fixture(autouse=True, scope="session")
 def _no_leaked_cgroups() -> Iterator[None]:
     """Whatever the tests make under our parent cgroup goes, and so the parent itself (if the
-    session found none: an app of the machine's own may keep one)."""
+    session found none: an app of the machine's own may keep one).
+
+    The session starts as on a fresh host: an empty parent an earlier run left is removed, so
+    no test passes only because of what an earlier run made (CI runs on fresh machines)."""
+    for parent in _our_cgroup_parents():
+        if not any(e.is_dir() for e in os.scandir(parent)):
+            os.rmdir(parent)
     before = _our_cgroup_parents()
     yield
     if not before:

@@ -906,12 +906,27 @@ def test_v1_files(lab: Lab) -> None:
 @real
 @v1_only
 def test_v1_blkio_weight(lab: Lab) -> None:
+    """The answer is the same on a fresh host (no parent of ours yet) and after one exists,
+    and asking leaves nothing behind (a fresh host's bug: None first, refused on create)."""
     limits = Limits(io_weight=500)
-    lab.cgroup()  # our parent exists now: its files say whether weights are supported
-    if cgroup.unavailable(limits) is not None:
-        pytest.skip(str(cgroup.unavailable(limits)))
+    parent = os.path.join(cgroup._host().v1["blkio"], "tophan")
+    if os.path.isdir(parent) and not any(e.is_dir() for e in os.scandir(parent)):
+        os.rmdir(parent)  # what a fresh host looks like (an empty parent of ours)
+    fresh = not os.path.isdir(parent)
+    first = cgroup.unavailable(limits)
+    if fresh:
+        assert not os.path.exists(parent), "asking must not leave our parent behind"
+    lab.cgroup()  # some cgroup of ours exists (not in blkio: it has no limit there)
+    assert cgroup.unavailable(limits) == first
+    if first is not None:
+        assert "--blkio-weight cannot be enforced" in first
+        with pytest.raises(TophanError, match="--blkio-weight cannot be enforced"):
+            lab.cgroup(limits)
+        if fresh:
+            assert not os.path.exists(parent), "a refused create must not leave our parent"
+        return
     cg = lab.cgroup(limits)
-    blkio = os.path.join(cgroup._host().v1["blkio"], "tophan", cg.name)
+    blkio = os.path.join(parent, cg.name)
     weight = next(f for f in ("blkio.bfq.weight", "blkio.weight") if os.path.exists(f"{blkio}/{f}"))
     with open(f"{blkio}/{weight}") as f:
         assert f.read().split()[-1] == "500"

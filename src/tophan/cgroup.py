@@ -495,14 +495,7 @@ def _feature_reason_v1(fs: Fs, v1: dict[str, str], limits: Limits) -> tuple[str,
             f"boot with swapaccount=1 or drop --memory-swap, {NO_LIMITS}",
         )
     blkio = v1.get("blkio", "")
-    # The weight files exist in non-root cgroups only: our parent tells, once it exists.
-    parent = os.path.join(blkio, PARENT)
-    weights = ("blkio.bfq.weight", "blkio.weight")
-    if (
-        limits.io_weight is not None
-        and fs.exists(parent)
-        and not _io_weight_file(fs, parent, weights)
-    ):
+    if limits.io_weight is not None and not _v1_weight_file(fs, blkio):
         return (
             "--blkio-weight cannot be enforced: no blkio.weight or blkio.bfq.weight",
             f"use the BFQ I/O scheduler or drop --blkio-weight, {NO_LIMITS}",
@@ -510,6 +503,27 @@ def _feature_reason_v1(fs: Fs, v1: dict[str, str], limits: Limits) -> tuple[str,
     if limits.io_max and not fs.exists(os.path.join(blkio, _V1_THROTTLE["rbps"])):
         return ("device throttles cannot be enforced: no blkio.throttle.*", NO_LIMITS)
     return None
+
+
+def _v1_weight_file(fs: Fs, blkio: str) -> str | None:
+    """The blkio weight file this host offers, if any. The files exist in non-root cgroups
+    only, so our parent tells; on a host that has none yet (a fresh one) it is made for the
+    look and removed again, so the answer never depends on what an earlier run left."""
+    parent = os.path.join(blkio, PARENT)
+    made = False
+    if not fs.exists(parent):
+        try:
+            fs.mkdir(parent)
+            made = True
+        except FileExistsError:
+            pass
+        except OSError:
+            return None  # cannot look (the writability check reports why first)
+    try:
+        return _io_weight_file(fs, parent, ("blkio.bfq.weight", "blkio.weight"))
+    finally:
+        if made:
+            _remove_parent_if_empty(fs, parent)
 
 
 def _io_weight_file(fs: Fs, d: str, names: tuple[str, ...]) -> str | None:
