@@ -73,7 +73,7 @@ class Api:
     """The in-process launch: one interpreter, the spec built once, like an orchestrator."""
 
     def __init__(self, root: Path) -> None:
-        from tophan import cli_run
+        from tophan.cli import run as cli_run
         from tophan.store import Store
 
         self.store = Store(str(root))
@@ -83,7 +83,7 @@ class Api:
             args, cli_run.FLAGS, "run"), "run")  # fmt: skip
 
     def __call__(self) -> float:
-        from tophan import runtime
+        from tophan.run import container as runtime
 
         t0 = time.perf_counter()
         rc = runtime.run(self.store, self.spec)

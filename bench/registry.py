@@ -33,8 +33,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from registry_fixture import Registry  # noqa: E402
-from tophan import Store, meta, oci  # noqa: E402
-from tophan.registry import Options, pull, push  # noqa: E402
+from tophan import Store  # noqa: E402
+from tophan._internal import meta  # noqa: E402
+from tophan.image import archive as oci  # noqa: E402
+from tophan.image.registry import Options, pull, push  # noqa: E402
 
 MB = 1 << 20
 

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tophan import Store, mount
+from tophan import Store
+from tophan.layer import mount
 
 BIN = Path(sys.executable).parent
 Timer = Callable[[], float]

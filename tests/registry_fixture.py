@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tophan import Store
-from tophan.images import Image
+from tophan.image.images import Image
 
 with warnings.catch_warnings():
     # bcrypt for htpasswd: deprecated since 3.11, but still the standard library's only one

@@ -369,7 +369,7 @@ def rootless_user_context() -> Iterator[RootlessUser]:
 
 def _checked(user: RootlessUser) -> RootlessUser:
     """Fail now, with the reason, if the user cannot run our interpreter at all."""
-    check = [user.python, "-c", "import tophan.mount, os; print(os.getuid())"]
+    check = [user.python, "-c", "import tophan.layer.mount, os; print(os.getuid())"]
     p = run_as_user(user, check, unshare=False, timeout=120)
     if p.returncode != 0 or p.stdout.strip() != str(user.uid):
         raise RuntimeError(f"user {user.name} cannot run {user.python}: {p.stderr.strip()}")

@@ -98,7 +98,7 @@ def env(root: Path, tmp_path: Path) -> Iterator[Env]:
             os.kill(pid, signal.SIGKILL)
         assert not left, "a supervisor outlived its app"
         assert [d for d in os.listdir(root / "tmp") if d.startswith("run-")] == []
-        from tophan import cgroup
+        from tophan.run import cgroup
 
         if cgroup.unavailable(cgroup.Limits()) is None:
             mine = [c for c in cgroup.list_ours() if c.startswith("app-t")]

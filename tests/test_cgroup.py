@@ -1,4 +1,4 @@
-"""Resource limits (tophan.cgroup): parsing, a fake v2 kernel, and real cgroups.
+"""Resource limits (tophan.run.cgroup): parsing, a fake v2 kernel, and real cgroups.
 
 Three kinds of tests:
 
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from tophan import cgroup
-from tophan.cgroup import Cgroup, IoMax, Limits, parse_limits, parse_size
 from tophan.errors import Exists, NotFound, TophanError, UsageError
+from tophan.run import cgroup
+from tophan.run.cgroup import Cgroup, IoMax, Limits, parse_limits, parse_size
 
 MiB = 1 << 20
 
@@ -392,7 +392,7 @@ class FakeV2(cgroup.Fs):
 
 @pytest.fixture
 def fake_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeV2]:
-    """Point tophan.cgroup at a fake v2 host (root, or a user with a delegated subtree)."""
+    """Point tophan.run.cgroup at a fake v2 host (root, or a user with a delegated subtree)."""
 
     def make(*, top: str = "", **kw: object) -> FakeV2:
         root = tmp_path / "cgroupfs"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tarbuild import snapshot
-from tophan import Store, tarexport
+from tophan import Store
+from tophan.layer import tarexport
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_cli
 from registry_fixture import make_layer, store_at
 from tophan import Exists, NotFound, UsageError, maintenance
-from tophan.images import Healthcheck, ImageConfig
-from tophan.images_spec import OCI_MANIFEST, Platform, normalize_name, remote_reference
+from tophan.image.images import Healthcheck, ImageConfig
+from tophan.image.spec import OCI_MANIFEST, Platform, normalize_name, remote_reference
 
 
 def test_create_records_layers_config_and_platform(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tophan import _libc, mount
+from tophan._internal import libc as _libc
 from tophan.errors import InUse, MountError
+from tophan.layer import mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -297,7 +298,7 @@ def test_namespace_helpers() -> None:
     assert not mount.in_user_namespace()
     assert mount.can_mount()
     assert mount.mount_namespace_id() == os.stat("/proc/self/ns/mnt").st_ino
-    code = "from tophan import mount; print(mount.in_user_namespace(), mount.mount_namespace_id())"
+    code = "from tophan.layer import mount; print(mount.in_user_namespace(), mount.mount_namespace_id())"
     out = subprocess.run(
         ["unshare", "-Urm", sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split()
@@ -318,7 +319,7 @@ def test_libc_bind_by_open_tree_and_unshare(base: Path) -> None:
     assert not mount.is_our_overlay(s.mnt, s.upper)
     assert mount.unmount(s.mnt)
     code = (
-        "from tophan import _libc, mount\n"
+        "from tophan._internal import libc as _libc\nfrom tophan.layer import mount\n"
         "before = mount.mount_namespace_id()\n"
         "_libc.unshare(_libc.CLONE_NEWUSER | _libc.CLONE_NEWNS)\n"
         "print(mount.in_user_namespace(), before != mount.mount_namespace_id())\n"

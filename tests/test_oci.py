@@ -14,10 +14,11 @@ import pytest
 
 from conftest import run_cli
 from registry_fixture import PODMAN_RUN, busybox_layer, make_layer, podman, store_at, tree_file
-from tophan import ArchiveError, IntegrityError, NotFound, Store, UsageError, oci
-from tophan.blobs import digest_of, dumps
-from tophan.images import ImageConfig
-from tophan.images_spec import OCI_INDEX, OCI_MANIFEST, Platform
+from tophan import ArchiveError, IntegrityError, NotFound, Store, UsageError
+from tophan.image import archive as oci
+from tophan.image.blobs import digest_of, dumps
+from tophan.image.images import ImageConfig
+from tophan.image.spec import OCI_INDEX, OCI_MANIFEST, Platform
 
 HAVE_PODMAN = shutil.which("podman") is not None
 HAVE_SKOPEO = shutil.which("skopeo") is not None
@@ -458,7 +459,7 @@ def test_gzip_reader_members_padding_truncation_garbage() -> None:
     garbage after the end is refused."""
     import gzip
 
-    from tophan.images import _decompressor
+    from tophan.image.images import _decompressor
 
     data = bytes(range(256)) * 20000
     whole = gzip.compress(data, mtime=0)

@@ -33,10 +33,10 @@ from registry_fixture import (
     tree_file,
 )
 from tophan import IntegrityError, NotFound, Store, TophanError
-from tophan.blobs import digest_of, dumps
-from tophan.images import ImageConfig
-from tophan.images_spec import OCI_INDEX, OCI_MANIFEST, Platform
-from tophan.registry import AuthError, Client, Options, Repository, pull, push
+from tophan.image.blobs import digest_of, dumps
+from tophan.image.images import ImageConfig
+from tophan.image.registry import AuthError, Client, Options, Repository, pull, push
+from tophan.image.spec import OCI_INDEX, OCI_MANIFEST, Platform
 
 __all__ = [
     "basic_registry",

@@ -100,7 +100,7 @@ def test_rootless_full_cycle_in_user_namespace(user: User, base_tar: Path) -> No
         with open({str(base_tar)!r}, "rb") as f:
             base = store.layers.import_tar(f, "base")
         # ownership the namespace cannot apply is kept, and exported back
-        from tophan import tarexport
+        from tophan.layer import tarexport
         assert tarexport.digest_tree(base.path, xattr_ns="user") == base.digest
         owner = os.getxattr(os.path.join(base.path, "home/someone"), "user.tophan.owner")
         assert owner == b"4242:4242", owner

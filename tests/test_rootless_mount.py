@@ -30,7 +30,7 @@ pytestmark = pytest.mark.rootless
 # Lower dirs as the user makes them: "dir" and "dir2" exist only in the lower layers.
 SETUP = """
 import json, os, shutil, sys
-from tophan import mount
+from tophan.layer import mount
 for d in ("low1/top", "low2/dir/deep", "low2/dir2", "upper", "work", "mnt"):
     os.makedirs(d)
 for f in ("low1/top/t", "low2/file", "low2/dir/deep/f", "low2/dir2/g"):

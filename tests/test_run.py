@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs containers as ro
 
 
 def _our_cgroups() -> set[str]:
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     return set(cgroup.list_ours()) if cgroup.unavailable(cgroup.Limits()) is None else set()
 
@@ -63,7 +63,7 @@ def test_container_paths_resolve_inside_the_root(tmp_path: Path) -> None:
     """Where a bind mount or /etc file goes: symlinks of the image resolved as the container
     would see them, never above its root, and loops refused."""
     from tophan.errors import TophanError
-    from tophan.runtime import _inside
+    from tophan.run.container import _inside
 
     root = tmp_path / "root"
     (root / "a/b").mkdir(parents=True)
@@ -192,7 +192,7 @@ def _caps(text: str) -> dict[str, int]:
 
 
 def test_default_capabilities_no_new_privs_and_seccomp(stack: Stack) -> None:
-    from tophan import security
+    from tophan.run import security
 
     r = stack.sh("grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status")
     st = _caps(r.stdout)
@@ -314,7 +314,7 @@ def test_signals_are_forwarded(stack: Stack) -> None:
 
 
 def test_killed_container_reports_128_plus_signal(stack: Stack) -> None:
-    from tophan import runtime
+    from tophan.run import container as runtime
     from tophan.store import Store
 
     store = Store(str(stack.root))
@@ -374,7 +374,7 @@ def _describe(pids: list[int]) -> str:
 
 def _prune_killed_runs() -> None:
     """Remove the cgroups of runs whose caller was SIGKILLed, once their processes are gone."""
-    from tophan import runtime
+    from tophan.run import container as runtime
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -404,7 +404,7 @@ def _pids_of(cmdline: str) -> list[int]:
 
 
 def test_api_run_in_process(stack: Stack) -> None:
-    from tophan import runtime
+    from tophan.run import container as runtime
     from tophan.store import Store
 
     store = Store(str(stack.root))

@@ -61,7 +61,7 @@ def test_rootless_run(rootless_user: RootlessUser, user_stack: Path) -> None:
 def test_rootless_limits_refused_without_a_delegated_cgroup(
     rootless_user: RootlessUser, user_stack: Path
 ) -> None:
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     rc, out, err = _tophan(
         rootless_user, user_stack, "run", "-m", "64m", "-l", "base", "--", "true"

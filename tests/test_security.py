@@ -28,8 +28,9 @@ from typing import Any
 
 import pytest
 
-from tophan import _libc, security
+from tophan._internal import libc as _libc
 from tophan.errors import TophanError, UsageError
+from tophan.run import security
 
 BUSYBOX = "/bin/busybox"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tarbuild import d, f, hard, sym, tar_bytes, ti
-from tophan import ArchiveError, Store, tarimport
+from tophan import ArchiveError, Store
+from tophan.layer import tarimport
 
 
 def _gnu_longname_symlink_escape() -> bytes:

@@ -18,7 +18,7 @@ import pytest
 import zstandard
 
 from tarbuild import d, f, hard, sym, tar_bytes, ti
-from tophan import tarexport, tarimport
+from tophan.layer import tarexport, tarimport
 
 
 def extract(data: bytes | io.BufferedIOBase, dest: Path, privileged: bool = True) -> Path:

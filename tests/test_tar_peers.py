@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tarbuild import snapshot
-from tophan import tarexport, tarimport
+from tophan.layer import tarexport, tarimport
 
 pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci not installed")
 

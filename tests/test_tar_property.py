@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tarbuild import snapshot
-from tophan import tarexport, tarimport
+from tophan.layer import tarexport, tarimport
 
 NAME = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzAB0123456789._-", min_size=1, max_size=12

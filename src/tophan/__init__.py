@@ -39,10 +39,10 @@ __all__ = [
 
 _LAZY = {
     "Store": "tophan.store",
-    "Layer": "tophan.layers",
-    "Image": "tophan.images",
-    "ImageConfig": "tophan.images",
-    "Workspace": "tophan.workspace",
+    "Layer": "tophan.layer.layers",
+    "Image": "tophan.image.images",
+    "ImageConfig": "tophan.image.images",
+    "Workspace": "tophan.layer.workspace",
     "TophanError": "tophan.errors",
     "UsageError": "tophan.errors",
     "NotFound": "tophan.errors",
@@ -66,10 +66,10 @@ if TYPE_CHECKING:
         TophanError,
         UsageError,
     )
-    from tophan.images import Image, ImageConfig
-    from tophan.layers import Layer
+    from tophan.image.images import Image, ImageConfig
+    from tophan.layer.layers import Layer
+    from tophan.layer.workspace import Workspace
     from tophan.store import Store
-    from tophan.workspace import Workspace
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 import sys
 
-from tophan.cli import main
+from tophan.cli.main import main
 
 sys.exit(main())

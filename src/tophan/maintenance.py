@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tophan import meta
+from tophan._internal import meta
 from tophan.store import rmtree
 
 if TYPE_CHECKING:
@@ -55,15 +55,15 @@ def gc(store: Store) -> GcReport:
 
 def referenced_layers(store: Store) -> set[str]:
     """Layer digests something still needs: names, workspaces, live runs, images."""
-    from tophan.runtime import live_run_digests
+    from tophan.run.container import live_run_digests
 
     images = store.images.referenced()[1]
     return store.layers.referenced_digests() | live_run_digests(store) | images
 
 
 def _stale_cgroups() -> list[str]:
-    from tophan import cgroup
-    from tophan.runtime import prune_stale_cgroups
+    from tophan.run import cgroup
+    from tophan.run.container import prune_stale_cgroups
 
     if cgroup.unavailable(cgroup.Limits()) is not None:
         return []

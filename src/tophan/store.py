@@ -23,22 +23,22 @@ import os
 import stat
 import time
 
-from tophan import meta
+from tophan._internal import meta
 from tophan.errors import NotFound, TophanError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Literal
 
-    from tophan.images import Images
-    from tophan.layers import Layers
-    from tophan.volumes import Volumes
-    from tophan.workspace import Workspaces
+    from tophan.image.images import Images
+    from tophan.layer.layers import Layers
+    from tophan.layer.workspace import Workspaces
+    from tophan.run.volumes import Volumes
 
     XattrNs = Literal["trusted", "user"]
 
 FORMAT_VERSION = 1
-# Images (tophan.images): blobs by digest, image names, DiffID -> layer tree. Stores made before
+# Images (tophan.image): blobs by digest, image names, DiffID -> layer tree. Stores made before
 # images existed get them on first use (Images.ensure_dirs).
 _IMAGE_DIRS = ("blobs", "blobs/sha256", "refs/images", "refs/diffids")
 
@@ -225,7 +225,7 @@ class Store:
     @property
     def layers(self) -> Layers:
         if self._layers is None:
-            from tophan.layers import Layers
+            from tophan.layer.layers import Layers
 
             self._layers = Layers(self)
         return self._layers
@@ -233,21 +233,21 @@ class Store:
     @property
     def workspaces(self) -> Workspaces:
         if self._workspaces is None:
-            from tophan.workspace import Workspaces
+            from tophan.layer.workspace import Workspaces
 
             self._workspaces = Workspaces(self)
         return self._workspaces
 
     @property
     def volumes(self) -> Volumes:
-        from tophan.volumes import Volumes
+        from tophan.run.volumes import Volumes
 
         return Volumes(self)
 
     @property
     def images(self) -> Images:
         if self._images is None:
-            from tophan.images import Images
+            from tophan.image.images import Images
 
             self._images = Images(self)
         return self._images

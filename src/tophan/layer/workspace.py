@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from tophan import meta, names
+from tophan._internal import meta, names
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
 from tophan.store import FileLock, write_meta
 
@@ -125,7 +125,7 @@ class Workspaces:
         return out
 
     def is_mounted(self, ws: Workspace) -> bool:
-        from tophan import mount
+        from tophan.layer import mount
 
         return bool(mount.is_our_overlay(ws.mountpoint, ws.upper))
 
@@ -204,7 +204,7 @@ class Workspaces:
 
     def mount(self, name: str) -> Workspace:
         """Mount the workspace; a no-op if *its* overlay is already mounted there."""
-        from tophan import mount
+        from tophan.layer import mount
 
         ws = self.get(name)
         with self.locked(name):
@@ -227,7 +227,7 @@ class Workspaces:
         return ws
 
     def _check_xattr_ns(self) -> None:
-        from tophan import mount
+        from tophan.layer import mount
 
         if self.store.xattr_ns == "trusted" and mount.in_user_namespace():
             raise MountError(
@@ -238,7 +238,7 @@ class Workspaces:
 
     def unmount(self, name: str) -> Workspace:
         """Unmount; a no-op if it is not mounted. Busy mounts are refused, never detached."""
-        from tophan import mount
+        from tophan.layer import mount
 
         ws = self.get(name)
         with self.locked(name):

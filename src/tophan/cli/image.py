@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from tophan.cli import JSON, Args, Cli, parse
+from tophan.cli.main import JSON, Args, Cli, parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from tophan.images import Image, ImageConfig
-    from tophan.registry import Options
+    from tophan.image.images import Image, ImageConfig
+    from tophan.image.registry import Options
 
 HELP = """\
 usage: tophan image <command> [args]            (plus tophan push / tophan pull)
@@ -125,7 +125,7 @@ CREATE_FLAGS: dict[str, tuple[str, bool, bool]] = {
 
 
 def _create(cli: Cli, argv: list[str]) -> int:
-    from tophan.images_spec import Platform
+    from tophan.image.spec import Platform
 
     args = parse(argv, (1, 1, CREATE_FLAGS), "image create")
     store = cli.store()
@@ -133,7 +133,7 @@ def _create(cli: Cli, argv: list[str]) -> int:
     base_name = o.get("from")
     layers = list(reversed(o.get("layer", [])))  # -l is top-first, like `ws create`
     base = store.images.get(base_name, ensure_layers=False) if base_name else None
-    from tophan.images import ImageConfig
+    from tophan.image.images import ImageConfig
 
     config = _config_from_flags(base.config if base else ImageConfig(), o)
     image = store.images.create(
@@ -157,7 +157,7 @@ def _create(cli: Cli, argv: list[str]) -> int:
 def _config_from_flags(config: ImageConfig, o: dict[str, Any]) -> ImageConfig:
     from dataclasses import replace
 
-    from tophan.images import Healthcheck
+    from tophan.image.images import Healthcheck
 
     changes: dict[str, Any] = {}
     if "cmd" in o:
@@ -330,8 +330,8 @@ def _tag(cli: Cli, argv: list[str]) -> int:
 
 
 def _import(cli: Cli, argv: list[str]) -> int:
-    from tophan import oci
-    from tophan.images_spec import Platform
+    from tophan.image import archive as oci
+    from tophan.image.spec import Platform
 
     flags: dict[str, tuple[str, bool, bool]] = {
         "--format": ("format", True, False),
@@ -362,7 +362,7 @@ def _import(cli: Cli, argv: list[str]) -> int:
 
 
 def _export(cli: Cli, argv: list[str]) -> int:
-    from tophan import oci
+    from tophan.image import archive as oci
 
     args = parse(argv, (2, -1, {"--format": ("format", True, False)}), "image export")
     *names, dest = args.pos
@@ -375,8 +375,8 @@ def _export(cli: Cli, argv: list[str]) -> int:
 
 
 def _options(o: dict[str, Any]) -> Options:
-    from tophan.images_spec import Platform
-    from tophan.registry import Options
+    from tophan.image.registry import Options
+    from tophan.image.spec import Platform
 
     opts = Options()
     verify = str(o.get("tls_verify", "true")).lower()
@@ -413,7 +413,7 @@ def _size(text: str) -> int:
 
 
 def _progress(args: Args, verb: str) -> Any:
-    from tophan.registry import NoProgress
+    from tophan.image.registry import NoProgress
 
     if args.flag("quiet") or args.flag("json") or not sys.stderr.isatty():
         return NoProgress()
@@ -421,7 +421,7 @@ def _progress(args: Args, verb: str) -> Any:
 
 
 def _push(cli: Cli, argv: list[str]) -> int:
-    from tophan import registry
+    from tophan.image import registry
 
     flags = {
         **REGISTRY_FLAGS,
@@ -442,7 +442,7 @@ def _push(cli: Cli, argv: list[str]) -> int:
 
 
 def _pull(cli: Cli, argv: list[str]) -> int:
-    from tophan import registry
+    from tophan.image import registry
 
     flags = {**REGISTRY_FLAGS, "--platform": ("platform", True, False)}
     args = parse(argv, (1, 2, flags), "pull")
@@ -502,7 +502,7 @@ def _report(report: Any) -> dict[str, Any]:
 
 
 def _tags(cli: Cli, argv: list[str]) -> int:
-    from tophan import registry
+    from tophan.image import registry
 
     args = parse(argv, (1, 1, REGISTRY_FLAGS), "image tags")
     tags = registry.list_tags(args.pos[0], _options(args.opts))
@@ -514,8 +514,8 @@ def _tags(cli: Cli, argv: list[str]) -> int:
 
 
 def _referrers(cli: Cli, argv: list[str]) -> int:
-    from tophan import registry
-    from tophan.blobs import is_digest
+    from tophan.image import registry
+    from tophan.image.blobs import is_digest
 
     flags = {**REGISTRY_FLAGS, "--artifact-type": ("artifact_type", True, False)}
     args = parse(argv, (1, 1, flags), "image referrers")

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from tophan.cli import parse
+from tophan.cli.main import parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from tophan.apps import App, Apps
-    from tophan.cli import Args, Cli
+    from tophan.app.apps import App, Apps
+    from tophan.cli.main import Args, Cli
 
 APP_USAGE = """\
 usage: tophan app <command> ...
@@ -85,7 +85,7 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
 
 
 def _apps(cli: Cli) -> Apps:
-    from tophan.apps import Apps
+    from tophan.app.apps import Apps
 
     return Apps(cli.store())
 
@@ -94,7 +94,8 @@ def _apps(cli: Cli) -> Apps:
 
 
 def _create(cli: Cli, argv: list[str]) -> int:
-    from tophan import apps, cli_run
+    from tophan.app import apps
+    from tophan.cli import run as cli_run
 
     if not argv or argv[0].startswith("-"):
         raise UsageError("app create: NAME comes first", "tophan app create NAME [options] ...")
@@ -128,7 +129,8 @@ def _create(cli: Cli, argv: list[str]) -> int:
 
 
 def _app_flags(spec: dict[str, Any], o: dict[str, Any]) -> None:
-    from tophan import apps, cgroup, health
+    from tophan.app import apps, health
+    from tophan.run import cgroup
 
     if "restart" in o:
         spec["restart"] = apps.restart_policy(o["restart"], "--restart")
@@ -191,7 +193,7 @@ def _timeout(args: Args) -> float | None:
     value = args.opts.get("timeout")
     if value is None:
         return None
-    from tophan.health import parse_duration
+    from tophan.app.health import parse_duration
 
     return parse_duration(value, "--time")
 
@@ -226,7 +228,7 @@ def _rm(cli: Cli, argv: list[str]) -> int:
 
 
 def _ps(cli: Cli, argv: list[str]) -> int:
-    from tophan.cli import JSON
+    from tophan.cli.main import JSON
 
     args = parse(
         argv,
@@ -373,7 +375,9 @@ def _follow(app: App, out: Any) -> None:
 
 def _exec(cli: Cli, argv: list[str]) -> int:
 
-    from tophan import cgroup, cli_run, runtime
+    from tophan.cli import run as cli_run
+    from tophan.run import cgroup
+    from tophan.run import container as runtime
 
     flags = {
         k: v
@@ -406,7 +410,7 @@ def _exec(cli: Cli, argv: list[str]) -> int:
 
 
 def _volume(cli: Cli, argv: list[str]) -> int:
-    from tophan.cli import JSON
+    from tophan.cli.main import JSON
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stderr.write(APP_USAGE)

@@ -21,8 +21,8 @@ import os
 import stat
 
 from tophan.errors import TophanError
-from tophan.tarexport import Node, NoGC, take_owner, write_nodes
-from tophan.tarexport import filtered_xattrs as _xattrs
+from tophan.layer.tarexport import Node, NoGC, take_owner, write_nodes
+from tophan.layer.tarexport import filtered_xattrs as _xattrs
 
 CHUNK = 1 << 20
 KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read

@@ -1,6 +1,6 @@
 """tophand: the supervisor of one app. Started by ``tophan app start``; no socket, no daemon.
 
-    python -m tophan.tophand --root ROOT --ready-fd FD NAME
+    python -m tophan.app.supervisor --root ROOT --ready-fd FD NAME
 
 It daemonizes (new session, no controlling terminal, nobody's child), takes the app's lock (its
 proof of life), starts the container, reports "ok" or "error CODE MESSAGE" on the ready fd, and
@@ -28,9 +28,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tophan.apps import App
-    from tophan.health import Check, Health
-    from tophan.runtime import Child, Container, Spec
+    from tophan.app.apps import App
+    from tophan.app.health import Check, Health
+    from tophan.run.container import Child, Container, Spec
 
 BACKOFF_START = 0.1  # Docker's: 100 ms, doubling, at most a minute, reset after 10 s of uptime
 BACKOFF_MAX = 60.0
@@ -77,7 +77,7 @@ class LogWriter:
 
 class Supervisor:
     def __init__(self, app: App, ready_fd: int) -> None:
-        from tophan import apps
+        from tophan.app import apps
 
         self.app = app
         self.ready_fd = ready_fd
@@ -134,7 +134,7 @@ class Supervisor:
             self.ctr.signal(self._stop_signal())
 
     def _grace(self) -> float:
-        from tophan import apps
+        from tophan.app import apps
 
         try:
             with open(self.app.path("stop_timeout")) as f:
@@ -155,7 +155,7 @@ class Supervisor:
     # -- state ----------------------------------------------------------------------------------
 
     def set(self, **changes: Any) -> None:
-        from tophan import apps
+        from tophan.app import apps
 
         self.state.update(changes)
         if self.health is not None:
@@ -174,7 +174,7 @@ class Supervisor:
     # -- the container --------------------------------------------------------------------------
 
     def start_container(self) -> None:
-        from tophan import runtime
+        from tophan.run import container as runtime
 
         self.spec = spec = self.app.run_spec()
         self._health_config()
@@ -200,19 +200,19 @@ class Supervisor:
             cgroup=self.ctr.cgroup.name if self.ctr.cgroup is not None else "",
         )
         if self.check is not None:
-            from tophan.health import Health
+            from tophan.app.health import Health
 
             self.health = Health(self.check, started)
             self.next_check = time.monotonic() + self.check.interval
             self.set()
 
     def _health_config(self) -> None:
-        from tophan import health
+        from tophan.app import health
 
         raw = self.app.spec.get("health")
         self.check = health.Check.from_dict(raw) if raw else None
         if self.check is None and self.app.spec.get("image") and not raw:
-            from tophan.cli_run import image_stack
+            from tophan.cli.run import image_stack
 
             try:
                 _, config = image_stack(self.app.store, self.app.spec["image"])
@@ -305,7 +305,7 @@ class Supervisor:
         self.probe_out = b""
 
     def _probe_cmd(self, w: int) -> Child:
-        from tophan import runtime
+        from tophan.run import container as runtime
 
         assert self.check is not None and self.ctr is not None and self.spec is not None
         spec = self.spec.replace(argv=self.check.cmd)
@@ -316,7 +316,8 @@ class Supervisor:
             os.close(null)
 
     def _probe_net(self, w: int) -> Child:
-        from tophan import health, runtime
+        from tophan.app import health
+        from tophan.run import container as runtime
 
         assert self.check is not None and self.ctr is not None
         check, target = self.check, self.ctr.pid
@@ -511,7 +512,7 @@ def set_title(title: str) -> None:
     The kernel reads /proc/PID/cmdline from the argument area of our memory, whose bounds
     /proc/self/stat gives; a title no longer than the original fits there (NUL-padded). This
     replaces the setproctitle package, which imports logging: a supervisor's memory counts."""
-    from tophan import _libc
+    from tophan._internal import libc as _libc
 
     PR_SET_NAME = 15
     try:
@@ -550,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     root, ready_fd, name = _parse(args)
     _daemonize()
     set_title(f"tophand {name}")
-    from tophan import apps
+    from tophan.app import apps
     from tophan.store import Store
 
     try:

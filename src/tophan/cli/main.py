@@ -74,12 +74,12 @@ images, containers and apps (each has --help):
 
 # Command -> module with ``main(cli, command, argv) -> int``; not for the overlayd entry point.
 EXTENSIONS = {
-    "run": "tophan.cli_run",
-    "app": "tophan.cli_app",
-    "image": "tophan.cli_image",
-    "push": "tophan.cli_image",
-    "pull": "tophan.cli_image",
-    "volume": "tophan.cli_app",
+    "run": "tophan.cli.run",
+    "app": "tophan.cli.app",
+    "image": "tophan.cli.image",
+    "push": "tophan.cli.image",
+    "pull": "tophan.cli.image",
+    "volume": "tophan.cli.app",
 }
 
 
@@ -178,7 +178,7 @@ class Cli:
         return self._store
 
     def usage(self) -> str:
-        from tophan import names
+        from tophan._internal import names
 
         if self.overlayd:
             rule, extra, version = "$OVERLAYD_ROOT or ./.overlayd", "", OVERLAYD_VERSION
@@ -589,7 +589,7 @@ class Cli:
 
 
 def _check(name: str, kind: str) -> str:
-    from tophan import names
+    from tophan._internal import names
 
     return names.check(name, kind)
 

@@ -550,7 +550,7 @@ def export(tree: str, out: IO[bytes], *, xattr_ns: XattrNs, compress: str | None
     """Write the canonical tar, compressed if asked; returns the *uncompressed* digest."""
     if compress is None:
         return write_tar(tree, out, xattr_ns=xattr_ns)[0]
-    from tophan import compression
+    from tophan._internal import compression
 
     with compression.compressor(compress, out) as z:
         return write_tar(tree, z, xattr_ns=xattr_ns)[0]

@@ -15,8 +15,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tophan.cli import Cli
-    from tophan.runtime import Bind, Spec
+    from tophan.cli.main import Cli
+    from tophan.run.container import Bind, Spec
     from tophan.store import Store
 
 RUN_USAGE = """\
@@ -159,7 +159,7 @@ def _take_flag(
                 raise UsageError(f"{what}: unknown option {a}", f"see `tophan {what} --help`")
             out.opts[spec[0]] = True
         return i
-    from tophan.cli import take_option
+    from tophan.cli.main import take_option
 
     return take_option(out.opts, flags, a, argv, i, what, f"see `tophan {what} --help`")
 
@@ -169,7 +169,7 @@ def _take_flag(
 
 def build_spec(store: Store, p: Parsed, what: str) -> Spec:
     """Resolve the stack (layers or image), apply image defaults, then the flags."""
-    from tophan import runtime
+    from tophan.run import container as runtime
 
     o = p.opts
     config: dict[str, Any] = {}
@@ -273,8 +273,8 @@ def _ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
 
 def _binds(store: Store, items: list[str]) -> tuple[list[Bind], list[str]]:
     """The mounts of ``-v`` items, and the named volumes among them (held while running)."""
-    from tophan import names
-    from tophan.runtime import Bind
+    from tophan._internal import names
+    from tophan.run.container import Bind
 
     out, volumes = [], []
     for item in items:
@@ -301,7 +301,7 @@ def _binds(store: Store, items: list[str]) -> tuple[list[Bind], list[str]]:
 
 
 def _security(spec: Spec, o: dict[str, Any]) -> None:
-    from tophan import security
+    from tophan.run import security
 
     if o.get("privileged"):
         spec.caps = security.resolve_caps(["ALL"], [])
@@ -322,7 +322,7 @@ def _security(spec: Spec, o: dict[str, Any]) -> None:
 
 
 def _limits(o: dict[str, Any]) -> Any:
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     flags = {k: o[k] for k in LIMIT_KEYS if k in o}
     return cgroup.parse_limits(flags)
@@ -346,7 +346,7 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"], ["help"]):
         sys.stderr.write(RUN_USAGE)
         return 0
-    from tophan import runtime
+    from tophan.run import container as runtime
 
     p = parse_run_args(argv, FLAGS, "run")
     if p.opts.get("detach"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from tophan import meta, names
+from tophan._internal import meta, names
 from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError
 from tophan.store import rmtree, write_meta
 
@@ -151,7 +151,7 @@ class Layers:
 
     def import_tar(self, src: IO[bytes], name: str, *, label: str | None = None) -> Layer:
         """Import a plain/gzip/zstd tar stream as layer ``name``."""
-        from tophan import tarimport
+        from tophan.layer import tarimport
 
         def fill(tree: str) -> tuple[str, int]:
             stats = tarimport.extract(
@@ -165,7 +165,7 @@ class Layers:
         """Import an existing directory tree (copied through the canonical tar, so exact)."""
         import threading
 
-        from tophan import tarexport
+        from tophan.layer import tarexport
 
         if not os.path.isdir(path):
             raise NotFound(f"no such directory: {path}")
@@ -191,7 +191,7 @@ class Layers:
 
     def commit(self, ws_name: str, name: str) -> Layer:
         """Turn a workspace's upper dir into a new layer (refuses while it is mounted)."""
-        from tophan import commit
+        from tophan.layer import commit
 
         ws = self.store.workspaces.get(ws_name)
         with self.store.workspaces.locked(ws_name):
@@ -215,7 +215,7 @@ class Layers:
     def _build(
         self, name: str, fill: Callable[[str], tuple[str, int] | None], source: dict[str, Any]
     ) -> Layer:
-        from tophan import tarexport
+        from tophan.layer import tarexport
 
         names.check(name, "layer")
         if self.exists(name):
@@ -254,7 +254,7 @@ class Layers:
     # -- exporting -----------------------------------------------------------------------------
 
     def export(self, name: str, out: IO[bytes], *, compress: str | None = None) -> str:
-        from tophan import tarexport
+        from tophan.layer import tarexport
 
         layer = self.get(name)
         digest: str = tarexport.export(
@@ -305,7 +305,7 @@ class Layers:
 
     def verify(self, layer_names: list[str] | None = None) -> list[VerifyResult]:
         """Recompute digests of the named layers (all stored layers when None)."""
-        from tophan import tarexport
+        from tophan.layer import tarexport
 
         by_digest = self.names_by_digest()
         if layer_names:
@@ -336,6 +336,6 @@ class Layers:
 def _apps_using(store: Store, layer: str) -> list[str]:
     if not os.path.isdir(store.path("apps")):
         return []
-    from tophan.apps import Apps
+    from tophan.app.apps import Apps
 
     return [a.name for a in Apps(store).all() if layer in a.spec.get("layers", [])]

@@ -10,8 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from tophan.blobs import check_digest, is_digest
 from tophan.errors import IntegrityError, UsageError
+from tophan.image.blobs import check_digest, is_digest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

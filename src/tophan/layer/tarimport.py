@@ -17,9 +17,9 @@ import hashlib
 import os
 import stat
 
-from tophan import tarexport
 from tophan.errors import ArchiveError
-from tophan.tarexport import Node
+from tophan.layer import tarexport
+from tophan.layer.tarexport import Node
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~8 ms at start-up; annotations need no import
@@ -226,7 +226,7 @@ class _Stream:
         self.src = src
         self.offset = 0
         self.tap: _Hasher | None = None  # sees what ``read`` returns (not ``exact_into``'s)
-        # Views of the source's own chunks (``tophan.images``' pipes), where it has them.
+        # Views of the source's own chunks (``tophan.image.images``' pipes), where it has them.
         self.take_src: Callable[[int], memoryview] | None = getattr(src, "take", None)
 
     def read(self, n: int) -> bytes:
@@ -1063,7 +1063,7 @@ def extract(
 
     With ``hash_input``, the (decompressed) input is read to its end and its SHA-256 is
     ``stats.input_digest``: the DiffID it claims to have, for the caller to check."""
-    from tophan import compression
+    from tophan._internal import compression
 
     try:
         stream = _Stream(compression.open_decompressed(src))

@@ -22,7 +22,7 @@ import json
 import os
 import time
 
-from tophan import names
+from tophan._internal import names
 from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
 from tophan.store import atomic_write
 
@@ -30,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tophan.runtime import Spec
+    from tophan.run.container import Spec
     from tophan.store import Store
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
@@ -83,7 +83,7 @@ class App:
             os.close(fd)
 
     def run_spec(self) -> Spec:
-        from tophan.cli_run import Parsed, build_spec
+        from tophan.cli.run import Parsed, build_spec
 
         p = Parsed()
         p.opts = dict(self.spec.get("opts", {}))
@@ -236,7 +236,7 @@ def _spawn_supervisor(store: Store, name: str, ready_fd: int) -> None:
             [
                 sys.executable,
                 "-m",
-                "tophan.tophand",
+                "tophan.app.supervisor",
                 "--root",
                 store.root,
                 "--ready-fd",
@@ -270,7 +270,7 @@ def cleanup_leftovers(app: App) -> None:
         return
     name = state.get("cgroup")
     if name:
-        from tophan import cgroup
+        from tophan.run import cgroup
 
         try:
             cg = cgroup.Cgroup.open(name)
@@ -403,7 +403,7 @@ def _load_key(w: _Where, spec: dict[str, Any], key: str, value: Any) -> None:
     elif key == "stop_signal":
         spec["stop_signal"] = signal_name(_typed(w, key, value, str), f"{w.path}: {key}")
     elif key == "stop_timeout":
-        from tophan.health import parse_duration
+        from tophan.app.health import parse_duration
 
         spec["stop_timeout"] = parse_duration(value, f"{w.path}: {key}")
     else:
@@ -497,7 +497,7 @@ def _ulimit_items(w: _Where, value: Any) -> list[str]:
 
 
 def _load_resources(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     for key, value in table.items():
         if key not in _RESOURCE_KEYS:
@@ -531,7 +531,7 @@ def _load_security(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> No
                 "known: cap_add, cap_drop, privileged, seccomp, no_new_privileges",
             )
     try:
-        from tophan import security
+        from tophan.run import security
 
         security.resolve_caps(opts.get("cap_add", []), opts.get("cap_drop", []))
     except TophanError as e:
@@ -565,7 +565,7 @@ def _load_restart(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> Non
 
 
 def _load_log(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     out = {}
     for key, value in table.items():
@@ -586,7 +586,7 @@ def _load_log(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
 
 def health_spec(raw: dict[str, Any], what: str) -> dict[str, Any]:
     """cmd/http/tcp (exactly one) + timings -> the stored health check."""
-    from tophan.health import DEFAULTS, Check, parse_duration
+    from tophan.app.health import DEFAULTS, Check, parse_duration
 
     kinds = [k for k in ("cmd", "http", "tcp") if raw.get(k)]
     if len(kinds) != 1:

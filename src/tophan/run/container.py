@@ -26,7 +26,7 @@ import errno
 import os
 import stat
 
-from tophan import _libc
+from tophan._internal import libc as _libc
 from tophan.errors import TophanError, UsageError
 
 TYPE_CHECKING = False
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
-    from tophan.cgroup import Cgroup, Limits
+    from tophan.run.cgroup import Cgroup, Limits
     from tophan.store import Staging, Store
 else:
     # The C module: `signal` turns its constants into enums at import (~4 ms of a start).
@@ -297,7 +297,7 @@ def live_run_digests(store: Store) -> set[str]:
     """Layers of runs in progress (their run dirs are locked by their owners)."""
     import fcntl
 
-    from tophan import meta
+    from tophan._internal import meta
 
     out: set[str] = set()
     tmp = store.path("tmp")
@@ -324,7 +324,7 @@ def live_run_digests(store: Store) -> set[str]:
 
 
 def _make_cgroup(spec: Spec, run_name: str) -> Cgroup | None:
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     limits = spec.limits or cgroup.Limits()
     reason = cgroup.unavailable(limits)
@@ -343,7 +343,7 @@ def prune_stale_cgroups(min_age: float = 60.0) -> list[str]:
     that just made its cgroup has not moved its process in yet."""
     import time
 
-    from tophan import cgroup
+    from tophan.run import cgroup
 
     removed = []
     for name in cgroup.list_ours():
@@ -386,7 +386,7 @@ def _launch(ctr: Container, pass_fds: Sequence[int], stdio: tuple[int, int, int]
 def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
     line = msgs.next()
     if line == "map":
-        from tophan import idmap
+        from tophan.run import idmap
 
         idmap.write_maps(setup_pid)
         os.write(go_w, b"m")
@@ -670,7 +670,7 @@ def _prepare(spec: Spec, cache_dir: str | None) -> None:
     import select  # noqa: F401
     import struct  # noqa: F401
 
-    from tophan import mount, security  # noqa: F401
+    from tophan.run import security
 
     caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
     profile = "default" if spec.seccomp else None
@@ -688,7 +688,7 @@ def _exit_if_gone(pidfd: int) -> None:
 
 
 def _mount_root(ctr: Container, root: str) -> None:
-    from tophan import mount
+    from tophan.layer import mount
     from tophan.store import is_privileged
 
     spec = ctr.spec
@@ -870,7 +870,7 @@ def _pivot(root: str) -> None:
 
 
 def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) -> None:
-    from tophan import security
+    from tophan.run import security
 
     security.mask_paths("/")
     if spec.readonly_rootfs:
@@ -892,7 +892,7 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) 
 
 def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
     """Switch to the spec's user, drop privileges, and exec its command (in the container)."""
-    from tophan import security
+    from tophan.run import security
 
     uid, gid, groups, home = resolve_user(spec.user)
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": home}

@@ -45,7 +45,7 @@ def peek(src: IO[bytes], n: int, *, buffered: bool = True) -> tuple[bytes, IO[by
     behind a 1 MiB buffer; else raw, for readers that move whole chunks themselves)."""
     peek = getattr(src, "peek", None)
     if peek is not None and isinstance(src, io.RawIOBase):
-        # A reader of whole chunks (tophan.images' pipes) shows its first bytes without
+        # A reader of whole chunks (tophan.image.images' pipes) shows its first bytes without
         # another buffer behind it.
         head = bytes(peek(n)[:n])
         if len(head) == n or not head:

@@ -164,7 +164,7 @@ def probe_network(check: Check, target_pid: int) -> tuple[int, str]:
     """Run an http or tcp check from inside the container's network namespace.
 
     Called in a child process: it joins the namespace for good."""
-    from tophan import _libc
+    from tophan._internal import libc as _libc
 
     # Rootless: the network namespace belongs to the container's user namespace, which we
     # must enter first to have the right to join it.

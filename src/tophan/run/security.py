@@ -26,7 +26,7 @@ import os
 import stat
 import sys
 
-from tophan import _libc
+from tophan._internal import libc as _libc
 from tophan.errors import MountError, TophanError, UsageError
 
 TYPE_CHECKING = False

@@ -20,9 +20,17 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 
-from tophan.blobs import CHUNK, MAX_DOCUMENT, VerifyingReader, check_digest, digest_of, dumps, loads
 from tophan.errors import ArchiveError, IntegrityError, NotFound, TophanError, UsageError
-from tophan.images_spec import (
+from tophan.image.blobs import (
+    CHUNK,
+    MAX_DOCUMENT,
+    VerifyingReader,
+    check_digest,
+    digest_of,
+    dumps,
+    loads,
+)
+from tophan.image.spec import (
     CONTAINERD_NAME,
     IMAGE_CONFIGS,
     INDEXES,
@@ -46,7 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import IO, Any
 
-    from tophan.images import Image, Transaction
+    from tophan.image.images import Image, Transaction
     from tophan.store import Store
 
 FORMATS = ("oci", "oci-archive", "docker-archive")
@@ -235,7 +243,7 @@ def _open_source(store: Store, loc: Location) -> Iterator[tuple[_Source, str]]:
 def _seekable_tar(store: Store, path: str) -> tuple[str, Any]:
     import sys
 
-    from tophan.compression import detect, open_decompressed
+    from tophan._internal.compression import detect, open_decompressed
 
     if path != "-":
         with open(path, "rb") as f:
@@ -415,7 +423,7 @@ def _read_doc(src: _Source, desc: Descriptor, what: str) -> dict[str, Any]:
 
 
 def _read_blob(src: _Source, desc: Descriptor, what: str) -> bytes:
-    from tophan.blobs import read_verified
+    from tophan.image.blobs import read_verified
 
     rel = _blob_rel(desc.digest)
     with src.open(rel) as f:
@@ -638,7 +646,7 @@ class _TarWriter:
 def _as_oci(image: Image) -> tuple[bytes, str]:
     """The image's manifest for an OCI layout: as stored when it is OCI, else converted (Docker
     schema 2 -> OCI: same config and layer blobs, OCI media types)."""
-    from tophan.images_spec import layer_compression
+    from tophan.image.spec import layer_compression
 
     data = image.store.images.blobs.read(image.digest, "manifest")
     if image.media_type == OCI_MANIFEST:
@@ -840,12 +848,12 @@ def _write_plain_layer(store: Store, tar: _TarWriter, name: str, li: Any) -> Non
     """The layer's uncompressed tar. Ours (DiffID == layer digest) is re-exported from the tree,
     whose size is on record; a foreign one is decompressed from its blob into tmp first (the
     tar header needs its size) and checked against the DiffID."""
-    from tophan import meta
+    from tophan._internal import meta
 
     if li.diff_id == li.digest:
         info = meta.read(store.path("layers", li.digest.split(":", 1)[1], "meta"))
         size = int(info["size"])
-        from tophan import tarexport
+        from tophan.layer import tarexport
 
         tree = store.layers.tree_path(li.digest)
         if os.path.isdir(tree):
@@ -858,8 +866,8 @@ def _write_plain_layer(store: Store, tar: _TarWriter, name: str, li: Any) -> Non
     staging = store.staging("export")
     try:
         plain = os.path.join(staging.path, "layer.tar")
-        from tophan.compression import detect, peek
-        from tophan.images import _decompressor
+        from tophan._internal.compression import detect, peek
+        from tophan.image.images import _decompressor
 
         with store.images.blobs.open(li.blob) as f, open(plain, "wb") as out:
             head, stream = peek(f, 6, buffered=False)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import errno
 import os
 
-from tophan import _libc
-from tophan._libc import once
+from tophan._internal import libc as _libc
+from tophan._internal.libc import once
 from tophan.errors import InUse, MountError
 
 TYPE_CHECKING = False

@@ -35,7 +35,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from tophan.blobs import (
+from tophan.errors import IntegrityError, NotFound, TophanError, UsageError
+from tophan.image.blobs import (
     CHUNK,
     MAX_DOCUMENT,
     Aborted,
@@ -46,8 +47,7 @@ from tophan.blobs import (
     loads,
     read_verified,
 )
-from tophan.errors import IntegrityError, NotFound, TophanError, UsageError
-from tophan.images_spec import (
+from tophan.image.spec import (
     ACCEPT,
     DOCKER_CONFIG,
     OCI_CONFIG,
@@ -69,7 +69,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from tophan.images import Image
+    from tophan.image.images import Image
     from tophan.store import Store
 
 USER_AGENT = "tophan/0.1"
@@ -1398,7 +1398,7 @@ def pull(
     """Pull ``source`` (``host/repo[:tag|@digest]``) into the store as ``name`` (default: the
     reference as written). Layers the store has are neither downloaded nor unpacked again;
     everything else is verified while it streams and published in one step, or not at all."""
-    from tophan.images import Images
+    from tophan.image.images import Images
 
     options = options or Options()
     progress = progress or NoProgress()

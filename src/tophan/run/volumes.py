@@ -13,7 +13,7 @@ import fcntl
 import os
 import time
 
-from tophan import meta, names
+from tophan._internal import meta, names
 from tophan.errors import Exists, InUse, NotFound, TophanError
 from tophan.store import write_meta
 

@@ -30,8 +30,9 @@ import urllib.parse
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-from tophan import meta
-from tophan.blobs import (
+from tophan._internal import meta
+from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
+from tophan.image.blobs import (
     CHUNK,
     Aborted,
     Blobs,
@@ -43,8 +44,7 @@ from tophan.blobs import (
     loads,
     new_hash,
 )
-from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
-from tophan.images_spec import (
+from tophan.image.spec import (
     OCI_CONFIG,
     OCI_MANIFEST,
     Descriptor,
@@ -822,7 +822,7 @@ class Transaction:
         uncompressed form) while they stream, and unpacked into a staged tree unless the DiffID's
         tree is already there. A plain tar is stored as a ``compress``-ed blob when asked (the
         compression is reproducible, so the same tar always gives the same blob)."""
-        from tophan.compression import detect, peek
+        from tophan._internal.compression import detect, peek
 
         head, stream = peek(src, 6, buffered=False)
 
@@ -836,7 +836,7 @@ class Transaction:
         try:
             with open(blob_path, "wb", buffering=CHUNK) as f:
                 if kind is None and compress is not None:
-                    from tophan.compression import compressor
+                    from tophan._internal.compression import compressor
 
                     hashing = _HashingWriter(f)
                     with compressor(compress, cast("IO[bytes]", hashing)) as z:
@@ -892,7 +892,7 @@ class Transaction:
         ``hash_input``, the digest of ``plain`` itself (read to its end)."""
         if known_tree is not None:
             return known_tree, ""
-        from tophan import tarimport
+        from tophan.layer import tarimport
 
         d = self._new_path("layer")
         tree = os.path.join(d, "tree")
@@ -1266,7 +1266,7 @@ class Images:
         return [done[la.digest] for la in named]
 
     def _compress_layer(self, tx: Transaction, digest: str, compression: str | None) -> StagedLayer:
-        from tophan import tarexport
+        from tophan.layer import tarexport
 
         path = tx._new_path("blob")
         tree = self.store.layers.tree_path(digest)
@@ -1359,7 +1359,7 @@ class Images:
                 if path is not None:
                     hidden.append(path)
                     removed.append(digest)
-                # where registries have it (tophan.registry's mount hints) goes with it
+                # where registries have it (tophan.image.registry's mount hints) goes with it
                 with contextlib.suppress(OSError):
                     os.unlink(self.store.path("refs", "blobsources", _diffid_file(digest)))
         diffids = self.store.path("refs", "diffids")
