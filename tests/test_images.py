@@ -245,7 +245,7 @@ def test_missing_tree_is_restored_from_the_image_blob(tmp_path: Path) -> None:
     store.layers.remove("base")
     tree = Path(store.layers.tree_path(digest))
     assert tree.exists()
-    from tophan.store import rmtree
+    from tophan._internal.fs import rmtree
 
     rmtree(str(tree.parent))
     assert not tree.exists()

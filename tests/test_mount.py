@@ -298,7 +298,10 @@ def test_namespace_helpers() -> None:
     assert not mount.in_user_namespace()
     assert mount.can_mount()
     assert mount.mount_namespace_id() == os.stat("/proc/self/ns/mnt").st_ino
-    code = "from tophan.layer import mount; print(mount.in_user_namespace(), mount.mount_namespace_id())"
+    code = (
+        "from tophan.layer import mount; "
+        "print(mount.in_user_namespace(), mount.mount_namespace_id())"
+    )
     out = subprocess.run(
         ["unshare", "-Urm", sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split()

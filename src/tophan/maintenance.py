@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tophan import references
 from tophan._internal import meta
-from tophan.store import rmtree
+from tophan._internal.fs import rmtree
 
 if TYPE_CHECKING:
     from tophan.store import Store
@@ -36,7 +37,7 @@ def gc(store: Store) -> GcReport:
     report = GcReport()
     hidden = []
     with store.lock():
-        referenced = referenced_layers(store)
+        referenced = references.layers(store)
         for digest in sorted(store.layers.stored_digests()):
             if digest not in referenced:
                 path = store.hide(store.path("layers", digest.split(":", 1)[1]))
@@ -51,14 +52,6 @@ def gc(store: Store) -> GcReport:
     report.staging_removed = store.clean_tmp()
     report.cgroups_removed = _stale_cgroups()
     return report
-
-
-def referenced_layers(store: Store) -> set[str]:
-    """Layer digests something still needs: names, workspaces, live runs, images."""
-    from tophan.run.container import live_run_digests
-
-    images = store.images.referenced()[1]
-    return store.layers.referenced_digests() | live_run_digests(store) | images
 
 
 def _stale_cgroups() -> list[str]:

@@ -23,15 +23,15 @@ import os
 import time
 
 from tophan._internal import names
+from tophan._internal.fs import atomic_write
 from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
-from tophan.store import atomic_write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from tophan._internal.root import StoreRoot
     from tophan.run.container import Spec
-    from tophan.store import Store
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -40,7 +40,7 @@ DEFAULT_LOG_FILES = 3
 
 
 class App:
-    def __init__(self, store: Store, name: str, d: str, spec: dict[str, Any]) -> None:
+    def __init__(self, store: StoreRoot, name: str, d: str, spec: dict[str, Any]) -> None:
         self.store = store
         self.name = name
         self.dir = d
@@ -102,7 +102,7 @@ class App:
 
 
 class Apps:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreRoot) -> None:
         self.store = store
         self.top = store.path("apps")
 
@@ -219,7 +219,7 @@ class Apps:
         self.store.trash(app.dir)
 
 
-def _spawn_supervisor(store: Store, name: str, ready_fd: int) -> None:
+def _spawn_supervisor(store: StoreRoot, name: str, ready_fd: int) -> None:
     import subprocess
     import sys
 

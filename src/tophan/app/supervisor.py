@@ -551,11 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     root, ready_fd, name = _parse(args)
     _daemonize()
     set_title(f"tophand {name}")
+    from tophan._internal.root import StoreRoot
     from tophan.app import apps
-    from tophan.store import Store
 
     try:
-        store = Store(root)
+        store = StoreRoot(root)
         app = apps.Apps(store).get(name)
         lock_fd = _lock(app)
     except TophanError as e:

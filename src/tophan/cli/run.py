@@ -15,9 +15,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from tophan._internal.root import StoreRoot
     from tophan.cli.main import Cli
     from tophan.run.container import Bind, Spec
-    from tophan.store import Store
 
 RUN_USAGE = """\
 usage: tophan run [options] IMAGE [CMD [ARG...]]
@@ -167,23 +167,25 @@ def _take_flag(
 # -- building the spec -------------------------------------------------------------------------
 
 
-def build_spec(store: Store, p: Parsed, what: str) -> Spec:
+def build_spec(store: StoreRoot, p: Parsed, what: str) -> Spec:
     """Resolve the stack (layers or image), apply image defaults, then the flags."""
+    from tophan.layer.layers import Layers
     from tophan.run import container as runtime
 
+    layer_store = Layers(store)
     o = p.opts
     config: dict[str, Any] = {}
     if o.get("layer"):
         if p.image is not None:
             raise UsageError(f"{what}: give either -l layers or an IMAGE, not both")
-        layers = [store.layers.get(name) for name in o["layer"]]
+        layers = [layer_store.get(name) for name in o["layer"]]
         digests = [layer.digest for layer in layers]
     elif p.image is not None:
         digests, config = image_stack(store, p.image)
     else:
         raise UsageError(f"{what}: nothing to run", "name an IMAGE or give -l LAYER ...")
     argv = _command(p, config, what)
-    spec = runtime.Spec(lowers=[store.layers.tree_path(d) for d in digests], argv=argv)
+    spec = runtime.Spec(lowers=[layer_store.tree_path(d) for d in digests], argv=argv)
     spec.digests = digests
     spec.env = _env(config.get("Env") or [], o)
     spec.workdir = o.get("workdir") or config.get("WorkingDir") or "/"
@@ -202,9 +204,11 @@ def build_spec(store: Store, p: Parsed, what: str) -> Spec:
     return spec
 
 
-def image_stack(store: Store, name: str) -> tuple[list[str], dict[str, Any]]:
+def image_stack(store: StoreRoot, name: str) -> tuple[list[str], dict[str, Any]]:
     """An image's layer digests (top first) and its config (Entrypoint, Cmd, Env...)."""
-    image = store.images.get(name)
+    from tophan.image.images import Images
+
+    image = Images(store).get(name)
     return list(reversed(image.layers)), dict(image.config)
 
 
@@ -271,10 +275,11 @@ def _ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _binds(store: Store, items: list[str]) -> tuple[list[Bind], list[str]]:
+def _binds(store: StoreRoot, items: list[str]) -> tuple[list[Bind], list[str]]:
     """The mounts of ``-v`` items, and the named volumes among them (held while running)."""
     from tophan._internal import names
     from tophan.run.container import Bind
+    from tophan.run.volumes import Volumes
 
     out, volumes = [], []
     for item in items:
@@ -293,7 +298,7 @@ def _binds(store: Store, items: list[str]) -> tuple[list[Bind], list[str]]:
                     f"invalid volume {item!r}: {src!r} is neither an absolute path nor a name"
                 )
             volumes.append(src)
-            src = store.volumes.ensure(src).data
+            src = Volumes(store).ensure(src).data
         elif not os.path.exists(src):
             raise UsageError(f"bind source {src} does not exist", "create it first")
         out.append(Bind(os.path.realpath(src), dst, mode == "ro"))

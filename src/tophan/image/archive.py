@@ -30,6 +30,7 @@ from tophan.image.blobs import (
     dumps,
     loads,
 )
+from tophan.image.images import Image, Images, Transaction
 from tophan.image.spec import (
     CONTAINERD_NAME,
     IMAGE_CONFIGS,
@@ -48,14 +49,14 @@ from tophan.image.spec import (
     parse_reference,
     select_platform,
 )
+from tophan.layer.layers import Layers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import IO, Any
 
-    from tophan.image.images import Image, Transaction
-    from tophan.store import Store
+    from tophan._internal.root import StoreRoot
 
 FORMATS = ("oci", "oci-archive", "docker-archive")
 LAYOUT_VERSION = "1.0.0"
@@ -213,7 +214,7 @@ def _blob_rel(digest: str) -> str:
 
 
 @contextlib.contextmanager
-def _open_source(store: Store, loc: Location) -> Iterator[tuple[_Source, str]]:
+def _open_source(store: StoreRoot, loc: Location) -> Iterator[tuple[_Source, str]]:
     """The source and its format. Stdin and compressed archives are spooled to the store's
     tmp first (a tar must be seekable to be read in place)."""
     staging = None
@@ -240,7 +241,7 @@ def _open_source(store: Store, loc: Location) -> Iterator[tuple[_Source, str]]:
             staging.discard()
 
 
-def _seekable_tar(store: Store, path: str) -> tuple[str, Any]:
+def _seekable_tar(store: StoreRoot, path: str) -> tuple[str, Any]:
     import sys
 
     from tophan._internal.compression import detect, open_decompressed
@@ -284,7 +285,7 @@ class _Selected:
 
 
 def import_images(
-    store: Store,
+    store: StoreRoot,
     source: str,
     name: str | None = None,
     *,
@@ -306,7 +307,7 @@ def import_images(
     if ref is None:
         ref = loc.ref
     wanted = platform or Platform.host()
-    with _open_source(store, loc) as (src, kind), store.images.transaction() as tx:
+    with _open_source(store, loc) as (src, kind), Images(store).transaction() as tx:
         if kind == "docker-archive":
             stored = _import_docker(store, tx, src, name, ref, compression, progress)
         else:
@@ -344,7 +345,7 @@ class _OciEntry:
 
 
 def _import_oci(
-    store: Store,
+    store: StoreRoot,
     tx: Transaction,
     src: _Source,
     name: str | None,
@@ -431,7 +432,7 @@ def _read_blob(src: _Source, desc: Descriptor, what: str) -> bytes:
 
 
 def _import_oci_image(
-    store: Store,
+    store: StoreRoot,
     tx: Transaction,
     src: _Source,
     desc: Descriptor,
@@ -492,7 +493,7 @@ class _DockerEntry:
 
 
 def _import_docker(
-    store: Store,
+    store: StoreRoot,
     tx: Transaction,
     src: _Source,
     name: str | None,
@@ -529,7 +530,7 @@ def _import_docker(
         if not entries:
             raise NotFound(f"{src.label}: no image named {ref!r}")
     final = _final_names(entries, name, src.label, lambda e: ",".join(e.names) or e.config)
-    known = store.images.known_blobs()
+    known = Images(store).known_blobs()
     stored = []
     for entry, names in zip(entries, final, strict=True):
         config_bytes = src.read_small(entry.config, "config")
@@ -562,7 +563,7 @@ def _import_docker(
 
 
 def _docker_layer(
-    store: Store,
+    store: StoreRoot,
     tx: Transaction,
     src: _Source,
     rel: str,
@@ -648,7 +649,7 @@ def _as_oci(image: Image) -> tuple[bytes, str]:
     schema 2 -> OCI: same config and layer blobs, OCI media types)."""
     from tophan.image.spec import layer_compression
 
-    data = image.store.images.blobs.read(image.digest, "manifest")
+    data = Images(image.store).blobs.read(image.digest, "manifest")
     if image.media_type == OCI_MANIFEST:
         return data, image.digest
     manifest = dict(image.manifest)
@@ -663,7 +664,7 @@ def _as_oci(image: Image) -> tuple[bytes, str]:
 
 
 def export_images(
-    store: Store,
+    store: StoreRoot,
     names: list[str],
     destination: str,
     *,
@@ -678,7 +679,7 @@ def export_images(
         raise UsageError(f"unknown format {kind!r}", f"use one of {', '.join(FORMATS)}")
     if not names:
         raise UsageError("nothing to export", "name at least one image")
-    images = [store.images.get(n, ensure_layers=False) for n in names]
+    images = [Images(store).get(n, ensure_layers=False) for n in names]
     if loc.ref is not None and len(images) == 1:
         ref_names = [loc.ref]
     elif loc.ref is not None:
@@ -732,7 +733,7 @@ def _write_oci_archive(images: list[Image], ref_names: list[str], out: IO[bytes]
     algs = sorted({d.split(":", 1)[0] for d in [*blobs, *manifests]})
     for alg in algs:
         tar.add_dir(f"blobs/{alg}")
-    store_blobs = images[0].store.images.blobs
+    store_blobs = Images(images[0].store).blobs
     everything = sorted({*blobs, *manifests})
     for digest in everything:
         rel = _blob_rel(digest)
@@ -751,7 +752,7 @@ def _export_layout_dir(images: list[Image], ref_names: list[str], path: str) -> 
     existing = os.path.isdir(path) and os.listdir(path)
     if existing and not os.path.isfile(os.path.join(path, "oci-layout")):
         raise UsageError(f"{path} exists and is not an OCI layout", "pick a new or empty directory")
-    from tophan.store import atomic_write
+    from tophan._internal.fs import atomic_write
 
     if existing:
         target = path
@@ -759,7 +760,7 @@ def _export_layout_dir(images: list[Image], ref_names: list[str], path: str) -> 
         target = f"{path.rstrip('/')}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
         os.makedirs(target)
     try:
-        store_blobs = images[0].store.images.blobs
+        store_blobs = Images(images[0].store).blobs
         for image in images:
             for digest, _ in _image_blobs(image):
                 _copy_blob(store_blobs.path(digest), os.path.join(target, _blob_rel(digest)))
@@ -812,7 +813,7 @@ def _copy_blob(src: str, dest: str) -> None:
 
 
 def _write_docker_archive(
-    store: Store, images: list[Image], ref_names: list[str], out: IO[bytes]
+    store: StoreRoot, images: list[Image], ref_names: list[str], out: IO[bytes]
 ) -> None:
     """Docker's ``docker save`` layout: ``<config hex>.json``, uncompressed ``<diffid hex>.tar``
     layers (exactly the DiffID's bytes), ``manifest.json`` listing them with ``RepoTags``."""
@@ -833,7 +834,7 @@ def _write_docker_archive(
             _write_plain_layer(store, tar, layer_name, li)
         if config_name not in written:
             written.add(config_name)
-            tar.add_bytes(config_name, store.images.blobs.read(config_digest, "config"))
+            tar.add_bytes(config_name, Images(store).blobs.read(config_digest, "config"))
         entries.append({"Config": config_name, "RepoTags": tags, "Layers": layer_names})
     tar.add_bytes("manifest.json", dumps(entries))
     tar.close()
@@ -844,7 +845,7 @@ def _docker_tag(name: str) -> str:
     return str(ref) if ref.tag else f"{ref.repository}:latest"
 
 
-def _write_plain_layer(store: Store, tar: _TarWriter, name: str, li: Any) -> None:
+def _write_plain_layer(store: StoreRoot, tar: _TarWriter, name: str, li: Any) -> None:
     """The layer's uncompressed tar. Ours (DiffID == layer digest) is re-exported from the tree,
     whose size is on record; a foreign one is decompressed from its blob into tmp first (the
     tar header needs its size) and checked against the DiffID."""
@@ -855,7 +856,7 @@ def _write_plain_layer(store: Store, tar: _TarWriter, name: str, li: Any) -> Non
         size = int(info["size"])
         from tophan.layer import tarexport
 
-        tree = store.layers.tree_path(li.digest)
+        tree = Layers(store).tree_path(li.digest)
         if os.path.isdir(tree):
             tar._header(name, size, tarfile.REGTYPE)
             digest, written = tarexport.write_tar(tree, tar.out, xattr_ns=store.xattr_ns)
@@ -869,7 +870,7 @@ def _write_plain_layer(store: Store, tar: _TarWriter, name: str, li: Any) -> Non
         from tophan._internal.compression import detect, peek
         from tophan.image.images import _decompressor
 
-        with store.images.blobs.open(li.blob) as f, open(plain, "wb") as out:
+        with Images(store).blobs.open(li.blob) as f, open(plain, "wb") as out:
             head, stream = peek(f, 6, buffered=False)
             kind = detect(head)
             inner = _decompressor(kind, stream) if kind in ("gzip", "zstd") else stream

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import IO, Any
 
-    from tophan.store import Store
+    from tophan._internal.root import StoreRoot
 
 CHUNK = 1 << 20
 # Manifests, configs and indexes are read into memory; registries cap them at 4 MiB.
@@ -191,7 +191,7 @@ class Blobs:
     Writing goes through an image transaction (``tophan.images.Transaction``), which stages blobs
     and publishes them together with the refs that keep them."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreRoot) -> None:
         self.store = store
 
     def path(self, digest: str) -> str:

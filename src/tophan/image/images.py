@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from tophan._internal import meta
+from tophan._internal.fs import rmtree, write_meta
 from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
 from tophan.image.blobs import (
     CHUNK,
@@ -54,14 +55,14 @@ from tophan.image.spec import (
     oci_layer_type,
     parse_manifest,
 )
-from tophan.store import rmtree, write_meta
+from tophan.layer.layers import Layers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import IO, Any
 
-    from tophan.store import Store
+    from tophan._internal.root import StoreRoot
 
 DEFAULT_COMPRESSION = "gzip"
 _OCI_KEYS = {
@@ -263,7 +264,7 @@ class Image:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreRoot,
         name: str,
         digest: str,
         manifest: dict[str, Any],
@@ -294,7 +295,7 @@ class Image:
     @property
     def layer_paths(self) -> list[str]:
         """Tree directories bottom→top (reverse it for an overlayfs lowerdir list)."""
-        return [self.store.layers.tree_path(d) for d in self.layers]
+        return [Layers(self.store).tree_path(d) for d in self.layers]
 
     @property
     def media_type(self) -> str:
@@ -350,7 +351,7 @@ class Image:
                     "blob": li.blob,
                     "blob_size": li.blob_size,
                     "media_type": li.media_type,
-                    "path": self.store.layers.tree_path(li.digest),
+                    "path": Layers(self.store).tree_path(li.digest),
                 }
                 for li in self.layer_infos
             ],
@@ -801,7 +802,7 @@ class Transaction:
             if digest is not None and digest in self.trees:
                 return digest
         digest = self.images.layer_for_diff_id(diff_id)
-        if digest is not None and os.path.isdir(self.store.layers.tree_path(digest)):
+        if digest is not None and os.path.isdir(self.images.layers.tree_path(digest)):
             return digest
         return None
 
@@ -918,7 +919,7 @@ class Transaction:
             else:
                 duplicate = False
                 self.trees[stats.digest] = (d, stats.size)
-        if duplicate or os.path.isdir(self.store.layers.tree_path(stats.digest)):
+        if duplicate or os.path.isdir(self.images.layers.tree_path(stats.digest)):
             if not duplicate:
                 with self._lock:
                     del self.trees[stats.digest]
@@ -989,9 +990,15 @@ class Transaction:
 class Images:
     """``store.images``: create, get, list, tag and remove images."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: StoreRoot, *, references: Callable[[], set[str]] | None = None
+    ) -> None:
         self.store = store
         self.blobs = Blobs(store)
+        self.layers = Layers(store)
+        # Every layer digest still needed (tophan.references, passed in by the store façade):
+        # removing an image removes the trees nothing else holds.
+        self._references = references
 
     def ensure_dirs(self) -> None:
         """Stores made before images existed lack these; creating them is idempotent."""
@@ -1046,7 +1053,7 @@ class Images:
             layer = meta.read(self.store.path("refs", "diffids", _diffid_file(diff_id)))["layer"]
         except (OSError, KeyError):
             # A layer we exported ourselves: its DiffID is its digest.
-            if os.path.isdir(self.store.layers.tree_path(diff_id)):
+            if os.path.isdir(self.layers.tree_path(diff_id)):
                 return diff_id
             return None
         return layer if is_digest(layer) else None
@@ -1064,7 +1071,7 @@ class Images:
             missing = [
                 li
                 for li in image.layer_infos
-                if not os.path.isdir(self.store.layers.tree_path(li.digest))
+                if not os.path.isdir(self.layers.tree_path(li.digest))
             ]
             if missing:
                 self._restore_trees(missing)
@@ -1162,7 +1169,7 @@ class Images:
         if not replace_existing and self.exists(name):
             raise Exists(f"image exists: {name}", "pick another name or `image rm` it first")
         base_image = self.get(base) if base else None
-        named = [self.store.layers.get(n) for n in layers]
+        named = [self.layers.get(n) for n in layers]
         if base_image is None and not named:
             raise UsageError("an image needs at least one layer", "pass -l LAYER or --from IMAGE")
         if config is None:
@@ -1269,7 +1276,7 @@ class Images:
         from tophan.layer import tarexport
 
         path = tx._new_path("blob")
-        tree = self.store.layers.tree_path(digest)
+        tree = self.layers.tree_path(digest)
         with open(path, "wb", buffering=CHUNK) as f:
             hashing = _HashingWriter(f)
             actual = tarexport.export(
@@ -1308,13 +1315,13 @@ class Images:
     def remove(self, name: str) -> list[str]:
         """Remove a name; blobs and layer trees nothing else references go with it.
         Returns the digests of the blobs removed."""
-        from tophan.maintenance import referenced_layers
-
+        if self._references is None:
+            raise TypeError("Images.remove needs the store's references: use Store(...).images")
         norm = normalize_name(name)
         self._read_ref(norm)
         with self.store.lock():
             os.unlink(self.ref_path(norm))
-            hidden, removed = self.gc(referenced_layers(self.store))
+            hidden, removed = self.gc(self._references())
         for path in hidden:
             rmtree(path)
         return removed

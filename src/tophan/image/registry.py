@@ -47,6 +47,7 @@ from tophan.image.blobs import (
     loads,
     read_verified,
 )
+from tophan.image.images import Image, Images
 from tophan.image.spec import (
     ACCEPT,
     DOCKER_CONFIG,
@@ -69,8 +70,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from tophan.image.images import Image
-    from tophan.store import Store
+    from tophan._internal.root import StoreRoot
 
 USER_AGENT = "tophan/0.1"
 _TRANSIENT_STATUS = (429, 502, 503, 504)
@@ -1245,11 +1245,11 @@ def _open_blob(path: str) -> IO[bytes]:
     return open(path, "rb", buffering=0)
 
 
-def _sources_path(store: Store, digest: str) -> str:
+def _sources_path(store: StoreRoot, digest: str) -> str:
     return store.path("refs", "blobsources", digest.replace(":", "-"))
 
 
-def known_sources(store: Store, digest: str) -> list[str]:
+def known_sources(store: StoreRoot, digest: str) -> list[str]:
     """``host/repository`` places this store pushed ``digest`` to or pulled it from."""
     try:
         with open(_sources_path(store, digest), encoding="utf-8") as f:
@@ -1258,9 +1258,9 @@ def known_sources(store: Store, digest: str) -> list[str]:
         return []
 
 
-def remember_sources(store: Store, place: str, digests: Iterable[str]) -> None:
+def remember_sources(store: StoreRoot, place: str, digests: Iterable[str]) -> None:
     """Best effort: a lost entry only costs a mount that becomes an upload."""
-    from tophan.store import atomic_write
+    from tophan._internal.fs import atomic_write
 
     os.makedirs(store.path("refs", "blobsources"), 0o755, exist_ok=True)
     for digest in set(digests):
@@ -1288,7 +1288,7 @@ def _run_parallel(jobs: int, tasks: Sequence[Callable[[], None]], cancel: thread
 
 
 def push(
-    store: Store,
+    store: StoreRoot,
     image_name: str,
     destination: str,
     *,
@@ -1300,7 +1300,7 @@ def push(
     byte for byte as stored (so its digest — and any signature over it — stays the same)."""
     options = options or Options()
     progress = progress or NoProgress()
-    image = store.images.get(image_name, ensure_layers=False)
+    image = Images(store).get(image_name, ensure_layers=False)
     ref = remote_reference(destination)
     if ref.digest and ref.digest != image.digest:
         raise UsageError(
@@ -1309,13 +1309,13 @@ def push(
     client = Client(ref.domain, options)
     repo = Repository(client, ref.path)
     report = TransferReport(str(ref), image.digest, name=image.name)
-    manifest_bytes = store.images.blobs.read(image.digest, "manifest")
+    manifest_bytes = Images(store).blobs.read(image.digest, "manifest")
     blobs: list[Descriptor] = [image.config_descriptor]
     for li in image.layer_infos:
         blobs.append(Descriptor(li.media_type, li.blob, li.blob_size, {}))
     unique = list({d.digest: d for d in blobs}.values())
     for d in unique:
-        if not store.images.blobs.exists(d.digest):
+        if not Images(store).blobs.exists(d.digest):
             raise NotFound(
                 f"blob {d.digest} of {image.name} is missing from the store", "run `fsck`"
             )
@@ -1339,7 +1339,7 @@ def push(
                             action = "mounted"
                         break
             if not action:
-                path = store.images.blobs.path(d.digest)
+                path = Images(store).blobs.path(d.digest)
                 repo.upload_blob(
                     d.digest,
                     d.size,
@@ -1388,7 +1388,7 @@ def resolve(
 
 
 def pull(
-    store: Store,
+    store: StoreRoot,
     source: str,
     name: str | None = None,
     *,
@@ -1407,7 +1407,7 @@ def pull(
     platform = options.platform or Platform.host()
     client = Client(ref.domain, options)
     repo = Repository(client, ref.path)
-    images: Images = store.images
+    images = Images(store)
     report = TransferReport(str(ref), "", name=local)
     try:
         manifest, index_digest = resolve(repo, ref.reference, platform, str(ref))
@@ -1506,7 +1506,7 @@ def repository_for(reference: str, options: Options | None = None) -> tuple[Repo
     return Repository(Client(ref.domain, options), ref.path), ref
 
 
-def pull_image(store: Store, source: str, name: str | None = None, **kw: Any) -> Image:
+def pull_image(store: StoreRoot, source: str, name: str | None = None, **kw: Any) -> Image:
     """``pull`` returning the stored :class:`Image`."""
     report = pull(store, source, name, **kw)
-    return store.images.get(report.name)
+    return Images(store).get(report.name)

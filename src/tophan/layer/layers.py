@@ -11,15 +11,17 @@ import os
 import time
 
 from tophan._internal import meta, names
+from tophan._internal.fs import rmtree, write_meta
 from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError
-from tophan.store import rmtree, write_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import IO, Any
 
-    from tophan.store import Staging, Store
+    from tophan._internal.fs import Staging
+    from tophan._internal.root import StoreRoot
+    from tophan.layer.workspace import Workspaces
 
 TREE = "tree"
 _LISTS = ("parents", "parent_digests")
@@ -87,11 +89,32 @@ class VerifyResult:
         self.error = error
 
 
+class References:
+    """What packages above this one hold, supplied by ``tophan.references``: ``digests()``,
+    every layer digest still needed (names, workspaces, images, live runs); ``users(name)``,
+    what holds layer ``name`` by its name, with how to free it (("app web", "remove ...))."""
+
+    def __init__(
+        self, digests: Callable[[], set[str]], users: Callable[[str], list[tuple[str, str]]]
+    ) -> None:
+        self.digests = digests
+        self.users = users
+
+
 class Layers:
     """``store.layers``: create, import, export, commit, list, remove and verify layers."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreRoot, *, references: References | None = None) -> None:
         self.store = store
+        # What else uses layers (images, apps, live runs) is known above this package: the
+        # store façade passes it in (tophan.references). Without it a layer cannot be removed.
+        self._references = references
+
+    @property
+    def _workspaces(self) -> Workspaces:
+        from tophan.layer.workspace import Workspaces
+
+        return Workspaces(self.store)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -193,9 +216,9 @@ class Layers:
         """Turn a workspace's upper dir into a new layer (refuses while it is mounted)."""
         from tophan.layer import commit
 
-        ws = self.store.workspaces.get(ws_name)
-        with self.store.workspaces.locked(ws_name):
-            if self.store.workspaces.is_mounted(ws):
+        ws = self._workspaces.get(ws_name)
+        with self._workspaces.locked(ws_name):
+            if self._workspaces.is_mounted(ws):
                 raise InUse(
                     f"workspace {ws_name} is mounted at {ws.mountpoint}",
                     f"run `ws unmount {ws_name}` before commit",
@@ -269,30 +292,31 @@ class Layers:
         layer = self.get(name)
         hidden = None
         with self.store.lock():
-            for ws in self.store.workspaces.all():
+            for ws in self._workspaces.all():
                 if layer.digest in ws.lower_digests:
                     raise InUse(
                         f"layer {name} in use by workspace {ws.name}",
                         f"remove the workspace first (`ws rm {ws.name}`)",
                     )
-            for app in _apps_using(self.store, name):
-                raise InUse(
-                    f"layer {name} is part of app {app}",
-                    f"remove the app first (`tophan app rm {app}`)",
-                )
+            refs = self._require_references()
+            for holder, hint in refs.users(name):
+                raise InUse(f"layer {name} is part of {holder}", hint)
             os.unlink(self._ref_path(name))
             # Another name, a live run or an image may still use the tree: then gc takes it
             # once nothing does.
-            from tophan.maintenance import referenced_layers
-
-            if layer.digest not in referenced_layers(self.store):
+            if layer.digest not in refs.digests():
                 hidden = self.store.hide(self.store.path("layers", layer.hex))
         if hidden is not None:
             rmtree(hidden)
 
+    def _require_references(self) -> References:
+        if self._references is None:
+            raise TypeError("Layers.remove needs the store's references: use Store(...).layers")
+        return self._references
+
     def referenced_digests(self) -> set[str]:
         refs = {layer.digest for layer in self.all()}
-        for ws in self.store.workspaces.all():
+        for ws in self._workspaces.all():
             refs.update(ws.lower_digests)
         return refs
 
@@ -331,11 +355,3 @@ class Layers:
                     f"layer {name} changed on disk: expected {r.digest}, found {r.actual}",
                     "restore it from an export or a registry",
                 )
-
-
-def _apps_using(store: Store, layer: str) -> list[str]:
-    if not os.path.isdir(store.path("apps")):
-        return []
-    from tophan.app.apps import Apps
-
-    return [a.name for a in Apps(store).all() if layer in a.spec.get("layers", [])]

@@ -672,7 +672,7 @@ class _Extractor:
             return
         full = self.path(rel)
         if old == DIR:
-            from tophan.store import rmtree
+            from tophan._internal.fs import rmtree
 
             rmtree(os.fsdecode(full))
             prefix = rel + b"/"

@@ -10,15 +10,16 @@ import os
 import time
 
 from tophan._internal import meta, names
+from tophan._internal.fs import FileLock, write_meta
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
-from tophan.store import FileLock, write_meta
+from tophan.layer.layers import Layers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-    from tophan.store import Store
+    from tophan._internal.root import StoreRoot
 
 META = "meta"
 
@@ -78,7 +79,7 @@ class Workspace:
 class Workspaces:
     """``store.workspaces``: create, mount, unmount, list and remove workspaces."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreRoot) -> None:
         self.store = store
 
     def _dir(self, name: str) -> str:
@@ -153,7 +154,7 @@ class Workspaces:
             names.check(layer, "layer")
         if os.path.exists(self._dir(name)):
             raise Exists(f"workspace exists: {name}", "pick another name or `ws rm` it first")
-        digests = [self.store.layers.get(layer).digest for layer in layers]
+        digests = [Layers(self.store).get(layer).digest for layer in layers]
         if mountpoint is not None:
             mp = self._make_mountpoint(mountpoint)
         else:
@@ -176,7 +177,7 @@ class Workspaces:
                 if os.path.exists(self._dir(name)):
                     raise Exists(f"workspace exists: {name}")
                 for digest, layer in zip(digests, layers, strict=True):
-                    if self.store.layers.get(layer).digest != digest:
+                    if Layers(self.store).get(layer).digest != digest:
                         raise TophanError(f"layer {layer} changed while creating {name}", "retry")
                 os.rename(staging.path, self._dir(name))
         finally:
@@ -216,7 +217,7 @@ class Workspaces:
                     "unmount it first",
                 )
             self._check_xattr_ns()
-            lowers = [self.store.layers.tree_path(d) for d in ws.lower_digests]
+            lowers = [Layers(self.store).tree_path(d) for d in ws.lower_digests]
             for layer, tree in zip(ws.lowers, lowers, strict=True):
                 if not os.path.isdir(tree):
                     raise NotFound(f"layer {layer} of workspace {name} is missing", "run `fsck`")

@@ -28,6 +28,8 @@ import stat
 
 from tophan._internal import libc as _libc
 from tophan.errors import TophanError, UsageError
+from tophan.layer.layers import Layers
+from tophan.run.volumes import Volumes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,8 +37,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
+    from tophan._internal.fs import Staging
+    from tophan._internal.root import StoreRoot
     from tophan.run.cgroup import Cgroup, Limits
-    from tophan.store import Staging, Store
 else:
     # The C module: `signal` turns its constants into enums at import (~4 ms of a start).
     import _signal as signal
@@ -247,7 +250,7 @@ def _copy_special(src: str, dst: str) -> None:
 
 
 def start(
-    store: Store,
+    store: StoreRoot,
     spec: Spec,
     *,
     pass_fds: Sequence[int] = (),
@@ -271,7 +274,7 @@ def start(
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
         _claim_layers(store, run_dir.path, spec.digests)
-        ctr.holds = [store.volumes.hold(v) for v in spec.volumes]
+        ctr.holds = [Volumes(store).hold(v) for v in spec.volumes]
         _launch(ctr, pass_fds, stdio)
     except BaseException:
         ctr.close()
@@ -282,18 +285,18 @@ def start(
 RUN_META = "run.meta"
 
 
-def _claim_layers(store: Store, run_dir: str, digests: list[str]) -> None:
+def _claim_layers(store: StoreRoot, run_dir: str, digests: list[str]) -> None:
     """Record our layers in the (locked) run dir, under the store lock: gc keeps them."""
-    from tophan.store import write_meta
+    from tophan._internal.fs import write_meta
 
     with store.lock():
         for d in digests:
-            if not os.path.isdir(store.layers.tree_path(d)):
+            if not os.path.isdir(Layers(store).tree_path(d)):
                 raise RunError(f"layer {d} is gone", "it was removed; run `fsck`")
         write_meta(os.path.join(run_dir, RUN_META), {"lower_digests": digests})
 
 
-def live_run_digests(store: Store) -> set[str]:
+def live_run_digests(store: StoreRoot) -> set[str]:
     """Layers of runs in progress (their run dirs are locked by their owners)."""
     import fcntl
 
@@ -448,7 +451,7 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-def run(store: Store, spec: Spec, *, keep_upper: str | None = None) -> int:
+def run(store: StoreRoot, spec: Spec, *, keep_upper: str | None = None) -> int:
     """Run to completion like ``docker run --rm``: forward signals, return the exit code."""
     forward = _in_main_thread()
     if forward:
@@ -688,8 +691,8 @@ def _exit_if_gone(pidfd: int) -> None:
 
 
 def _mount_root(ctr: Container, root: str) -> None:
+    from tophan._internal.root import is_privileged
     from tophan.layer import mount
-    from tophan.store import is_privileged
 
     spec = ctr.spec
     # Nothing we mount may propagate back to the host.

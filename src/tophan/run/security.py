@@ -484,7 +484,7 @@ def _read_cached(path: str, key: str) -> list[bytes] | None:
 def _write_cached(path: str, key: str, programs: list[bytes]) -> None:
     import struct
 
-    from tophan.store import atomic_write
+    from tophan._internal.fs import atomic_write
 
     blob = (
         key.encode()

@@ -14,14 +14,14 @@ import os
 import time
 
 from tophan._internal import meta, names
+from tophan._internal.fs import write_meta
 from tophan.errors import Exists, InUse, NotFound, TophanError
-from tophan.store import write_meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tophan.store import Store
+    from tophan._internal.root import StoreRoot
 
 
 class Volume:
@@ -39,7 +39,7 @@ class Volume:
 
 
 class Volumes:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreRoot) -> None:
         self.store = store
         self.top = store.path("volumes")
 

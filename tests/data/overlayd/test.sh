@@ -54,9 +54,15 @@ fail()  { printf '\033[1;31mFAIL\033[0m: %s\n' "$*"; exit 1; }
 # script's own `set -e` / `set +e` (tracked by a function `set`) and ignores subshells, like
 # errexit does in command substitutions. Each failure prints one "FAIL: ..." line under the
 # current step's header (with the last captured stderr, if any); the exit status is 1 if any
-# check failed. The step bodies below are unchanged.
+# check failed. At exit, one "tophan: leftovers: ..." line tells what the store still held
+# (steps that failed leave layers behind, which the cleanup steps then count). The inner
+# `bash` scripts (run under `unshare -Urm`) say on stderr which of their commands failed,
+# through a BASH_ENV file. The step bodies below are unchanged.
 if [[ "${TOPHAN_KEEP_GOING:-0}" == 1 ]]; then
     exec {TOPHAN_OUT}>&1
+    printf '%s\n' 'trap '\''[[ $- != *e* ]] || printf "inner script: line %s failed: %s\n" "$LINENO" "$BASH_COMMAND" >&2'\'' ERR' \
+        >"$WORK/tophan-bash-env"
+    export BASH_ENV="$WORK/tophan-bash-env"
     TOPHAN_ERREXIT=1
     TOPHAN_FAILED=0
     builtin set +e
@@ -75,11 +81,21 @@ if [[ "${TOPHAN_KEEP_GOING:-0}" == 1 ]]; then
     }
     tophan_err() {
         [[ "$TOPHAN_ERREXIT" == 1 && "$BASH_SUBSHELL" == 0 ]] || return 0
-        printf '\033[1;31mFAIL\033[0m: line %s: exit status %s: %s\n' "$2" "$1" "$3" >&"$TOPHAN_OUT"
+        printf '\033[1;31mFAIL\033[0m: line %s: exit status %s: %s\n' "$2" "$1" "${3%%$'\n'*}" >&"$TOPHAN_OUT"
         TOPHAN_FAILED=1
     }
+    tophan_leftovers() {
+        local names digests
+        names=$("$BIN" layer list 2>/dev/null | cut -f1 | paste -sd, -)
+        digests=$(for n in ${names//,/ }; do "$BIN" layer info "$n" 2>/dev/null; done \
+            | sed -n 's/^digest=//p' | sort -u | paste -sd, -)
+        printf 'tophan: leftovers: layers=%s digests=%s layer_dirs=%s workspace_dirs=%s\n' \
+            "$names" "$digests" "$(ls -A .overlayd/layers 2>/dev/null | paste -sd, -)" \
+            "$(ls -A .overlayd/workspaces 2>/dev/null | paste -sd, -)"
+    }
     trap 'tophan_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
-    trap 'TOPHAN_RC=$?; cleanup; (( TOPHAN_FAILED == 0 )) || { echo "some checks FAILED"; exit 1; }; exit "$TOPHAN_RC"' EXIT
+    trap 'TOPHAN_RC=$?; trap - ERR; (cd "$WORK" && tophan_leftovers); cleanup
+          (( TOPHAN_FAILED == 0 )) || { echo "some checks FAILED"; exit 1; }; exit "$TOPHAN_RC"' EXIT
 fi
 
 check_eq() {

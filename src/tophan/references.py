@@ -1,0 +1,36 @@
+"""What still uses a layer: the one rule that spans every package.
+
+A layer tree is needed while a layer name, a workspace, an image, an app or a live run uses it.
+Each package knows its own holders; this module asks them all, and the store façade passes the
+answer down to ``Layers`` and ``Images`` (which cannot import the packages above them).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tophan.app.apps import Apps
+from tophan.image.images import Images
+from tophan.layer.layers import Layers
+from tophan.run.container import live_run_digests
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tophan._internal.root import StoreRoot
+
+
+def layers(store: StoreRoot) -> set[str]:
+    """Layer digests something still needs: names, workspaces, live runs, images."""
+    images = Images(store).referenced()[1]
+    return Layers(store).referenced_digests() | live_run_digests(store) | images
+
+
+def users(store: StoreRoot, name: str) -> list[tuple[str, str]]:
+    """What holds layer ``name`` by its name (apps), with how to free it."""
+    if not os.path.isdir(store.path("apps")):
+        return []
+    return [
+        (f"app {a.name}", f"remove the app first (`tophan app rm {a.name}`)")
+        for a in Apps(store).all()
+        if name in a.spec.get("layers", [])
+    ]
