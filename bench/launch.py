@@ -73,14 +73,14 @@ class Api:
     """The in-process launch: one interpreter, the spec built once, like an orchestrator."""
 
     def __init__(self, root: Path) -> None:
-        from tophan.cli import run as cli_run
+        from tophan import RunOptions
+        from tophan.run.options import parse_limits
         from tophan.store import Store
 
         self.store = Store(str(root))
-        args = ["-m", "64m", "--pids-limit", str(PIDS), "-l", "conf", "-l", "app", "-l", "base",
-                "--", "/bin/true"]  # fmt: skip
-        self.spec = cli_run.build_spec(self.store, cli_run.parse_run_args(
-            args, cli_run.FLAGS, "run"), "run")  # fmt: skip
+        limits = parse_limits({"memory": "64m", "pids_limit": str(PIDS)})
+        opts = RunOptions(layers=["conf", "app", "base"], command=["/bin/true"], limits=limits)
+        self.spec = opts.spec(self.store)
 
     def __call__(self) -> float:
         from tophan.run import container as runtime

@@ -142,6 +142,9 @@ def test_spec_file_and_flags(env: Env) -> None:
         '[restart]\npolicy = "on-failure"\nmax_retries = 2\n'
     )
     env.ok("app", "create", "tweb", "--file", str(spec), "-e", "EXTRA=1")
+    stored = json.loads((env.root / "apps/tweb/spec.json").read_text())
+    assert stored["version"] == 2 and stored["run"]["layers"] == ["conf", "www", "base"]
+    assert stored["run"]["env"] == {"GREETING": "hi", "EXTRA": "1"}
     env.ok("app", "start", "tweb")
     env.wait_for(lambda: env.state("tweb").get("health", {}).get("status") == "healthy")  # type: ignore[union-attr]
     out = env.ok("app", "exec", "tweb", "--", "sh", "-c", "echo $GREETING $EXTRA; hostname")
@@ -155,6 +158,78 @@ def test_spec_file_and_flags(env: Env) -> None:
     )
     env.ok("app", "stop", "tweb")
     assert env.state("tweb")["status"] == "exited"
+
+
+# spec.json as `app create` wrote it before RunOptions (version 1: the CLI's flag dict), for
+#   PASSED=yes tophan app create tmig --file web.toml -e EXTRA=1 -e PASSED -e UNSET_HERE
+#     --ulimit nofile=100:200 --cap-drop CHOWN --security-opt no-new-privileges=false
+#     --tmpfs /scratch --entrypoint "" -w /tmp --stop-signal INT --rm
+OLD_SPEC = {
+    "command": ["sh", "-c", "echo $GREETING; ulimit -n; sleep 60"],
+    "created_at": 1796424473.4693975,
+    "health": {"address": "", "cmd": ["/bin/sh", "-c", "true"], "interval": 0.2, "kind": "cmd",
+               "retries": 3, "start_period": 0.0, "timeout": 30.0, "url": ""},
+    "layers": ["base"],
+    "log": {"max_files": 2, "max_size": 1048576},
+    "name": "tmig",
+    "opts": {
+        "cap_drop": ["CHOWN"], "entrypoint": [""],
+        "env": ["GREETING=hi", "EXTRA=1", "PASSED", "UNSET_HERE"],
+        "memory": "64m", "pids_limit": "32", "rm": True,
+        "security_opt": ["no-new-privileges=false"], "tmpfs": ["/scratch"],
+        "ulimit": ["nofile=100:200"], "volume": ["tmigdata:/data"], "workdir": "/tmp",
+    },
+    "restart": {"max_retries": 2, "policy": "on-failure"},
+    "stop_signal": "SIGINT",
+    "stop_timeout": 2.0,
+}  # fmt: skip
+
+
+def test_old_spec_is_migrated_on_first_read(env: Env) -> None:
+    d = env.root / "apps/tmig"
+    (d / "logs").mkdir(parents=True)
+    (d / "lock").touch()
+    (d / "spec.json").write_text(json.dumps(OLD_SPEC, indent=1))
+    # The first reader migrates: `-e NAME` takes its value from the reader's environment.
+    environ = {k: v for k, v in os.environ.items() if k != "UNSET_HERE"}
+    r = subprocess.run(
+        [str(BIN / "tophan"), "--root", str(env.root), "app", "ps", "-a"],
+        env={**environ, "PASSED": "yes"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0 and "tmig" in r.stdout, r.stderr
+    spec = json.loads((d / "spec.json").read_text())
+    assert spec["version"] == 2 and spec["run"]["version"] == 2
+    run = spec["run"]
+    assert run["layers"] == ["base"] and run["entrypoint"] == []
+    assert run["env"] == {"GREETING": "hi", "EXTRA": "1", "PASSED": "yes", "UNSET_HERE": None}
+    assert run["limits"]["memory"] == 64 << 20 and run["limits"]["pids"] == 32
+    assert run["volumes"] == [{"source": "tmigdata", "target": "/data", "readonly": False}]
+    assert run["ulimits"] == {"nofile": [100, 200]} and run["tmpfs"] == ["/scratch"]
+    assert run["cap_drop"] == ["CHOWN"] and run["no_new_privileges"] is False
+    assert spec["restart"] == {"policy": "on-failure", "max_retries": 2}
+    assert spec["health"]["kind"] == "cmd" and spec["stop_signal"] == "SIGINT"
+    assert spec["stop_timeout"] == 2.0 and spec["log"] == {"max_size": 1 << 20, "max_files": 2}
+    assert spec["created_at"] == OLD_SPEC["created_at"]
+    # ... and the migrated app runs with every option the old one had.
+    env.ok("app", "start", "tmig")
+    env.wait_for(lambda: env.state("tmig")["health"]["status"] == "healthy")  # type: ignore[index]
+    out = env.ok("app", "exec", "tmig", "--", "sh", "-c",
+                 "echo $GREETING $EXTRA $PASSED ${UNSET_HERE-unset}; pwd;"
+                 " grep NoNewPrivs /proc/self/status; grep -o ' /scratch tmpfs' /proc/mounts;"
+                 " grep -c ' /data ' /proc/mounts")  # fmt: skip
+    assert out.splitlines() == ["hi 1 yes unset", "/tmp", "NoNewPrivs:\t0", " /scratch tmpfs",
+                                "1"], out  # fmt: skip
+    assert env.ok("app", "logs", "tmig") == "hi\n100\n"  # the app's own ulimit
+    env.ok("app", "rm", "-f", "tmig")
+    env.ok("volume", "rm", "tmigdata")
+
+
+def test_unreadable_spec_versions_are_refused(env: Env) -> None:
+    d = env.root / "apps/tnew"
+    (d / "logs").mkdir(parents=True)
+    (d / "spec.json").write_text(json.dumps({"version": 3, "run": {}}))
+    r = env.t("app", "start", "tnew")
+    assert r.returncode == 1 and "version 3" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_health_starting_healthy_unhealthy(env: Env) -> None:

@@ -59,6 +59,64 @@ def stack(root: Path, tmp_path: Path) -> Iterator[Stack]:
     assert not leaked, f"cgroups left: {leaked}"
 
 
+def test_run_options_json_round_trip_and_refusals() -> None:
+    from tophan import RunOptions
+    from tophan.errors import TophanError, UsageError
+    from tophan.run.options import Mount
+
+    opts = RunOptions(image="web", command=["sh", "-c", "true"], env={"A": "1"})
+    opts.update(
+        {
+            "env": ["B=2", "NOT_IN_ENVIRON"],
+            "volume": ["data:/data", "/srv:/srv:ro"],
+            "memory": "64m",
+            "memory_swap": "128m",
+            "pids_limit": "-1",
+            "ulimit": ["nofile=10:20"],
+            "security_opt": ["seccomp=unconfined"],
+            "cap_drop": ["chown"],
+            "init": True,
+            "user": "1000:1000",
+        },
+        environ={},
+    )
+    assert opts.env == {"A": "1", "B": "2", "NOT_IN_ENVIRON": None}
+    assert opts.volumes == [Mount("data", "/data"), Mount("/srv", "/srv", True)]
+    assert opts.limits is not None and opts.limits.memory_swap == 128 << 20
+    assert opts.limits.pids is None  # -1: unlimited
+    doc = opts.to_json()
+    assert doc["version"] == 2 and RunOptions.from_json(doc) == opts
+    # Flags add to what is there: the swap needs the memory set before, in another update.
+    opts.update({"memory_swap": "256m"})
+    assert opts.limits.memory == 64 << 20 and opts.limits.memory_swap == 256 << 20
+    with pytest.raises(UsageError, match="pids-limit"):
+        opts.update({"pids_limit": "-2"})
+    for bad, what in (
+        ({**doc, "version": 3}, "version 3"),
+        ({**doc, "colour": "red"}, "colour"),
+        ({**doc, "layers": "base"}, "layers"),
+        ({**doc, "read_only": 1}, "read_only"),
+        ({**doc, "limits": {"memory": "64m"}}, "memory"),
+    ):
+        with pytest.raises(TophanError, match=what):
+            RunOptions.from_json(bad)
+
+
+def test_run_and_app_packages_do_not_import_the_cli() -> None:
+    import ast
+
+    import tophan
+
+    top = Path(tophan.__file__).parent
+    for package in ("run", "app"):
+        for path in (top / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                assert not any(n.startswith("tophan.cli") for n in names), path
+
+
 def test_container_paths_resolve_inside_the_root(tmp_path: Path) -> None:
     """Where a bind mount or /etc file goes: symlinks of the image resolved as the container
     would see them, never above its root, and loops refused."""

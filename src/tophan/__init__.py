@@ -30,6 +30,7 @@ __all__ = [
     "Layer",
     "MountError",
     "NotFound",
+    "RunOptions",
     "Store",
     "TophanError",
     "UsageError",
@@ -43,6 +44,7 @@ _LAZY = {
     "Image": "tophan.image.images",
     "ImageConfig": "tophan.image.images",
     "Workspace": "tophan.layer.workspace",
+    "RunOptions": "tophan.run.options",
     "TophanError": "tophan.errors",
     "UsageError": "tophan.errors",
     "NotFound": "tophan.errors",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from tophan.image.images import Image, ImageConfig
     from tophan.layer.layers import Layer
     from tophan.layer.workspace import Workspace
+    from tophan.run.options import RunOptions
     from tophan.store import Store
 
 

@@ -32,5 +32,5 @@ def users(store: StoreRoot, name: str) -> list[tuple[str, str]]:
     return [
         (f"app {a.name}", f"remove the app first (`tophan app rm {a.name}`)")
         for a in Apps(store).all()
-        if name in a.spec.get("layers", [])
+        if name in a.spec.run.layers
     ]

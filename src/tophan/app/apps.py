@@ -2,7 +2,9 @@
 
 Layout: ``<root>/apps/<name>/``::
 
-    spec.json    what `app create` validated: stack, command, run options, health, restart
+    spec.json    what `app create` validated (``AppSpec.to_json``): the run options
+                 (``RunOptions.to_json``), restart policy, health check, stop signal and
+                 timeout, log rotation; versioned, and migrated from the old form on first read
     state.json   written atomically by the supervisor: status, pids, exit codes, health...
     lock         flock'ed (exclusive) by the live supervisor, and only by it
     logs/        app.log (+ app.log.1, .2... after rotation)
@@ -31,16 +33,178 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tophan._internal.root import StoreRoot
+    from tophan.app.health import Check
     from tophan.run.container import Spec
+    from tophan.run.options import RunOptions
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+SPEC_VERSION = 2  # of spec.json; RunOptions has the same number (version 1: a raw flag dict)
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_LOG_MAX = 10 << 20
 DEFAULT_LOG_FILES = 3
 
 
+class RestartPolicy:
+    """``no``, ``on-failure`` (at most ``max_retries`` restarts; 0: no limit) or ``always``."""
+
+    def __init__(self, policy: str = "no", max_retries: int = 0) -> None:
+        self.policy = policy
+        self.max_retries = max_retries
+
+    @classmethod
+    def parse(cls, text: str, what: str) -> RestartPolicy:
+        """Docker's ``--restart`` value: ``no``, ``on-failure[:N]``, ``always``,
+        ``unless-stopped``."""
+        policy, _, count = text.partition(":")
+        if policy not in RESTART_POLICIES:
+            raise UsageError(
+                f"{what}: unknown restart policy {text!r}", "use no, on-failure[:N] or always"
+            )
+        if count and (policy != "on-failure" or not count.isdigit()):
+            raise UsageError(f"{what}: invalid restart policy {text!r}", "only on-failure takes :N")
+        if policy == "unless-stopped":
+            policy = "always"  # without a daemon that restarts apps at boot, they are the same
+        return cls(policy, int(count) if count else 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "max_retries": self.max_retries}
+
+
+class LogOptions:
+    """Rotation of ``logs/app.log``: at ``max_size`` bytes, keeping ``max_files`` files."""
+
+    def __init__(self, max_size: int = DEFAULT_LOG_MAX, max_files: int = DEFAULT_LOG_FILES) -> None:
+        self.max_size = max_size
+        self.max_files = max_files
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_size": self.max_size, "max_files": self.max_files}
+
+
+class AppSpec:
+    """What ``app create`` stores: the run options plus what only a supervised app has.
+
+    ``health`` is the app's check (None: the image's, unless ``no_healthcheck``);
+    ``stop_signal`` None is the image's StopSignal, else SIGTERM; ``stop_timeout`` None is
+    ``DEFAULT_STOP_TIMEOUT``."""
+
+    def __init__(
+        self,
+        run: RunOptions,
+        *,
+        restart: RestartPolicy | None = None,
+        health: Check | None = None,
+        no_healthcheck: bool = False,
+        stop_signal: str | None = None,
+        stop_timeout: float | None = None,
+        log: LogOptions | None = None,
+        name: str = "",
+        created_at: float = 0.0,
+    ) -> None:
+        self.run = run
+        self.restart = restart or RestartPolicy()
+        self.health = health
+        self.no_healthcheck = no_healthcheck
+        self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
+        self.log = log or LogOptions()
+        self.name = name
+        self.created_at = created_at
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"version": 2, "name", "created_at", "run": {RunOptions}, "restart", "health",
+        "no_healthcheck", "stop_signal", "stop_timeout", "log"}`` (docs/run.md)."""
+        return {
+            "version": SPEC_VERSION,
+            "name": self.name,
+            "created_at": self.created_at,
+            "run": self.run.to_json(),
+            "restart": self.restart.to_json(),
+            "health": None if self.health is None else self.health.as_dict(),
+            "no_healthcheck": self.no_healthcheck,
+            "stop_signal": self.stop_signal,
+            "stop_timeout": self.stop_timeout,
+            "log": self.log.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> AppSpec:
+        """The stored form; an old one (version 1: the CLI's flag dict) is converted."""
+        from tophan.app.health import Check
+        from tophan.run.options import RunOptions
+
+        if isinstance(doc, dict) and "version" not in doc:
+            return cls.from_v1(doc)
+        if not isinstance(doc, dict) or doc.get("version") != SPEC_VERSION:
+            version = doc.get("version") if isinstance(doc, dict) else None
+            raise TophanError(
+                f"app spec version {version!r} is not {SPEC_VERSION}",
+                "written by another tophan version: recreate the app",
+            )
+        known = {"version", "name", "created_at", "run", "restart", "health", "no_healthcheck",
+                 "stop_signal", "stop_timeout", "log"}  # fmt: skip
+        extra = set(doc) - known
+        if extra:
+            raise TophanError(f"app spec: unknown keys {', '.join(sorted(extra))}")
+        try:
+            restart = doc.get("restart") or {}
+            log = doc.get("log") or {}
+            health = doc.get("health")
+            stop_timeout = doc.get("stop_timeout")
+            return cls(
+                RunOptions.from_json(doc.get("run")),
+                restart=RestartPolicy(str(restart["policy"]), int(restart["max_retries"]))
+                if restart
+                else None,
+                health=Check.from_dict(health) if health else None,
+                no_healthcheck=bool(doc.get("no_healthcheck")),
+                stop_signal=doc.get("stop_signal") or None,
+                stop_timeout=None if stop_timeout is None else float(stop_timeout),
+                log=LogOptions(int(log["max_size"]), int(log["max_files"])) if log else None,
+                name=str(doc.get("name") or ""),
+                created_at=float(doc.get("created_at") or 0.0),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise TophanError(f"app spec: malformed ({type(e).__name__}: {e})") from e
+
+    @classmethod
+    def from_v1(cls, doc: dict[str, Any]) -> AppSpec:
+        """An app spec as tophan stored it before RunOptions: ``{"opts": {flag key: value},
+        "image" | "layers", "command", "restart", "health", "stop_signal", "stop_timeout",
+        "log", "no_healthcheck", "name", "created_at"}``."""
+        from tophan.app.health import Check
+        from tophan.run.options import RunOptions
+
+        run = RunOptions(
+            image=doc.get("image"), layers=doc.get("layers") or (), command=doc.get("command") or ()
+        )
+        opts = dict(doc.get("opts") or {})
+        for habit in ("rm", "interactive", "tty", "detach", "file"):
+            opts.pop(habit, None)
+        run.update(opts)
+        restart = doc.get("restart")
+        log = doc.get("log") or {}
+        stop_timeout = doc.get("stop_timeout")
+        return cls(
+            run,
+            restart=RestartPolicy(restart["policy"], int(restart.get("max_retries", 0)))
+            if restart
+            else None,
+            health=Check.from_dict(doc["health"]) if doc.get("health") else None,
+            no_healthcheck=bool(doc.get("no_healthcheck")),
+            stop_signal=doc.get("stop_signal") or None,
+            stop_timeout=None if stop_timeout is None else float(stop_timeout),
+            log=LogOptions(
+                int(log.get("max_size", DEFAULT_LOG_MAX)),
+                int(log.get("max_files", DEFAULT_LOG_FILES)),
+            ),
+            name=str(doc.get("name") or ""),
+            created_at=float(doc.get("created_at") or 0.0),
+        )
+
+
 class App:
-    def __init__(self, store: StoreRoot, name: str, d: str, spec: dict[str, Any]) -> None:
+    def __init__(self, store: StoreRoot, name: str, d: str, spec: AppSpec) -> None:
         self.store = store
         self.name = name
         self.dir = d
@@ -83,22 +247,16 @@ class App:
             os.close(fd)
 
     def run_spec(self) -> Spec:
-        from tophan.cli.run import Parsed, build_spec
-
-        p = Parsed()
-        p.opts = dict(self.spec.get("opts", {}))
-        p.image = self.spec.get("image")
-        p.command = list(self.spec.get("command", []))
-        if self.spec.get("layers"):
-            p.opts["layer"] = list(self.spec["layers"])
-        spec = build_spec(self.store, p, f"app {self.name}")
+        """The runtime's spec for one start: a fresh container name, the app's name as the
+        default hostname."""
+        spec = self.spec.run.spec(self.store, f"app {self.name}")
         spec.name = f"app-{self.name}-{os.urandom(4).hex()}"
-        if not p.opts.get("hostname"):
+        if not self.spec.run.hostname:
             spec.hostname = self.name
         return spec
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "spec": self.spec, "state": self.state()}
+        return {"name": self.name, "spec": self.spec.to_json(), "state": self.state()}
 
 
 class Apps:
@@ -111,13 +269,20 @@ class Apps:
 
     def get(self, name: str) -> App:
         d = self._dir(name)
+        path = os.path.join(d, "spec.json")
         try:
-            with open(os.path.join(d, "spec.json"), encoding="utf-8") as f:
-                spec = json.load(f)
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
         except FileNotFoundError as e:
             raise NotFound(f"no such app: {name}", "see `tophan app ps -a`") from e
         except (OSError, ValueError) as e:
             raise TophanError(f"app {name}: unreadable spec.json ({e})", "recreate the app") from e
+        try:
+            spec = AppSpec.from_json(doc)
+        except TophanError as e:
+            raise TophanError(f"app {name}: {e.message}", e.hint or "recreate the app") from e
+        if isinstance(doc, dict) and "version" not in doc:
+            _write_migrated(path, spec)
         return App(self.store, name, d, spec)
 
     def all(self) -> list[App]:
@@ -134,19 +299,18 @@ class Apps:
                     continue
         return out
 
-    def create(self, name: str, spec: dict[str, Any]) -> App:
+    def create(self, name: str, spec: AppSpec) -> App:
         """Validate (by building the run spec once) and store a new app."""
         d = self._dir(name)
-        spec = dict(spec, name=name, created_at=time.time())
+        if spec.run.keep_upper is not None:
+            raise UsageError(f"app {name}: --keep-upper applies to `tophan run` only")
+        spec.name, spec.created_at = name, time.time()
         App(self.store, name, d, spec).run_spec()  # every error surfaces now, not at start
         os.makedirs(self.top, 0o755, exist_ok=True)
         staging = self.store.staging("app")
         try:
             os.mkdir(os.path.join(staging.path, "logs"), 0o755)
-            atomic_write(
-                os.path.join(staging.path, "spec.json"),
-                json.dumps(spec, indent=1, sort_keys=True).encode() + b"\n",
-            )
+            atomic_write(os.path.join(staging.path, "spec.json"), _spec_bytes(spec))
             open(os.path.join(staging.path, "lock"), "a").close()
             os.chmod(staging.path, 0o755)
             with self.store.lock():
@@ -194,7 +358,9 @@ class Apps:
         if not state["alive"]:
             cleanup_leftovers(app)
             return app.state()
-        grace = float(app.spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        grace = app.spec.stop_timeout
+        if grace is None:
+            grace = DEFAULT_STOP_TIMEOUT
         if timeout is not None:
             grace = timeout
             atomic_write(app.path("stop_timeout"), f"{grace}\n".encode())
@@ -217,6 +383,19 @@ class Apps:
             self.stop(name, timeout=0)
         cleanup_leftovers(app)
         self.store.trash(app.dir)
+
+
+def _spec_bytes(spec: AppSpec) -> bytes:
+    return json.dumps(spec.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _write_migrated(path: str, spec: AppSpec) -> None:
+    """Replace an old-format spec.json with its migrated form (atomically: a reader sees one or
+    the other). A store this user may not write keeps the old form, migrated on each read."""
+    try:
+        atomic_write(path, _spec_bytes(spec))
+    except OSError:
+        pass
 
 
 def _spawn_supervisor(store: StoreRoot, name: str, ready_fd: int) -> None:
@@ -294,20 +473,7 @@ def write_state(app: App, state: dict[str, Any]) -> None:
     atomic_write(app.path("state.json"), json.dumps(state, sort_keys=True).encode() + b"\n")
 
 
-# -- specs: TOML files and flags -> one normalized dict ----------------------------------------
-
-
-def restart_policy(text: str, what: str) -> dict[str, Any]:
-    policy, _, count = text.partition(":")
-    if policy not in RESTART_POLICIES:
-        raise UsageError(
-            f"{what}: unknown restart policy {text!r}", "use no, on-failure[:N] or always"
-        )
-    if count and (policy != "on-failure" or not count.isdigit()):
-        raise UsageError(f"{what}: invalid restart policy {text!r}", "only on-failure takes :N")
-    if policy == "unless-stopped":
-        policy = "always"  # without a daemon that restarts apps at boot, they are the same
-    return {"policy": policy, "max_retries": int(count) if count else 0}
+# -- spec files (TOML) -------------------------------------------------------------------------
 
 
 # TOML key -> (run-option key, expected type). Values are checked here, with the key in the
@@ -352,8 +518,8 @@ class _Where:
         return UsageError(f"{self.path}: {key}: {message}", hint)
 
 
-def load_spec_file(path: str) -> dict[str, Any]:
-    """Read an app spec (TOML) into the normalized dict ``app create`` stores."""
+def load_spec_file(path: str) -> AppSpec:
+    """Read an app spec (TOML, docs/run.md). Errors name the file and the key."""
     import tomllib
 
     w = _Where(path)
@@ -364,10 +530,14 @@ def load_spec_file(path: str) -> dict[str, Any]:
         raise UsageError(f"cannot read app spec {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from e
+    # The keys are checked one by one into the old flag-dict form, which AppSpec reads.
     spec: dict[str, Any] = {"opts": {}}
     for key, value in doc.items():
         _load_key(w, spec, key, value)
-    return spec
+    try:
+        return AppSpec.from_v1(spec)
+    except TophanError as e:
+        raise UsageError(f"{path}: {e.message}", e.hint) from e
 
 
 def _load_key(w: _Where, spec: dict[str, Any], key: str, value: Any) -> None:
@@ -497,14 +667,14 @@ def _ulimit_items(w: _Where, value: Any) -> list[str]:
 
 
 def _load_resources(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
-    from tophan.run import cgroup
+    from tophan.run import options
 
     for key, value in table.items():
         if key not in _RESOURCE_KEYS:
             raise w.error(f"resources.{key}", "unknown key", "known: " + ", ".join(_RESOURCE_KEYS))
         _put(w, spec["opts"], f"resources.{key}", value, _RESOURCE_KEYS[key])
         try:
-            cgroup.parse_limits({_RESOURCE_KEYS[key][0]: spec["opts"][_RESOURCE_KEYS[key][0]]})
+            options.parse_limits({_RESOURCE_KEYS[key][0]: spec["opts"][_RESOURCE_KEYS[key][0]]})
         except TophanError as e:
             raise w.error(f"resources.{key}", e.message, e.hint) from e
 
@@ -544,7 +714,7 @@ def _load_health(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None
         if key not in _HEALTH_KEYS:
             raise w.error(f"health.{key}", "unknown key", "known: " + ", ".join(_HEALTH_KEYS))
         raw[key] = value
-    spec["health"] = health_spec(raw, f"{w.path}: health")
+    spec["health"] = health_spec(raw, f"{w.path}: health").as_dict()
 
 
 def _load_restart(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
@@ -553,15 +723,15 @@ def _load_restart(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> Non
         if key not in ("policy", "max_retries"):
             raise w.error(f"restart.{key}", "unknown key", "known: policy, max_retries")
     _typed(w, "restart.policy", policy, str)
-    out = restart_policy(policy, f"{w.path}: restart.policy")
+    out = RestartPolicy.parse(policy, f"{w.path}: restart.policy")
     if "max_retries" in table:
         _typed(w, "restart.max_retries", table["max_retries"], int)
-        if out["policy"] != "on-failure" or table["max_retries"] < 0:
+        if out.policy != "on-failure" or table["max_retries"] < 0:
             raise w.error(
                 "restart.max_retries", "only a policy of on-failure takes max_retries >= 0"
             )
-        out["max_retries"] = table["max_retries"]
-    spec["restart"] = out
+        out.max_retries = table["max_retries"]
+    spec["restart"] = out.to_json()
 
 
 def _load_log(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
@@ -584,7 +754,7 @@ def _load_log(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
     spec["log"] = out
 
 
-def health_spec(raw: dict[str, Any], what: str) -> dict[str, Any]:
+def health_spec(raw: dict[str, Any], what: str) -> Check:
     """cmd/http/tcp (exactly one) + timings -> the stored health check."""
     from tophan.app.health import DEFAULTS, Check, parse_duration
 
@@ -623,7 +793,7 @@ def health_spec(raw: dict[str, Any], what: str) -> dict[str, Any]:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
         raise UsageError(f"{what}: retries must be a whole number >= 1")
     check.retries = retries
-    return check.as_dict()
+    return check
 
 
 def signal_name(text: str, what: str) -> str:

@@ -77,8 +77,6 @@ class LogWriter:
 
 class Supervisor:
     def __init__(self, app: App, ready_fd: int) -> None:
-        from tophan.app import apps
-
         self.app = app
         self.ready_fd = ready_fd
         self.sel = selectors.DefaultSelector()
@@ -94,12 +92,7 @@ class Supervisor:
             "error": None,
             "cgroup": "",
         }
-        log = app.spec.get("log", {})
-        self.log = LogWriter(
-            app.log_path,
-            int(log.get("max_size", apps.DEFAULT_LOG_MAX)),
-            int(log.get("max_files", apps.DEFAULT_LOG_FILES)),
-        )
+        self.log = LogWriter(app.log_path, app.spec.log.max_size, app.spec.log.max_files)
         self.ctr: Container | None = None
         self.spec: Spec | None = None
         self.stopping = False
@@ -142,10 +135,11 @@ class Supervisor:
             os.unlink(self.app.path("stop_timeout"))
             return grace
         except (OSError, ValueError):
-            return float(self.app.spec.get("stop_timeout", apps.DEFAULT_STOP_TIMEOUT))
+            timeout = self.app.spec.stop_timeout
+            return apps.DEFAULT_STOP_TIMEOUT if timeout is None else timeout
 
     def _stop_signal(self) -> int:
-        name = self.app.spec.get("stop_signal")
+        name = self.app.spec.stop_signal
         if not name and self.spec is not None:
             name = self.image_stop_signal
         return int(signal.Signals[name]) if name else int(signal.SIGTERM)
@@ -209,16 +203,16 @@ class Supervisor:
     def _health_config(self) -> None:
         from tophan.app import health
 
-        raw = self.app.spec.get("health")
-        self.check = health.Check.from_dict(raw) if raw else None
-        if self.check is None and self.app.spec.get("image") and not raw:
-            from tophan.cli.run import image_stack
+        spec = self.app.spec
+        self.check = spec.health
+        if self.check is None and spec.run.image:
+            from tophan.run.options import image_stack
 
             try:
-                _, config = image_stack(self.app.store, self.app.spec["image"])
+                _, config = image_stack(self.app.store, spec.run.image)
             except TophanError:
                 config = {}
-            if config.get("Healthcheck") and not self.app.spec.get("no_healthcheck"):
+            if config.get("Healthcheck") and not spec.no_healthcheck:
                 self.check = health.from_docker(config["Healthcheck"])
             self.image_stop_signal = config.get("StopSignal")
 
@@ -269,14 +263,14 @@ class Supervisor:
     # -- restart policy -------------------------------------------------------------------------
 
     def should_restart(self) -> bool:
-        policy = self.app.spec.get("restart", {"policy": "no"})
-        if self.stopping or policy["policy"] == "no":
+        policy = self.app.spec.restart
+        if self.stopping or policy.policy == "no":
             return False
         code = self.state.get("exit_code")
-        if policy["policy"] == "on-failure":
+        if policy.policy == "on-failure":
             if code == 0:
                 return False
-            limit = int(policy.get("max_retries", 0))
+            limit = policy.max_retries
             return not limit or self.state["restart_count"] < limit
         return True
 

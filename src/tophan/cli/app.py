@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from tophan.app.apps import App, Apps
+    from tophan.app.apps import App, Apps, AppSpec
     from tophan.cli.main import Args, Cli
 
 APP_USAGE = """\
@@ -96,76 +96,64 @@ def _apps(cli: Cli) -> Apps:
 def _create(cli: Cli, argv: list[str]) -> int:
     from tophan.app import apps
     from tophan.cli import run as cli_run
+    from tophan.run.options import RunOptions
 
     if not argv or argv[0].startswith("-"):
         raise UsageError("app create: NAME comes first", "tophan app create NAME [options] ...")
     name, rest = argv[0], argv[1:]
     p = cli_run.parse_run_args(rest, {**cli_run.FLAGS, **APP_FLAGS}, "app create")
     o = p.opts
-    spec: dict[str, Any] = {"opts": {}}
-    if "file" in o:
-        spec = apps.load_spec_file(o["file"])
-    for key, value in o.items():
-        if key in _APP_ONLY or key == "layer":
-            continue
-        if isinstance(value, list):  # repeatable flags add to the file's list
-            spec["opts"][key] = list(spec["opts"].get(key, [])) + value
-        else:
-            spec["opts"][key] = value
-    if o.get("layer"):
-        spec["layers"] = o["layer"]
-        spec.pop("image", None)
-    elif p.image is not None:
-        spec["image"] = p.image
-        spec.pop("layers", None)
+    spec = apps.load_spec_file(o["file"]) if "file" in o else apps.AppSpec(RunOptions())
+    # The stack given here replaces the file's; other flags override its keys, and repeatable
+    # ones add to its lists.
+    if o.get("layer") or p.image is not None:
+        spec.run.image, spec.run.layers = p.image, []
     if p.command:
-        spec["command"] = p.command
+        spec.run.command = p.command
+    spec.run.update({k: v for k, v in o.items() if k not in _APP_ONLY | _NOT_RUN})
     _app_flags(spec, o)
-    if isinstance(spec["opts"].get("entrypoint"), str):
-        spec["opts"]["entrypoint"] = [spec["opts"]["entrypoint"]]
     app = _apps(cli).create(name, spec)
     cli.emit(f"{app.name}\n")
     return 0
 
 
-def _app_flags(spec: dict[str, Any], o: dict[str, Any]) -> None:
+_NOT_RUN = {"rm", "interactive", "tty", "detach"}
+
+
+def _app_flags(spec: AppSpec, o: dict[str, Any]) -> None:
     from tophan.app import apps, health
     from tophan.run import cgroup
 
     if "restart" in o:
-        spec["restart"] = apps.restart_policy(o["restart"], "--restart")
+        spec.restart = apps.RestartPolicy.parse(o["restart"], "--restart")
     if "stop_signal" in o:
-        spec["stop_signal"] = apps.signal_name(o["stop_signal"], "--stop-signal")
+        spec.stop_signal = apps.signal_name(o["stop_signal"], "--stop-signal")
     if "stop_timeout" in o:
-        spec["stop_timeout"] = health.parse_duration(o["stop_timeout"], "--stop-timeout")
+        spec.stop_timeout = health.parse_duration(o["stop_timeout"], "--stop-timeout")
     if o.get("no_healthcheck"):
-        spec.pop("health", None)
-        spec["no_healthcheck"] = True
-    raw = {k[7:]: v for k, v in o.items() if k.startswith("health_")}
+        spec.health = None
+        spec.no_healthcheck = True
+    raw: dict[str, Any] = {k[7:]: v for k, v in o.items() if k.startswith("health_")}
     if raw:
-        base = dict(spec.get("health") or {})
-        if {"cmd", "http", "tcp"} & raw.keys():
-            base = {k: v for k, v in base.items() if k not in ("kind", "cmd", "url", "address")}
-        else:
-            kind = base.get("kind")
-            if kind is None:
+        if not {"cmd", "http", "tcp"} & raw.keys():
+            # Timings alone change the file's check.
+            base = spec.health
+            if base is None:
                 raise UsageError("--health-* timings need a check", "add --health-cmd/http/tcp")
-            base[kind] = {
-                "cmd": base.get("cmd"),
-                "http": base.get("url"),
-                "tcp": base.get("address"),
-            }[kind]
-        for k in ("kind", "url", "address"):
-            base.pop(k, None)
-        base.update(raw)
-        spec["health"] = apps.health_spec(base, "--health")
+            given = {"cmd": base.cmd, "http": base.url, "tcp": base.address}[base.kind]
+            raw = {base.kind: given, "interval": base.interval, "timeout": base.timeout,
+                   "retries": base.retries, "start_period": base.start_period, **raw}  # fmt: skip
+        elif spec.health is not None:
+            old = spec.health
+            raw = {"interval": old.interval, "timeout": old.timeout, "retries": old.retries,
+                   "start_period": old.start_period, **raw}  # fmt: skip
+        spec.health = apps.health_spec(raw, "--health")
     for item in o.get("log_opt", []):
         key, _, value = item.partition("=")
-        log = spec.setdefault("log", {})
         if key == "max-size":
-            log["max_size"] = cgroup.parse_size(value)
+            spec.log.max_size = cgroup.parse_size(value)
         elif key == "max-file" and value.isdigit() and int(value) >= 1:
-            log["max_files"] = int(value)
+            spec.log.max_files = int(value)
         else:
             raise UsageError(f"invalid --log-opt {item!r}", "use max-size=SIZE or max-file=N")
 
@@ -270,7 +258,7 @@ def _row(app: App, state: dict[str, Any]) -> dict[str, Any]:
     if status == "exited" and state.get("exit_code") is not None:
         status = f"exited ({state['exit_code']})"
     health = (state.get("health") or {}).get("status") if status == "running" else None
-    stack = app.spec.get("image") or ",".join(app.spec.get("layers", []))
+    stack = app.spec.run.image or ",".join(app.spec.run.layers)
     return {
         "name": app.name,
         "status": status,
@@ -378,6 +366,7 @@ def _exec(cli: Cli, argv: list[str]) -> int:
     from tophan.cli import run as cli_run
     from tophan.run import cgroup
     from tophan.run import container as runtime
+    from tophan.run.options import set_env
 
     flags = {
         k: v
@@ -392,9 +381,10 @@ def _exec(cli: Cli, argv: list[str]) -> int:
     if not state["alive"] or state.get("status") != "running" or not state.get("pid"):
         raise UsageError(f"app {app.name} is not running", "start it with `tophan app start`")
     spec = app.run_spec()
-    env = dict(spec.env)
+    given: dict[str, str | None] = {}
     for item in p.opts.get("env", []):
-        cli_run._set_env(env, item)
+        set_env(given, item, os.environ)
+    env = {k: v for k, v in {**spec.env, **given}.items() if v is not None}
     spec = spec.replace(
         argv=p.command,
         env=env,

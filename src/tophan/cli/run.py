@@ -1,23 +1,24 @@
-"""``tophan run``: docker-run-style flags -> a runtime.Spec -> run it, exit with its code.
+"""``tophan run``: docker-run-style flags -> ``RunOptions`` -> a runtime Spec -> run it, exit
+with its code.
 
 The flag table is shared with ``tophan app create`` (apps take the same flags plus restart and
-health options), so names follow ``docker run``/``podman run`` wherever they have one.
+health options), so names follow ``docker run``/``podman run`` wherever they have one; each
+flag's key is the ``RunOptions.update`` name it sets.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
-    from tophan._internal.root import StoreRoot
     from tophan.cli.main import Cli
-    from tophan.run.container import Bind, Spec
+    from tophan.run.options import RunOptions
 
 RUN_USAGE = """\
 usage: tophan run [options] IMAGE [CMD [ARG...]]
@@ -94,20 +95,10 @@ FLAGS: dict[str, tuple[str, bool, bool]] = {
     "-t": ("tty", False, False),
     "--tty": ("tty", False, False),
 }
-LIMIT_KEYS = (
-    "memory",
-    "memory_swap",
-    "cpus",
-    "cpu_shares",
-    "cpuset_cpus",
-    "cpuset_mems",
-    "pids_limit",
-    "blkio_weight",
-    "device_read_bps",
-    "device_write_bps",
-    "device_read_iops",
-    "device_write_iops",
-)
+
+
+# Flags that only docker's habits need: accepted, and nothing to do.
+HABIT_KEYS = ("rm", "interactive", "tty")
 
 
 class Parsed:
@@ -116,8 +107,21 @@ class Parsed:
         self.image: str | None = None
         self.command: list[str] = []
 
+    def run_options(self, skip: Iterable[str] = ()) -> RunOptions:
+        """The options these flags give (``skip``: keys that are not run options)."""
+        from tophan.run.options import RunOptions
 
-def parse_run_args(argv: list[str], flags: dict[str, tuple[str, bool, bool]], what: str) -> Parsed:
+        opts = RunOptions(image=self.image, command=self.command)
+        left_out = {*HABIT_KEYS, *skip}
+        opts.update({k: v for k, v in self.opts.items() if k not in left_out})
+        return opts
+
+
+def parse_run_args(
+    argv: list[str],
+    flags: dict[str, tuple[str, bool, bool]],
+    what: str,
+) -> Parsed:
     """Options up to the IMAGE (or, with -l, up to the command); the rest is the command."""
     out = Parsed()
     i = 0
@@ -133,10 +137,10 @@ def parse_run_args(argv: list[str], flags: dict[str, tuple[str, bool, bool]], wh
         if not a.startswith("-") or a == "-":
             if out.opts.get("layer"):
                 out.command = argv[i - 1 :]
-            else:
-                out.image = a
-                rest = argv[i:]
-                out.command = rest[1:] if rest[:1] == ["--"] else rest
+                return out
+            out.image = a
+            rest = argv[i:]
+            out.command = rest[1:] if rest[:1] == ["--"] else rest
             return out
         i = _take_flag(out, a, argv, i, flags, what)
     return out
@@ -162,175 +166,6 @@ def _take_flag(
     from tophan.cli.main import take_option
 
     return take_option(out.opts, flags, a, argv, i, what, f"see `tophan {what} --help`")
-
-
-# -- building the spec -------------------------------------------------------------------------
-
-
-def build_spec(store: StoreRoot, p: Parsed, what: str) -> Spec:
-    """Resolve the stack (layers or image), apply image defaults, then the flags."""
-    from tophan.layer.layers import Layers
-    from tophan.run import container as runtime
-
-    layer_store = Layers(store)
-    o = p.opts
-    config: dict[str, Any] = {}
-    if o.get("layer"):
-        if p.image is not None:
-            raise UsageError(f"{what}: give either -l layers or an IMAGE, not both")
-        layers = [layer_store.get(name) for name in o["layer"]]
-        digests = [layer.digest for layer in layers]
-    elif p.image is not None:
-        digests, config = image_stack(store, p.image)
-    else:
-        raise UsageError(f"{what}: nothing to run", "name an IMAGE or give -l LAYER ...")
-    argv = _command(p, config, what)
-    spec = runtime.Spec(lowers=[layer_store.tree_path(d) for d in digests], argv=argv)
-    spec.digests = digests
-    spec.env = _env(config.get("Env") or [], o)
-    spec.workdir = o.get("workdir") or config.get("WorkingDir") or "/"
-    spec.user = o.get("user") or config.get("User") or None
-    spec.name = o.get("name") or ""
-    spec.hostname = o.get("hostname") or spec.name or os.urandom(6).hex()
-    spec.network = o.get("network", "none")
-    spec.readonly_rootfs = bool(o.get("read_only"))
-    spec.tmpfs = list(o.get("tmpfs", []))
-    spec.rlimits = _ulimits(o.get("ulimit", []))
-    spec.binds, spec.volumes = _binds(store, o.get("volume", []))
-    spec.no_limits = bool(o.get("no_limits"))
-    _security(spec, o)
-    spec.limits = _limits(o)
-    spec.check()
-    return spec
-
-
-def image_stack(store: StoreRoot, name: str) -> tuple[list[str], dict[str, Any]]:
-    """An image's layer digests (top first) and its config (Entrypoint, Cmd, Env...)."""
-    from tophan.image.images import Images
-
-    image = Images(store).get(name)
-    return list(reversed(image.layers)), dict(image.config)
-
-
-def _command(p: Parsed, config: dict[str, Any], what: str) -> list[str]:
-    entry = config.get("Entrypoint") or []
-    if "entrypoint" in p.opts:
-        given = p.opts["entrypoint"]
-        entry = list(given) if isinstance(given, list) else [given] if given else []
-        cmd = p.command
-    else:
-        cmd = p.command or list(config.get("Cmd") or [])
-    argv = list(entry) + list(cmd)
-    if not argv:
-        raise UsageError(
-            f"{what}: no command", "give one after the stack, or use an image with Cmd"
-        )
-    return argv
-
-
-def _env(image_env: list[str], o: dict[str, Any]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in image_env:
-        k, _, v = item.partition("=")
-        env[k] = v
-    for path in o.get("env_file", []):
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = [x.strip() for x in f]
-        except OSError as e:
-            raise UsageError(f"cannot read env file {path}: {e.strerror}") from e
-        for line in lines:
-            if line and not line.startswith("#"):
-                _set_env(env, line)
-    for item in o.get("env", []):
-        _set_env(env, item)
-    return env
-
-
-def _set_env(env: dict[str, str], item: str) -> None:
-    k, eq, v = item.partition("=")
-    if not k:
-        raise UsageError(f"invalid environment variable {item!r}", "use -e NAME=VALUE")
-    if eq:
-        env[k] = v
-    elif k in os.environ:
-        env[k] = os.environ[k]  # docker: `-e NAME` passes the caller's value through
-
-
-def _ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
-    out = {}
-    for item in items:
-        name, eq, values = item.partition("=")
-        soft, _, hard = values.partition(":")
-        try:
-            s = -1 if soft in ("-1", "unlimited") else int(soft)
-            h = s if not hard else (-1 if hard in ("-1", "unlimited") else int(hard))
-        except ValueError:
-            s = h = -2
-        if not eq or s < -1 or h < -1:
-            raise UsageError(
-                f"invalid --ulimit {item!r}", "use NAME=SOFT[:HARD], e.g. nofile=1024:2048"
-            )
-        out[name] = (s, h)
-    return out
-
-
-def _binds(store: StoreRoot, items: list[str]) -> tuple[list[Bind], list[str]]:
-    """The mounts of ``-v`` items, and the named volumes among them (held while running)."""
-    from tophan._internal import names
-    from tophan.run.container import Bind
-    from tophan.run.volumes import Volumes
-
-    out, volumes = [], []
-    for item in items:
-        parts = item.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise UsageError(
-                f"invalid volume {item!r}", "use SRC:DST[:ro], SRC a host path or a name"
-            )
-        src, dst = parts[0], parts[1]
-        mode = parts[2] if len(parts) == 3 else "rw"
-        if mode not in ("ro", "rw"):
-            raise UsageError(f"invalid volume mode {mode!r} in {item!r}", "use ro or rw")
-        if not src.startswith("/"):
-            if not names.is_valid(src):
-                raise UsageError(
-                    f"invalid volume {item!r}: {src!r} is neither an absolute path nor a name"
-                )
-            volumes.append(src)
-            src = Volumes(store).ensure(src).data
-        elif not os.path.exists(src):
-            raise UsageError(f"bind source {src} does not exist", "create it first")
-        out.append(Bind(os.path.realpath(src), dst, mode == "ro"))
-    return out, volumes
-
-
-def _security(spec: Spec, o: dict[str, Any]) -> None:
-    from tophan.run import security
-
-    if o.get("privileged"):
-        spec.caps = security.resolve_caps(["ALL"], [])
-        spec.seccomp = False
-    else:
-        spec.caps = security.resolve_caps(o.get("cap_add", []), o.get("cap_drop", []))
-    for opt in o.get("security_opt", []):
-        key, _, value = opt.replace(":", "=", 1).partition("=")
-        if key == "seccomp" and value == "unconfined":
-            spec.seccomp = False
-        elif key == "no-new-privileges":
-            spec.no_new_privs = value.lower() not in ("false", "0")
-        else:
-            raise UsageError(
-                f"unsupported --security-opt {opt!r}",
-                "tophan knows seccomp=unconfined and no-new-privileges[=false]",
-            )
-
-
-def _limits(o: dict[str, Any]) -> Any:
-    from tophan.run import cgroup
-
-    flags = {k: o[k] for k in LIMIT_KEYS if k in o}
-    return cgroup.parse_limits(flags)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -359,9 +194,10 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
     for key in p.opts:
         if key.startswith("app_only"):
             raise UsageError(f"run: {key[8:]} applies to apps", APP_HINT)
+    opts = p.run_options(skip=("detach",))
     store = cli.store()
-    spec = build_spec(store, p, "run")
+    spec = opts.spec(store, "run")
     # Our own stdout holds nothing (the container writes to the real one); flush anyway so
     # that nothing we buffered interleaves with its output.
     sys.stdout.flush()
-    return runtime.run(store, spec, keep_upper=p.opts.get("keep_upper"))
+    return runtime.run(store, spec, keep_upper=opts.keep_upper)
