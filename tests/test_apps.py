@@ -137,6 +137,7 @@ def test_spec_file_and_flags(env: Env) -> None:
         'layers = ["conf", "www", "base"]\n'
         'command = ["httpd", "-f", "-p", "127.0.0.1:8080", "-c", "/etc/httpd.conf"]\n'
         'env = { GREETING = "hi" }\n'
+        "init = true\n"  # httpd as pid 1 would ignore the stop signal: stop would wait 10 s
         '[resources]\nmemory = "64m"\npids_limit = 32\n'
         '[health]\nhttp = "http://127.0.0.1:8080/"\ninterval = "0.2s"\nretries = 2\n'
         '[restart]\npolicy = "on-failure"\nmax_retries = 2\n'
@@ -144,7 +145,7 @@ def test_spec_file_and_flags(env: Env) -> None:
     env.ok("app", "create", "tweb", "--file", str(spec), "-e", "EXTRA=1")
     stored = json.loads((env.root / "apps/tweb/spec.json").read_text())
     assert stored["version"] == 2 and stored["run"]["layers"] == ["conf", "www", "base"]
-    assert stored["run"]["env"] == {"GREETING": "hi", "EXTRA": "1"}
+    assert stored["run"]["env"] == {"GREETING": "hi", "EXTRA": "1"} and stored["run"]["init"]
     env.ok("app", "start", "tweb")
     env.wait_for(lambda: env.state("tweb").get("health", {}).get("status") == "healthy")  # type: ignore[union-attr]
     out = env.ok("app", "exec", "tweb", "--", "sh", "-c", "echo $GREETING $EXTRA; hostname")
@@ -297,7 +298,7 @@ def test_stop_grace_then_kill(env: Env) -> None:
 
 
 def test_supervisor_sigkill_leaves_nothing(env: Env) -> None:
-    env.ok("app", "create", "tkill", "-m", "64m", *WEB)
+    env.ok("app", "create", "tkill", "--init", "-m", "64m", *WEB)
     env.ok("app", "start", "tkill")
     st = env.state("tkill")
     sup, pid = int(st["supervisor"]), int(st["pid"])  # type: ignore[call-overload]
@@ -321,18 +322,22 @@ def _alive(pid: int) -> bool:
 
 
 def test_exec_joins_the_app(env: Env) -> None:
-    env.ok("app", "create", "texec", "-e", "APPVAR=1", *WEB)
+    env.ok("app", "create", "texec", "--init", "-e", "APPVAR=1", *WEB)
     env.ok("app", "start", "texec")
     out = env.ok("app", "exec", "texec", "--", "sh", "-c",
-                 "echo $APPVAR; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
-                 "grep -c . /proc/net/dev; cat /proc/self/cgroup | head -1")  # fmt: skip
+                 "echo $APPVAR; hostname; cat /proc/2/cmdline | tr '\\0' ' '; echo; "
+                 "grep -c . /proc/net/dev; cat /proc/1/comm")  # fmt: skip
     lines = out.splitlines()
     assert lines[0] == "1" and lines[1] == "texec" and lines[2].startswith("httpd")
+    assert lines[4] == "tophan-init"  # --init: the command is pid 2
     assert lines[3] == "3"  # header lines + lo: the app's network namespace
     r = env.t("app", "exec", "texec", "--", "sh", "-c", "exit 5")
     assert r.returncode == 5
     r = env.t("app", "exec", "-u", "user", "texec", "--", "id", "-u")
     assert r.stdout == "1000\n"
+    r = env.t("app", "exec", "texec", "-u", "user", "--", "id", "-u")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "options go before NAME (-u follows texec)" in r.stderr
     env.ok("app", "stop", "texec")
     r = env.t("app", "exec", "texec", "--", "true")
     assert r.returncode == 2 and "not running" in r.stderr

@@ -58,6 +58,15 @@ def test_rootless_run(rootless_user: RootlessUser, user_stack: Path) -> None:
     assert list((user_stack / "store/tmp").iterdir()) == []
 
 
+def test_rootless_init(rootless_user: RootlessUser, user_stack: Path) -> None:
+    rc, out, err = _tophan(
+        rootless_user, user_stack, "run", "--init", "-l", "base", "--", "sh", "-c",
+        "echo $$; cat /proc/1/comm; id -u; exit 4",
+    )  # fmt: skip
+    assert rc == 4, err
+    assert out.splitlines() == ["2", "tophan-init", "0"]
+
+
 def test_rootless_limits_refused_without_a_delegated_cgroup(
     rootless_user: RootlessUser, user_stack: Path
 ) -> None:

@@ -487,6 +487,7 @@ _TOP_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "read_only": ("read_only", bool),
     "volumes": ("volume", list),
     "tmpfs": ("tmpfs", list),
+    "init": ("init", bool),
 }
 _RESOURCE_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "memory": ("memory", (str, int)),

@@ -373,7 +373,7 @@ def _exec(cli: Cli, argv: list[str]) -> int:
         for k, v in cli_run.FLAGS.items()
         if v[0] in ("env", "user", "workdir", "interactive", "tty")
     }
-    p = cli_run.parse_run_args(argv, flags, "app exec")
+    p = cli_run.parse_run_args(argv, flags, "app exec", positional="NAME")
     if p.image is None or not p.command:
         raise UsageError("app exec: NAME and CMD needed", "tophan app exec NAME -- CMD [ARG...]")
     app = _apps(cli).get(p.image)

@@ -25,14 +25,16 @@ usage: tophan run [options] IMAGE [CMD [ARG...]]
        tophan run [options] -l TOP [-l LAYER...] [--] CMD [ARG...]
 
 Runs CMD in a fresh, isolated, ephemeral view of the layers (like `docker run --rm`) and
-exits with its exit code (128+N when killed by signal N; 125 when the container could not be
-set up, 126/127 when CMD cannot be run / is not found).
+exits with its exit code (128+N when killed by signal N; 125 for any failure before CMD
+starts: a bad option, a missing image, a container that could not be set up; 126/127 when CMD
+cannot be run / is not found). Options go before IMAGE; what follows IMAGE is the command.
 
 stack:    -l, --layer L           layer, top first (repeat); or name an IMAGE instead
           --keep-upper DIR        keep the writable layer's changes in DIR afterwards
 process:  -e, --env K[=V]         environment (repeat); --env-file FILE
           -w, --workdir DIR       -u, --user USER[:GROUP]     --entrypoint CMD
           --ulimit NAME=SOFT[:HARD]   --hostname NAME   --name NAME
+          --init                  a small init as pid 1: reaps zombies, forwards signals
 mounts:   -v, --volume SRC:DST[:ro]   (SRC: absolute host path, or a volume name)
           --tmpfs DST             --read-only (read-only root)
 network:  --network none|host     (none: only a loopback interface; the default)
@@ -87,6 +89,7 @@ FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--privileged": ("privileged", False, False),
     "--read-only": ("read_only", False, False),
     "--no-limits": ("no_limits", False, False),
+    "--init": ("init", False, False),
     "--rm": ("rm", False, False),
     "-d": ("detach", False, False),
     "--detach": ("detach", False, False),
@@ -121,8 +124,13 @@ def parse_run_args(
     argv: list[str],
     flags: dict[str, tuple[str, bool, bool]],
     what: str,
+    positional: str = "IMAGE",
 ) -> Parsed:
-    """Options up to the IMAGE (or, with -l, up to the command); the rest is the command."""
+    """Options up to the IMAGE (or, with -l, up to the command); the rest is the command.
+
+    An option right after the IMAGE is refused: ``run IMG -m 64m -- true`` would otherwise run
+    ``-m`` (docker's reading), which is never what was meant. A command that starts with ``-``
+    goes after ``--``."""
     out = Parsed()
     i = 0
     while i < len(argv):
@@ -140,7 +148,15 @@ def parse_run_args(
                 return out
             out.image = a
             rest = argv[i:]
-            out.command = rest[1:] if rest[:1] == ["--"] else rest
+            if rest[:1] == ["--"]:
+                rest = rest[1:]
+            elif rest and rest[0].startswith("-") and rest[0] != "-":
+                raise UsageError(
+                    f"{what}: options go before {positional} ({rest[0]} follows {a})",
+                    f"write `tophan {what} [options] {positional} [CMD...]`; a command that"
+                    f" starts with '-' goes after `--`",
+                )
+            out.command = rest
             return out
         i = _take_flag(out, a, argv, i, flags, what)
     return out
@@ -186,18 +202,26 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"], ["help"]):
         sys.stderr.write(RUN_USAGE)
         return 0
+    from tophan.errors import TophanError
     from tophan.run import container as runtime
 
-    p = parse_run_args(argv, FLAGS, "run")
-    if p.opts.get("detach"):
-        raise UsageError("run: --detach is not supported", APP_HINT)
-    for key in p.opts:
-        if key.startswith("app_only"):
-            raise UsageError(f"run: {key[8:]} applies to apps", APP_HINT)
-    opts = p.run_options(skip=("detach",))
-    store = cli.store()
-    spec = opts.spec(store, "run")
-    # Our own stdout holds nothing (the container writes to the real one); flush anyway so
-    # that nothing we buffered interleaves with its output.
-    sys.stdout.flush()
-    return runtime.run(store, spec, keep_upper=opts.keep_upper)
+    try:
+        p = parse_run_args(argv, FLAGS, "run")
+        if p.opts.get("detach"):
+            raise UsageError("run: --detach is not supported", APP_HINT)
+        for key in p.opts:
+            if key.startswith("app_only"):
+                raise UsageError(f"run: {key[8:]} applies to apps", APP_HINT)
+        opts = p.run_options(skip=("detach",))
+        store = cli.store()
+        spec = opts.spec(store, "run")
+        # Our own stdout holds nothing (the container writes to the real one); flush anyway so
+        # that nothing we buffered interleaves with its output.
+        sys.stdout.flush()
+        return runtime.run(store, spec, keep_upper=opts.keep_upper)
+    except TophanError as e:
+        # Docker's contract: 125 for every failure before the command starts (126/127 are the
+        # command's own: it cannot be run / is not found).
+        if e.rc not in (runtime.RC_NOT_EXECUTABLE, runtime.RC_NOT_FOUND):
+            e.rc = runtime.RC_SETUP
+        raise

@@ -108,6 +108,9 @@ class Spec:
         self.name = ""  # used for the cgroup; unique among live runs (default: the run dir's)
         self.userxattr = False  # overlay in a user namespace (rootless stores)
         self.no_limits = False  # rootless: run without a cgroup rather than refuse
+        # A small init as pid 1 (docker's --init): the command runs as its child, pid 2, so
+        # that signals without a handler in the command still act, and orphans are reaped.
+        self.init = False
         self.digests: list[str] = []  # the lowers' layers, kept from gc while running
         self.volumes: list[str] = []  # named volumes, held while running
         # Filled in by start()/spawn_in() in the caller: the compiled seccomp filter, so that
@@ -890,10 +893,10 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) 
         _libc.unshare(_libc.CLONE_NEWCGROUP)
     except OSError:
         pass  # kernels without cgroup namespaces still run containers
-    _become(spec, msg_w, pass_fds)
+    _become(spec, msg_w, pass_fds, init=spec.init)
 
 
-def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
+def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = False) -> None:
     """Switch to the spec's user, drop privileges, and exec its command (in the container)."""
     from tophan.run import security
 
@@ -924,7 +927,58 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
     _close_fds(msg_w, pass_fds)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores them; exec would keep that
+    if init:
+        _pid1(spec.argv, env, msg_w)
     _exec(spec.argv, env, msg_w)
+
+
+def _pid1(argv: list[str], env: dict[str, str], msg_w: int) -> NoReturn:
+    """``--init``: stay as pid 1 with the command as our child. Reap every process the pid
+    namespace hands us, pass signals on to the command, and exit as it exits.
+
+    We already have the command's user, capabilities and seccomp filter, as docker-init does.
+    The kernel delivers to a namespace's init only the signals it handles; blocked ones count
+    as handled, and are taken here with sigwaitinfo."""
+    wanted = {*FORWARDED, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    child = os.fork()
+    if child == 0:
+        code = RC_SETUP
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            _exec(argv, env, msg_w)
+        except _Exit as e:
+            code = e.code
+        os._exit(code)
+    # The caller learns that the exec succeeded when the message pipe's last writer is gone.
+    os.close(msg_w)
+    _libc.libc().prctl(_PR_SET_NAME, b"tophan-init", 0, 0, 0)
+    while True:
+        info = signal.sigwaitinfo(wanted)
+        if info.si_signo != signal.SIGCHLD:
+            # One the terminal sent to the foreground group reached the command too.
+            if info.si_code != _SI_KERNEL:
+                _kill_quietly(child, info.si_signo)
+            continue
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid == 0:
+                break
+            if pid == child:
+                os._exit(exit_code(status))
+
+
+_PR_SET_NAME = 15
+
+
+def _kill_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _set_ids(uid: int, gid: int, groups: list[int]) -> None:

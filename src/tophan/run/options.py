@@ -284,6 +284,7 @@ class RunOptions:
         spec.rlimits = dict(self.ulimits)
         spec.binds, spec.volumes = self._binds(store)
         spec.no_limits = self.no_limits
+        spec.init = self.init
         if self.privileged:
             spec.caps = security.resolve_caps(["ALL"], [])
             spec.seccomp = False
