@@ -83,9 +83,6 @@ class Mount:
     def is_volume(self) -> bool:
         return not self.source.startswith("/")
 
-    def __str__(self) -> str:
-        return f"{self.source}:{self.target}" + (":ro" if self.readonly else "")
-
     def __repr__(self) -> str:
         return f"Mount({self.source!r}, {self.target!r}, readonly={self.readonly})"
 
@@ -157,9 +154,6 @@ class RunOptions:
 
     def __repr__(self) -> str:
         return f"RunOptions({self.to_json()!r})"
-
-    def copy(self) -> RunOptions:
-        return RunOptions.from_json(self.to_json())
 
     # -- docker-named options ------------------------------------------------------------------
 
