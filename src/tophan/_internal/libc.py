@@ -234,3 +234,16 @@ def prctl(option: int, arg2: int = 0) -> int:
             ctypes.c_ulong(0),
         )
     )
+
+
+# bpf(2) predates the unified syscall table: its number differs per architecture.
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+
+
+def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(cmd, attr, sizeof attr); returns what the kernel returns (a new fd for PROG_LOAD)."""
+    nr = _SYS_BPF.get(os.uname().machine)
+    if nr is None:
+        raise_errno(errno.ENOSYS)
+    addr = ctypes.c_long(ctypes.addressof(attr))
+    return _check(_syscall(nr, ctypes.c_long(cmd), addr, ctypes.c_long(len(attr))))

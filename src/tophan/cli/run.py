@@ -311,6 +311,7 @@ def _security(spec: Spec, o: dict[str, Any]) -> None:
     if o.get("privileged"):
         spec.caps = security.resolve_caps(["ALL"], [])
         spec.seccomp = False
+        spec.devices = None  # every device, as docker --privileged
     else:
         spec.caps = security.resolve_caps(o.get("cap_add", []), o.get("cap_drop", []))
     for opt in o.get("security_opt", []):

@@ -27,8 +27,10 @@ import os
 import stat
 
 from tophan._internal import libc as _libc
+from tophan._internal.root import is_privileged
 from tophan.errors import TophanError, UsageError
 from tophan.layer.layers import Layers
+from tophan.run import devices
 from tophan.run.volumes import Volumes
 
 TYPE_CHECKING = False
@@ -109,6 +111,8 @@ class Spec:
         self.userxattr = False  # overlay in a user namespace (rootless stores)
         self.no_limits = False  # rootless: run without a cgroup rather than refuse
         self.digests: list[str] = []  # the lowers' layers, kept from gc while running
+        # Device nodes the container may open (the device cgroup); None: any (--privileged).
+        self.devices: list[devices.Rule] | None = list(devices.DEFAULT_RULES)
         self.volumes: list[str] = []  # named volumes, held while running
         # Filled in by start()/spawn_in() in the caller: the compiled seccomp filter, so that
         # the child loads it with one syscall and never imports libseccomp.
@@ -336,8 +340,11 @@ def _make_cgroup(spec: Spec, run_name: str) -> Cgroup | None:
             return None
         raise RunError(reason)
     prune_stale_cgroups()
+    # A user namespace cannot open devices it makes: the device cgroup is for real root (and
+    # attaching a v2 device program needs it).
+    rules = spec.devices if is_privileged() else None
     # One-shot runs name their cgroup after their run dir, so gc can tell whose it was.
-    return cgroup.Cgroup.create(spec.name or run_name, limits)
+    return cgroup.Cgroup.create(spec.name or run_name, limits, rules)
 
 
 def prune_stale_cgroups(min_age: float = 60.0) -> list[str]:
@@ -691,7 +698,6 @@ def _exit_if_gone(pidfd: int) -> None:
 
 
 def _mount_root(ctr: Container, root: str) -> None:
-    from tophan._internal.root import is_privileged
     from tophan.layer import mount
 
     spec = ctr.spec
