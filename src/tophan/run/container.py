@@ -761,11 +761,11 @@ def _mount_proc(root: str) -> None:
 def _mount_dev(root: str, privileged: bool) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, 0o755, exist_ok=True)
-    # nodev: a node the container makes (it has CAP_MKNOD, like Docker's) cannot be opened.
-    # Docker gets that from a device cgroup; we get it from the mounts: the root, /dev, the
-    # tmpfs and bind mounts are all nodev, and the few devices a container gets are bind
-    # mounts of the host's nodes, which keep their own mount's flags.
-    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_STRICTATIME
+    # nodev and noexec: a node the container makes (with --cap-add MKNOD) cannot be opened
+    # through the mounts it was given (the device cgroup also refuses it, tophan.run.devices):
+    # the root, /dev, the tmpfs and bind mounts are all nodev, and the few devices a container
+    # gets are bind mounts of the host's nodes, which keep their own mount's flags.
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC | _libc.MS_STRICTATIME
     _libc.mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
     for name in _DEV_NODES:
         path = os.path.join(dev, name)
@@ -1028,7 +1028,8 @@ def resolve_user(user: str | None, etc: str = "/etc") -> tuple[int, int, list[in
                 raise RunError(f"unable to find group {gname}: no matching entries in group file")
             gid = int(g[2])
     home = entry[5] if entry is not None and len(entry) > 5 and entry[5] else "/"
-    supplementary = [gid]
+    # Only the groups /etc/group lists the user in (runc, podman): never the primary gid again.
+    supplementary = []
     if entry is not None and not gname:
         name = entry[0]
         for g in groups:

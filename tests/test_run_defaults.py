@@ -1,0 +1,54 @@
+"""Container defaults next to podman's (issue 8 #7): podman 4's capability set, no supplementary
+groups unless /etc/group lists the user, /dev noexec, /sys/dev/block masked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, busybox_full_rootfs, run_cli
+from tophan.run import security
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def store(root: Path, tmp_path: Path) -> Path:
+    rootfs = busybox_full_rootfs(tmp_path / "rootfs")
+    with open(rootfs / "etc/group", "a") as f:
+        f.write("staff:x:50:user\n")
+    assert run_cli("--root", str(root), "layer", "create", "base", "--from", str(rootfs)).rc == 0
+    return root
+
+
+def _sh(root: Path, script: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(BIN / "tophan"), "--root", str(root), "run", *flags, "-l", "base", "--"]
+    return subprocess.run([*argv, "sh", "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_podmans_capabilities_and_cap_add_brings_them_back(store: Path) -> None:
+    r = _sh(store, "grep CapEff /proc/self/status; ping -c1 -W1 127.0.0.1 >/dev/null; echo $?")
+    eff, rc = r.stdout.split("\n")[0].split()[1], r.stdout.split()[-1]
+    assert int(eff, 16) == 0x800405FB == security.cap_mask(security.DEFAULT_CAPS)
+    assert rc != "0", "ping needs NET_RAW, which the default set no longer has"
+    r = _sh(store, "grep CapEff /proc/self/status", "--cap-add", "NET_RAW", "--cap-add", "MKNOD")
+    want = security.DEFAULT_CAPS | {"CAP_NET_RAW", "CAP_MKNOD"}
+    assert int(r.stdout.split()[1], 16) == security.cap_mask(want)
+
+
+def test_supplementary_groups_only_from_etc_group(store: Path) -> None:
+    r = _sh(store, "grep ^Groups /proc/self/status")
+    assert r.stdout.split() == ["Groups:"], r.stdout  # root: no group lists it
+    r = _sh(store, "grep ^Groups /proc/self/status", "-u", "user")
+    assert r.stdout.split() == ["Groups:", "50"], r.stdout  # staff lists user; not gid 1000
+
+
+def test_dev_is_noexec_and_sys_dev_block_is_masked(store: Path) -> None:
+    r = _sh(store, "cp /bin/busybox /dev/bb && /dev/bb true; echo rc=$?; ls /sys/dev/block | wc -l")
+    lines = r.stdout.split()
+    assert lines[0] == "rc=126", (r.stdout, r.stderr)  # cannot execute
+    assert "Permission denied" in r.stderr, r.stderr
+    assert lines[1] == "0", "the host's block devices are listed in /sys/dev/block"
