@@ -149,6 +149,10 @@ class Spec:
                 raise UsageError(
                     f"unknown rlimit {name!r}", "e.g. nofile, nproc, core, stack, memlock"
                 )
+        uname, _, gname = (self.user or "").partition(":")
+        for part, what in ((uname, "user"), (gname, "group")):
+            if part.lstrip("-").isdigit():
+                check_id(int(part), what)
 
 
 # -- the caller's side -------------------------------------------------------------------------
@@ -1000,6 +1004,17 @@ def _loopback_up() -> None:
 # -- users -------------------------------------------------------------------------------------
 
 
+MAX_ID = 2**31 - 1  # as runc: (uid_t)-1 means "unchanged" to setresuid, and above is unsafe
+
+
+def check_id(n: int, what: str) -> int:
+    """A uid or gid a container may run with: 0..2**31-1. 4294967295 is (uid_t)-1, which
+    setresuid reads as "leave it unchanged": the process would stay root."""
+    if not 0 <= n <= MAX_ID:
+        raise UsageError(f"invalid {what} id {n}: ids are 0 to {MAX_ID}", "use an id in range")
+    return n
+
+
 def resolve_user(user: str | None, etc: str = "/etc") -> tuple[int, int, list[int], str]:
     """``user[:group]`` (names or numbers) -> uid, gid, supplementary gids, home, like Docker.
 
@@ -1011,31 +1026,45 @@ def resolve_user(user: str | None, etc: str = "/etc") -> tuple[int, int, list[in
     groups = _table(os.path.join(etc, "group"))
     entry = None
     if uname.isdigit():
-        uid = int(uname)
+        uid = check_id(int(uname), "user")
         entry = next((e for e in passwd if e[2:3] == [uname]), None)
     else:
         entry = next((e for e in passwd if e[0] == uname), None)
         if entry is None:
             raise RunError(f"unable to find user {uname}: no matching entries in passwd file")
-        uid = int(entry[2])
-    gid = int(entry[3]) if entry is not None and len(entry) > 3 and entry[3].isdigit() else 0
+        uid = _id_field(entry[2], "user", uname)
+    gid = (
+        _id_field(entry[3], "group", entry[0])
+        if entry is not None and len(entry) > 3 and entry[3]
+        else 0
+    )
     if gname:
         if gname.isdigit():
-            gid = int(gname)
+            gid = check_id(int(gname), "group")
         else:
             g = next((e for e in groups if e[0] == gname), None)
             if g is None:
                 raise RunError(f"unable to find group {gname}: no matching entries in group file")
-            gid = int(g[2])
+            gid = _id_field(g[2], "group", gname)
     home = entry[5] if entry is not None and len(entry) > 5 and entry[5] else "/"
     # Only the groups /etc/group lists the user in (runc, podman): never the primary gid again.
     supplementary = []
     if entry is not None and not gname:
         name = entry[0]
         for g in groups:
-            if len(g) > 3 and name in g[3].split(",") and g[2].isdigit():
-                supplementary.append(int(g[2]))
+            if len(g) > 3 and name in g[3].split(","):
+                supplementary.append(_id_field(g[2], "group", g[0]))
     return uid, gid, sorted(set(supplementary)), home
+
+
+def _id_field(field: str, what: str, name: str) -> int:
+    """An id from the image's /etc/passwd or /etc/group: a hostile image may write anything."""
+    if not field.isdigit():
+        raise RunError(f"invalid {what} id {field!r} for {name} in the image's /etc files")
+    try:
+        return check_id(int(field), what)
+    except UsageError as e:
+        raise RunError(f"{e.message} (for {name} in the image's /etc files)") from None
 
 
 def _table(path: str) -> list[list[str]]:

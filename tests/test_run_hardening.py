@@ -1,5 +1,9 @@
-"""Container defaults next to podman's (issue 8 #7): podman 4's capability set, no supplementary
-groups unless /etc/group lists the user, /dev noexec, /sys/dev/block masked."""
+"""Hardening of what runs (issue 8), each attack made for real against the kernel.
+
+- container defaults next to podman's (#7): podman 4's capability set, no supplementary groups
+  unless /etc/group lists the user, /dev noexec, /sys/dev/block masked;
+- ids (#3): (uid_t)-1 means "unchanged" to setresuid, so `-u 4294967295` kept root's uid.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def store(root: Path, tmp_path: Path) -> Path:
     rootfs = busybox_full_rootfs(tmp_path / "rootfs")
     with open(rootfs / "etc/group", "a") as f:
-        f.write("staff:x:50:user\n")
+        f.write("staff:x:50:user\nhuge:x:4294967295:user2\n")
+    with open(rootfs / "etc/passwd", "a") as f:
+        f.write("evil:x:4294967295:0::/:/bin/sh\nuser2:x:1002:1002::/:/bin/sh\n")
     assert run_cli("--root", str(root), "layer", "create", "base", "--from", str(rootfs)).rc == 0
     return root
 
@@ -52,3 +58,24 @@ def test_dev_is_noexec_and_sys_dev_block_is_masked(store: Path) -> None:
     assert lines[0] == "rc=126", (r.stdout, r.stderr)  # cannot execute
     assert "Permission denied" in r.stderr, r.stderr
     assert lines[1] == "0", "the host's block devices are listed in /sys/dev/block"
+
+
+@pytest.mark.parametrize(
+    "user", ["4294967295", "4294967295:4294967295", "-1", "0:-1", "0:2147483648", "2147483648"]
+)
+def test_out_of_range_ids_are_refused(store: Path, user: str) -> None:
+    r = _sh(store, "id -u", "-u", user)
+    assert r.returncode != 0 and r.stdout == "", (r.stdout, r.stderr)
+    assert "ids are 0 to 2147483647" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_out_of_range_ids_in_the_images_etc_files_are_refused(store: Path) -> None:
+    for user, what in (("evil", "user id"), ("user2", "group id")):
+        r = _sh(store, "id -u", "-u", user)
+        assert r.returncode == 125 and r.stdout == "", (r.stdout, r.stderr)
+        assert f"invalid {what} 4294967295" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_largest_id_runs_as_that_id(store: Path) -> None:
+    r = _sh(store, "id -u; id -g", "-u", "2147483647:2147483647")
+    assert r.stdout.split() == ["2147483647", "2147483647"], (r.stdout, r.stderr)
