@@ -79,3 +79,28 @@ def test_out_of_range_ids_in_the_images_etc_files_are_refused(store: Path) -> No
 def test_largest_id_runs_as_that_id(store: Path) -> None:
     r = _sh(store, "id -u; id -g", "-u", "2147483647:2147483647")
     assert r.stdout.split() == ["2147483647", "2147483647"], (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_container_sees_its_own_cgroup_read_only(store: Path, network: str) -> None:
+    """#8: runtimes that size themselves from cgroup files see the limits; nothing of the
+    host's tree (other containers, the machine's own cgroups) shows, and nothing is writable.
+    --network host binds the host's /sys, which brings the host's cgroup mounts along."""
+    from tophan.run import cgroup
+
+    v2 = cgroup._host().mode == "unified"
+    mem, pids = (
+        ("memory.max", "pids.max") if v2 else ("memory/memory.limit_in_bytes", "pids/pids.max")
+    )
+    script = (
+        f"cat /sys/fs/cgroup/{mem} /sys/fs/cgroup/{pids};"
+        " find /sys/fs/cgroup -mindepth 2 -type d | wc -l;"
+        " find /sys/fs/cgroup -name 'tophan*' -o -name '*process_api*' | wc -l;"
+        f" echo 1 > /sys/fs/cgroup/{pids} && echo WROTE"
+    )
+    r = _sh(store, script, "--network", network, "-m", "64m", "--pids-limit", "50")
+    out = r.stdout.split()
+    assert out[:2] == ["67108864", "50"], (r.stdout, r.stderr)
+    assert out[2] == "0", "cgroups below the container's own are listed"
+    assert out[3] == "0", "the host's cgroup tree shows"
+    assert "WROTE" not in r.stdout and "Read-only file system" in r.stderr, r.stderr

@@ -712,6 +712,18 @@ class Cgroup:
     def paths(self) -> list[str]:
         return _unique(self._dirs.values())
 
+    def views(self) -> list[tuple[str, str]]:
+        """What a container in this cgroup's namespace mounts at /sys/fs/cgroup to see its own
+        cgroup: ("", "") for cgroup2; on v1 (directory name, controllers) per hierarchy it is in
+        (only those: in any other its namespace's root would be the host's tree)."""
+        if self.host.mode == "unified":
+            return [("", "")]
+        out = []
+        for mp in _unique(self.host.v1[c] for c in V1_CONTROLLERS if c in self._dirs):
+            ctrls = [c for c in V1_CONTROLLERS if self.host.v1.get(c) == mp]
+            out.append((os.path.basename(mp) or ",".join(ctrls), ",".join(ctrls)))
+        return out
+
     def add(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into this cgroup, in every hierarchy."""
         for d in self.paths():

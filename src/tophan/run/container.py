@@ -672,7 +672,8 @@ def _setup_process(
     root = os.path.join(ctr.run_dir.path, "rootfs")
     _mount_root(ctr, root)
     _pivot(root)
-    _init_container(spec, msg_w, pass_fds, go_r)
+    views = ctr.cgroup.views() if ctr.cgroup is not None else []
+    _init_container(spec, msg_w, pass_fds, go_r, views)
     return RC_SETUP  # not reached: the command was exec'd, or an exception was raised
 
 
@@ -882,7 +883,9 @@ def _pivot(root: str) -> None:
     os.chdir("/")
 
 
-def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) -> None:
+def _init_container(
+    spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int, views: list[tuple[str, str]]
+) -> None:
     from tophan.run import security
 
     security.mask_paths("/")
@@ -899,8 +902,37 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) 
     try:
         _libc.unshare(_libc.CLONE_NEWCGROUP)
     except OSError:
-        pass  # kernels without cgroup namespaces still run containers
+        views = []  # kernels without cgroup namespaces still run containers (blind to limits)
+    _mount_cgroups(views)
     _become(spec, msg_w, pass_fds)
+
+
+def _mount_cgroups(views: list[tuple[str, str]]) -> None:
+    """The container's own cgroup, read-only at /sys/fs/cgroup, as podman mounts it: JVMs, Go
+    and Node size themselves from those files. Mounted inside the cgroup namespace, whose root
+    is the container's cgroup, so nothing of the host's tree above it shows; whatever the
+    host's /sys brought along (--network host binds it) is covered first."""
+    target = "/sys/fs/cgroup"
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+    if views == [("", "")]:
+        try:
+            _libc.mount("cgroup2", target, "cgroup2", flags | _libc.MS_RDONLY, None)
+            return
+        except OSError:
+            views = []
+    _libc.mount("tmpfs", target, "tmpfs", flags, "mode=755,size=64k")
+    for name, controllers in views:
+        d = os.path.join(target, name)
+        os.mkdir(d, 0o555)
+        try:
+            _libc.mount("cgroup", d, "cgroup", flags | _libc.MS_RDONLY, controllers)
+        except OSError:
+            os.rmdir(d)  # e.g. a user namespace may not mount v1 hierarchies
+            continue
+        for ctrl in controllers.split(","):
+            if ctrl != name:
+                os.symlink(name, os.path.join(target, ctrl))  # cpu -> cpu,cpuacct, as hosts do
+    _libc.mount("none", target, None, _libc.MS_REMOUNT | _libc.MS_RDONLY | flags, None)
 
 
 def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int]) -> None:
