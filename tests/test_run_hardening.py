@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,56 @@ def test_container_sees_its_own_cgroup_read_only(store: Path, network: str) -> N
     assert out[2] == "0", "cgroups below the container's own are listed"
     assert out[3] == "0", "the host's cgroup tree shows"
     assert "WROTE" not in r.stdout and "Read-only file system" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def traceme(store: Path, tmp_path: Path) -> Path:
+    """A layer `tr` over base holding /traceme (tests/data/traceme.c, built static here)."""
+    layer = tmp_path / "tr"
+    layer.mkdir()
+    src = Path(__file__).parent / "data/traceme.c"
+    cc = subprocess.run(["cc", "-static", "-O2", "-o", str(layer / "traceme"), str(src)])
+    assert cc.returncode == 0, "a C compiler with static libc (gcc, libc6-dev) is needed"
+    assert run_cli("--root", str(store), "layer", "create", "tr", "--from", str(layer)).rc == 0
+    return store
+
+
+def test_ptrace_traceme_in_the_container_does_not_crash_the_caller(traceme: Path) -> None:
+    """#11: pid 1 makes `tophan run` its tracer; the exec trap and a signal stop are reported
+    to the caller, which detaches (passing SIGUSR1 on) instead of dying with a traceback."""
+    argv = [str(BIN / "tophan"), "--root", str(traceme), "run", "-l", "tr", "-l", "base", "--"]
+    script = "trap 'echo got-usr1' USR1; kill -USR1 $$; echo after; exit 7"
+    r = subprocess.run(
+        [*argv, "/traceme", "/bin/sh", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 7, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.split() == ["traced", "got-usr1", "after"], r.stdout
+    assert r.stderr == "", r.stderr
+
+
+def test_ptrace_traceme_in_an_app_keeps_its_restart_policy(traceme: Path) -> None:
+    """#11: the supervisor is the tracer of an app's init: the app exits 3, is restarted
+    twice (on-failure:2), and ends `exited`, with no crash of the supervisor."""
+    import json
+    import time
+
+    def t(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(BIN / "tophan"), "--root", str(traceme), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    name = f"trc{uuid.uuid4().hex[:6]}"
+    cmd = ["/traceme", "/bin/sh", "-c", "kill -USR1 $$; exit 3"]
+    flags = ["--restart", "on-failure:2", "-l", "tr", "-l", "base"]
+    assert t("app", "create", name, *flags, "--", *cmd).returncode == 0
+    try:
+        assert t("app", "start", name).returncode == 0
+        deadline = time.monotonic() + 30
+        while True:
+            state = json.loads(t("app", "inspect", name).stdout)[0]["state"]
+            if not state["alive"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert state["status"] == "exited", state
+        assert state["restart_count"] == 2 and state["exit_code"] == 3, state
+    finally:
+        t("app", "rm", "-f", name)

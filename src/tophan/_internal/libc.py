@@ -247,3 +247,16 @@ def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
         raise_errno(errno.ENOSYS)
     addr = ctypes.c_long(ctypes.addressof(attr))
     return _check(_syscall(nr, ctypes.c_long(cmd), addr, ctypes.c_long(len(attr))))
+
+
+PTRACE_DETACH = 17
+
+
+def ptrace_detach(pid: int, sig: int = 0) -> None:
+    """Stop tracing ``pid`` (in a ptrace-stop), delivering ``sig`` to it (0: none)."""
+    fn = libc().ptrace
+    fn.restype = ctypes.c_long
+    if fn(ctypes.c_long(PTRACE_DETACH), ctypes.c_long(pid), None, ctypes.c_long(sig)) < 0:
+        err = ctypes.get_errno()
+        if err != errno.ESRCH:  # gone (or no longer stopped): nothing to undo
+            raise_errno(err)

@@ -174,19 +174,37 @@ class Child:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
+            status = waitpid(self.pid, os.WNOHANG)
+            if status is not None:
                 self.returncode = exit_code(status)
         return self.returncode
 
     def wait(self) -> int:
-        while self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-            except InterruptedError:
-                continue
+        if self.returncode is None:
+            status = waitpid(self.pid, 0)
+            assert status is not None  # without WNOHANG waitpid returns only with a status
             self.returncode = exit_code(status)
         return self.returncode
+
+
+def waitpid(pid: int, options: int) -> int | None:
+    """``os.waitpid`` that reports only the end of ``pid`` (None: not yet, with WNOHANG).
+
+    A container's init may make us its tracer (``ptrace(PTRACE_TRACEME)``: we are its parent),
+    and then its stops are reported to us: each is undone by detaching (passing the signal on,
+    except the trap of an exec), so a hostile container can neither crash nor wedge its caller
+    or supervisor."""
+    while True:
+        try:
+            got, status = os.waitpid(pid, options)
+        except InterruptedError:
+            continue
+        if not got:
+            return None
+        if not os.WIFSTOPPED(status):
+            return status
+        sig = os.WSTOPSIG(status)
+        _libc.ptrace_detach(got, 0 if sig == signal.SIGTRAP else sig)
 
 
 class Container(Child):
@@ -586,12 +604,9 @@ def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
     os.close(msg_w)
     for sig in FORWARDED:
         signal.signal(sig, lambda signo, _frame: os.kill(pid, signo))
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return exit_code(status)
-        except InterruptedError:
-            continue
+    status = waitpid(pid, 0)
+    assert status is not None
+    return exit_code(status)
 
 
 # -- the child's side (runs after fork; must never return into the caller's code) --------------
