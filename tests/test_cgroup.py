@@ -226,7 +226,7 @@ UNIFIED_MOUNTINFO = """\
 def test_parse_mountinfo() -> None:
     v2, v1 = cgroup.parse_mountinfo(HYBRID_MOUNTINFO)
     assert v2 == "/sys/fs/cgroup/unified"
-    assert v1 == {c: f"/sys/fs/cgroup/{c}" for c in ("cpu", "cpuacct", "memory", "pids")}
+    assert v1 == {c: f"/sys/fs/cgroup/{c}" for c in ("cpu", "cpuacct", "devices", "memory", "pids")}
     v2, v1 = cgroup.parse_mountinfo(LEGACY_MOUNTINFO)
     # Co-mounted controllers share a hierarchy; a hierarchy's root beats a bind of a subtree.
     assert v2 is None

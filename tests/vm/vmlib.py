@@ -716,10 +716,16 @@ def test_v2(pytest_args: Sequence[str]) -> int:
     """``make test-v2``: pytest on the v2-relevant test files, in the VM."""
     tests = REPO / "tests"
     files = [
-        p for p in [tests / "test_cgroup.py", *sorted(tests.glob("test_run*.py"))] if p.is_file()
+        p
+        for p in [
+            tests / "test_cgroup.py",
+            tests / "test_devices.py",
+            *sorted(tests.glob("test_run*.py")),
+        ]
+        if p.is_file()
     ]
     if not files:
-        log("no tests/test_cgroup.py nor tests/test_run*.py: nothing to run")
+        log("no tests/test_cgroup.py, test_devices.py nor test_run*.py: nothing to run")
         return 5  # pytest's 'no tests collected'
     pytest = REPO / ".venv" / "bin" / "pytest"
     if not pytest.exists():

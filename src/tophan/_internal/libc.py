@@ -234,3 +234,29 @@ def prctl(option: int, arg2: int = 0) -> int:
             ctypes.c_ulong(0),
         )
     )
+
+
+# bpf(2) predates the unified syscall table: its number differs per architecture.
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+
+
+def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(cmd, attr, sizeof attr); returns what the kernel returns (a new fd for PROG_LOAD)."""
+    nr = _SYS_BPF.get(os.uname().machine)
+    if nr is None:
+        raise_errno(errno.ENOSYS)
+    addr = ctypes.c_long(ctypes.addressof(attr))
+    return _check(_syscall(nr, ctypes.c_long(cmd), addr, ctypes.c_long(len(attr))))
+
+
+PTRACE_DETACH = 17
+
+
+def ptrace_detach(pid: int, sig: int = 0) -> None:
+    """Stop tracing ``pid`` (in a ptrace-stop), delivering ``sig`` to it (0: none)."""
+    fn = libc().ptrace
+    fn.restype = ctypes.c_long
+    if fn(ctypes.c_long(PTRACE_DETACH), ctypes.c_long(pid), None, ctypes.c_long(sig)) < 0:
+        err = ctypes.get_errno()
+        if err != errno.ESRCH:  # gone (or no longer stopped): nothing to undo
+            raise_errno(err)

@@ -459,13 +459,15 @@ class Supervisor:
         We are a child subreaper (the runtime needs that), so a health check's process inside
         the container becomes ours when its helper is killed at the timeout. Unreaped, such a
         zombie would keep the container's pid namespace from ever finishing its exit."""
+        from tophan.run import container as runtime
+
         known = {self.ctr.pid if self.ctr is not None else 0}
         if self.probe is not None:
             known.add(self.probe[0].pid)
         for pid in _children():
             if pid not in known:
                 try:
-                    os.waitpid(pid, os.WNOHANG)
+                    runtime.waitpid(pid, os.WNOHANG)  # detaches one that made us its tracer
                 except ChildProcessError:
                     pass
 

@@ -23,11 +23,12 @@ import stat
 import time
 
 from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
+from tophan.run.devices import Rule, v1_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import Literal
 
     Mode = Literal["unified", "hybrid", "legacy"]
@@ -42,7 +43,7 @@ MAX_SHARES = 262_144
 V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
 # v1 hierarchies a cgroup joins, in order: cpuset first because its cpus/mems must be set before
 # a task may enter; pids (else freezer) is the one procs() reads.
-V1_CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "blkio")
+V1_CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "blkio", "devices")
 NO_LIMITS = "or run with --no-limits"
 _V1_FOR = {"cpu": ("cpu", "cpuacct"), "io": ("blkio",)}  # v2 controller -> v1 hierarchies
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -381,6 +382,12 @@ class Fs:
     def writable(self, path: str) -> bool:
         return os.access(path, os.W_OK)
 
+    def attach_devices(self, path: str, rules: Sequence[Rule]) -> None:
+        """Attach the v2 device program for ``rules`` to cgroup ``path`` (needs real root)."""
+        from tophan.run import devices
+
+        devices.attach(path, rules)
+
     def subdirs(self, path: str) -> list[str]:
         try:
             return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
@@ -671,8 +678,11 @@ class Cgroup:
         return f"Cgroup({self.name!r}, {self.paths()!r})"
 
     @classmethod
-    def create(cls, name: str, limits: Limits) -> Cgroup:
-        """Make cgroup ``name`` with ``limits`` set; refuses a name that exists (Exists)."""
+    def create(cls, name: str, limits: Limits, devices: Sequence[Rule] | None = None) -> Cgroup:
+        """Make cgroup ``name`` with ``limits`` set; refuses a name that exists (Exists).
+
+        ``devices``: the device nodes its processes may open (tophan.run.devices; every other
+        open of a device is refused), or None for no device restriction."""
         _check_name(name)
         limits.check()
         host = _host()
@@ -680,8 +690,8 @@ class Cgroup:
         if reason:
             raise TophanError(*reason)
         if host.mode == "unified":
-            return _V2Cgroup.make(host, name, limits)
-        return _V1Cgroup.make(host, name, limits)
+            return _V2Cgroup.make(host, name, limits, devices)
+        return _V1Cgroup.make(host, name, limits, devices)
 
     @classmethod
     def open(cls, name: str) -> Cgroup:
@@ -701,6 +711,18 @@ class Cgroup:
 
     def paths(self) -> list[str]:
         return _unique(self._dirs.values())
+
+    def views(self) -> list[tuple[str, str]]:
+        """What a container in this cgroup's namespace mounts at /sys/fs/cgroup to see its own
+        cgroup: ("", "") for cgroup2; on v1 (directory name, controllers) per hierarchy it is in
+        (only those: in any other its namespace's root would be the host's tree)."""
+        if self.host.mode == "unified":
+            return [("", "")]
+        out = []
+        for mp in _unique(self.host.v1[c] for c in V1_CONTROLLERS if c in self._dirs):
+            ctrls = [c for c in V1_CONTROLLERS if self.host.v1.get(c) == mp]
+            out.append((os.path.basename(mp) or ",".join(ctrls), ",".join(ctrls)))
+        return out
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into this cgroup, in every hierarchy."""
@@ -798,7 +820,9 @@ class Cgroup:
 
 class _V2Cgroup(Cgroup):
     @classmethod
-    def make(cls, host: Host, name: str, limits: Limits) -> _V2Cgroup:
+    def make(
+        cls, host: Host, name: str, limits: Limits, devices: Sequence[Rule] | None = None
+    ) -> _V2Cgroup:
         parent = host.parents()[0]
         _ensure_parent_v2(host.fs, parent, limits.controllers())
         reason = _feature_reason_v2(host.fs, parent, limits)
@@ -809,6 +833,8 @@ class _V2Cgroup(Cgroup):
         cg = cls(host, name, {"": d})
         try:
             _apply_v2(host.fs, d, limits, name)
+            if devices is not None:
+                _attach_devices(host.fs, d, devices, name)
         except BaseException:
             cg.remove()
             raise
@@ -944,13 +970,17 @@ def _apply_v2(fs: Fs, d: str, limits: Limits, name: str) -> None:
 
 class _V1Cgroup(Cgroup):
     @classmethod
-    def make(cls, host: Host, name: str, limits: Limits) -> _V1Cgroup:
+    def make(
+        cls, host: Host, name: str, limits: Limits, devices: Sequence[Rule] | None = None
+    ) -> _V1Cgroup:
         # Only the hierarchies these limits use, plus pids and freezer (to track and kill) and
         # cpuacct (usage):
         # every hierarchy joined costs a cgroup.procs write, the slowest step of a start.
         wanted = {"pids", "freezer", "cpuacct"}
         for ctrl in limits.controllers():
             wanted.update(_V1_FOR.get(ctrl, (ctrl,)))
+        if devices is not None:
+            wanted.add("devices")
         mps = _unique(host.v1[c] for c in V1_CONTROLLERS if c in host.v1 and c in wanted)
         for mp in mps:
             _ensure_parent_v1(host, mp)
@@ -969,6 +999,9 @@ class _V1Cgroup(Cgroup):
                 _mkdir_new(host.fs, made[mp], name, ensure)
                 cg._dirs.update({c: made[mp] for c, m in host.v1.items() if m == mp})
             _apply_v1(host.fs, cg._dirs, limits, name)
+            if devices is not None and "devices" in cg._dirs:
+                for fname, line in v1_lines(devices):
+                    _put(host.fs, cg._dirs["devices"], fname, line, name)
         except BaseException:
             cg.remove()  # only the dirs made here: an existing one is never in cg._dirs
             raise
@@ -1025,6 +1058,16 @@ class _V1Cgroup(Cgroup):
                 out["cpu_usage_usec"] //= 1000  # cpuacct counts nanoseconds
         out["oom_kills"] = self.oom_kills()
         return out
+
+
+def _attach_devices(fs: Fs, d: str, devices: Sequence[Rule], name: str) -> None:
+    try:
+        fs.attach_devices(d, devices)
+    except OSError as e:
+        raise TophanError(
+            f"cgroup {name}: cannot attach the device filter: {e.strerror}",
+            "the kernel needs CONFIG_CGROUP_BPF; run as real root",
+        ) from None
 
 
 def _ensure_parent_v1(host: Host, mp: str) -> None:

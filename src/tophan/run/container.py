@@ -27,8 +27,10 @@ import os
 import stat
 
 from tophan._internal import libc as _libc
+from tophan._internal.root import is_privileged
 from tophan.errors import TophanError, UsageError
 from tophan.layer.layers import Layers
+from tophan.run import devices
 from tophan.run.volumes import Volumes
 
 TYPE_CHECKING = False
@@ -112,6 +114,8 @@ class Spec:
         # that signals without a handler in the command still act, and orphans are reaped.
         self.init = False
         self.digests: list[str] = []  # the lowers' layers, kept from gc while running
+        # Device nodes the container may open (the device cgroup); None: any (--privileged).
+        self.devices: list[devices.Rule] | None = list(devices.DEFAULT_RULES)
         self.volumes: list[str] = []  # named volumes, held while running
         # Filled in by start()/spawn_in() in the caller: the compiled seccomp filter, so that
         # the child loads it with one syscall and never imports libseccomp.
@@ -148,6 +152,10 @@ class Spec:
                 raise UsageError(
                     f"unknown rlimit {name!r}", "e.g. nofile, nproc, core, stack, memlock"
                 )
+        uname, _, gname = (self.user or "").partition(":")
+        for part, what in ((uname, "user"), (gname, "group")):
+            if part.lstrip("-").isdigit():
+                check_id(int(part), what)
 
 
 # -- the caller's side -------------------------------------------------------------------------
@@ -169,19 +177,37 @@ class Child:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
+            status = waitpid(self.pid, os.WNOHANG)
+            if status is not None:
                 self.returncode = exit_code(status)
         return self.returncode
 
     def wait(self) -> int:
-        while self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-            except InterruptedError:
-                continue
+        if self.returncode is None:
+            status = waitpid(self.pid, 0)
+            assert status is not None  # without WNOHANG waitpid returns only with a status
             self.returncode = exit_code(status)
         return self.returncode
+
+
+def waitpid(pid: int, options: int) -> int | None:
+    """``os.waitpid`` that reports only the end of ``pid`` (None: not yet, with WNOHANG).
+
+    A container's init may make us its tracer (``ptrace(PTRACE_TRACEME)``: we are its parent),
+    and then its stops are reported to us: each is undone by detaching (passing the signal on,
+    except the trap of an exec), so a hostile container can neither crash nor wedge its caller
+    or supervisor."""
+    while True:
+        try:
+            got, status = os.waitpid(pid, options)
+        except InterruptedError:
+            continue
+        if not got:
+            return None
+        if not os.WIFSTOPPED(status):
+            return status
+        sig = os.WSTOPSIG(status)
+        _libc.ptrace_detach(got, 0 if sig == signal.SIGTRAP else sig)
 
 
 class Container(Child):
@@ -339,8 +365,11 @@ def _make_cgroup(spec: Spec, run_name: str) -> Cgroup | None:
             return None
         raise RunError(reason)
     prune_stale_cgroups()
+    # A user namespace cannot open devices it makes: the device cgroup is for real root (and
+    # attaching a v2 device program needs it).
+    rules = spec.devices if is_privileged() else None
     # One-shot runs name their cgroup after their run dir, so gc can tell whose it was.
-    return cgroup.Cgroup.create(spec.name or run_name, limits)
+    return cgroup.Cgroup.create(spec.name or run_name, limits, rules)
 
 
 def prune_stale_cgroups(min_age: float = 60.0) -> list[str]:
@@ -578,12 +607,9 @@ def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
     os.close(msg_w)
     for sig in FORWARDED:
         signal.signal(sig, lambda signo, _frame: os.kill(pid, signo))
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return exit_code(status)
-        except InterruptedError:
-            continue
+    status = waitpid(pid, 0)
+    assert status is not None
+    return exit_code(status)
 
 
 # -- the child's side (runs after fork; must never return into the caller's code) --------------
@@ -664,7 +690,8 @@ def _setup_process(
     root = os.path.join(ctr.run_dir.path, "rootfs")
     _mount_root(ctr, root)
     _pivot(root)
-    _init_container(spec, msg_w, pass_fds, go_r)
+    views = ctr.cgroup.views() if ctr.cgroup is not None else []
+    _init_container(spec, msg_w, pass_fds, go_r, views)
     return RC_SETUP  # not reached: the command was exec'd, or an exception was raised
 
 
@@ -694,7 +721,6 @@ def _exit_if_gone(pidfd: int) -> None:
 
 
 def _mount_root(ctr: Container, root: str) -> None:
-    from tophan._internal.root import is_privileged
     from tophan.layer import mount
 
     spec = ctr.spec
@@ -758,11 +784,11 @@ def _mount_proc(root: str) -> None:
 def _mount_dev(root: str, privileged: bool) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, 0o755, exist_ok=True)
-    # nodev: a node the container makes (it has CAP_MKNOD, like Docker's) cannot be opened.
-    # Docker gets that from a device cgroup; we get it from the mounts: the root, /dev, the
-    # tmpfs and bind mounts are all nodev, and the few devices a container gets are bind
-    # mounts of the host's nodes, which keep their own mount's flags.
-    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_STRICTATIME
+    # nodev and noexec: a node the container makes (with --cap-add MKNOD) cannot be opened
+    # through the mounts it was given (the device cgroup also refuses it, tophan.run.devices):
+    # the root, /dev, the tmpfs and bind mounts are all nodev, and the few devices a container
+    # gets are bind mounts of the host's nodes, which keep their own mount's flags.
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC | _libc.MS_STRICTATIME
     _libc.mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
     for name in _DEV_NODES:
         path = os.path.join(dev, name)
@@ -875,7 +901,9 @@ def _pivot(root: str) -> None:
     os.chdir("/")
 
 
-def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) -> None:
+def _init_container(
+    spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int, views: list[tuple[str, str]]
+) -> None:
     from tophan.run import security
 
     security.mask_paths("/")
@@ -892,8 +920,37 @@ def _init_container(spec: Spec, msg_w: int, pass_fds: Sequence[int], go_r: int) 
     try:
         _libc.unshare(_libc.CLONE_NEWCGROUP)
     except OSError:
-        pass  # kernels without cgroup namespaces still run containers
+        views = []  # kernels without cgroup namespaces still run containers (blind to limits)
+    _mount_cgroups(views)
     _become(spec, msg_w, pass_fds, init=spec.init)
+
+
+def _mount_cgroups(views: list[tuple[str, str]]) -> None:
+    """The container's own cgroup, read-only at /sys/fs/cgroup, as podman mounts it: JVMs, Go
+    and Node size themselves from those files. Mounted inside the cgroup namespace, whose root
+    is the container's cgroup, so nothing of the host's tree above it shows; whatever the
+    host's /sys brought along (--network host binds it) is covered first."""
+    target = "/sys/fs/cgroup"
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+    if views == [("", "")]:
+        try:
+            _libc.mount("cgroup2", target, "cgroup2", flags | _libc.MS_RDONLY, None)
+            return
+        except OSError:
+            views = []
+    _libc.mount("tmpfs", target, "tmpfs", flags, "mode=755,size=64k")
+    for name, controllers in views:
+        d = os.path.join(target, name)
+        os.mkdir(d, 0o555)
+        try:
+            _libc.mount("cgroup", d, "cgroup", flags | _libc.MS_RDONLY, controllers)
+        except OSError:
+            os.rmdir(d)  # e.g. a user namespace may not mount v1 hierarchies
+            continue
+        for ctrl in controllers.split(","):
+            if ctrl != name:
+                os.symlink(name, os.path.join(target, ctrl))  # cpu -> cpu,cpuacct, as hosts do
+    _libc.mount("none", target, None, _libc.MS_REMOUNT | _libc.MS_RDONLY | flags, None)
 
 
 def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = False) -> None:
@@ -1048,6 +1105,17 @@ def _loopback_up() -> None:
 # -- users -------------------------------------------------------------------------------------
 
 
+MAX_ID = 2**31 - 1  # as runc: (uid_t)-1 means "unchanged" to setresuid, and above is unsafe
+
+
+def check_id(n: int, what: str) -> int:
+    """A uid or gid a container may run with: 0..2**31-1. 4294967295 is (uid_t)-1, which
+    setresuid reads as "leave it unchanged": the process would stay root."""
+    if not 0 <= n <= MAX_ID:
+        raise UsageError(f"invalid {what} id {n}: ids are 0 to {MAX_ID}", "use an id in range")
+    return n
+
+
 def resolve_user(user: str | None, etc: str = "/etc") -> tuple[int, int, list[int], str]:
     """``user[:group]`` (names or numbers) -> uid, gid, supplementary gids, home, like Docker.
 
@@ -1059,30 +1127,45 @@ def resolve_user(user: str | None, etc: str = "/etc") -> tuple[int, int, list[in
     groups = _table(os.path.join(etc, "group"))
     entry = None
     if uname.isdigit():
-        uid = int(uname)
+        uid = check_id(int(uname), "user")
         entry = next((e for e in passwd if e[2:3] == [uname]), None)
     else:
         entry = next((e for e in passwd if e[0] == uname), None)
         if entry is None:
             raise RunError(f"unable to find user {uname}: no matching entries in passwd file")
-        uid = int(entry[2])
-    gid = int(entry[3]) if entry is not None and len(entry) > 3 and entry[3].isdigit() else 0
+        uid = _id_field(entry[2], "user", uname)
+    gid = (
+        _id_field(entry[3], "group", entry[0])
+        if entry is not None and len(entry) > 3 and entry[3]
+        else 0
+    )
     if gname:
         if gname.isdigit():
-            gid = int(gname)
+            gid = check_id(int(gname), "group")
         else:
             g = next((e for e in groups if e[0] == gname), None)
             if g is None:
                 raise RunError(f"unable to find group {gname}: no matching entries in group file")
-            gid = int(g[2])
+            gid = _id_field(g[2], "group", gname)
     home = entry[5] if entry is not None and len(entry) > 5 and entry[5] else "/"
-    supplementary = [gid]
+    # Only the groups /etc/group lists the user in (runc, podman): never the primary gid again.
+    supplementary = []
     if entry is not None and not gname:
         name = entry[0]
         for g in groups:
-            if len(g) > 3 and name in g[3].split(",") and g[2].isdigit():
-                supplementary.append(int(g[2]))
+            if len(g) > 3 and name in g[3].split(","):
+                supplementary.append(_id_field(g[2], "group", g[0]))
     return uid, gid, sorted(set(supplementary)), home
+
+
+def _id_field(field: str, what: str, name: str) -> int:
+    """An id from the image's /etc/passwd or /etc/group: a hostile image may write anything."""
+    if not field.isdigit():
+        raise RunError(f"invalid {what} id {field!r} for {name} in the image's /etc files")
+    try:
+        return check_id(int(field), what)
+    except UsageError as e:
+        raise RunError(f"{e.message} (for {name} in the image's /etc files)") from None
 
 
 def _table(path: str) -> list[list[str]]:

@@ -282,6 +282,7 @@ class RunOptions:
         if self.privileged:
             spec.caps = security.resolve_caps(["ALL"], [])
             spec.seccomp = False
+            spec.devices = None  # every device, as docker --privileged
         else:
             spec.caps = security.resolve_caps(self.cap_add, self.cap_drop)
             spec.seccomp = self.seccomp

@@ -49,12 +49,13 @@ CAP_NAMES: tuple[str, ...] = (
 )
 _CAP_BITS = {name: bit for bit, name in enumerate(CAP_NAMES)}
 
-# moby's oci/caps DefaultCapabilities(), also podman's (containers.conf) and containerd's.
+# podman 4's default set (containers.conf default_capabilities): moby's DefaultCapabilities()
+# without NET_RAW (raw sockets: ARP/ICMP spoofing on the network), MKNOD and AUDIT_WRITE.
+# `--cap-add` brings any of them back.
 DEFAULT_CAPS: frozenset[str] = frozenset(
     (
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID",
+        "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
     )
 )
 # fmt: on
@@ -75,6 +76,7 @@ MASKED_PATHS: tuple[str, ...] = (
     "/proc/scsi",
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
+    "/sys/dev/block",  # podman's: the host's block devices by number
 )
 # Readable, but writes would change the host kernel: sysctls, sysrq, IRQ affinity, bus devices.
 READONLY_PATHS: tuple[str, ...] = (
