@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -278,6 +279,7 @@ class TokenServer:
             [
                 *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
                 *("-keyout", str(self.key), "-out", str(self.cert), "-subj", "/CN=tophan-token"),
+                *("-addext", "subjectAltName=IP:127.0.0.1"),
             ],
             check=True,
             capture_output=True,
@@ -317,12 +319,20 @@ class TokenServer:
                 self.wfile.write(body.encode())
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        # Over TLS, as a token server on another host must be (credentials go to it): clients
+        # trust its self-signed certificate through cert_dir.
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(self.cert, self.key)
+        self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.cert_dir = root / "token-ca"
+        self.cert_dir.mkdir(exist_ok=True)
+        shutil.copy(self.cert, self.cert_dir / "token.crt")
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.port}/token"
+        return f"https://127.0.0.1:{self.port}/token"
 
     def token(self, user: str, scopes: list[str], service: str) -> str:
         access = []

@@ -305,7 +305,8 @@ def test_bearer_tokens(token_registry: tuple[Registry, TokenServer], tmp_path: P
     reg, tokens = token_registry
     store = store_at(tmp_path / "s")
     _base_image(store, tmp_path)
-    opts = Options(creds=(USER, PASSWORD))
+    ca = str(tokens.cert_dir)
+    opts = Options(creds=(USER, PASSWORD), cert_dir=ca)
     push(store, "app", reg.ref("public/app:v1"), options=opts)
     push(store, "app", reg.ref("private/app:v1"), options=opts)
     assert any(t["user"] == USER for t in tokens.issued)
@@ -313,12 +314,12 @@ def test_bearer_tokens(token_registry: tuple[Registry, TokenServer], tmp_path: P
     assert {"type": "repository", "name": "public/app", "actions": ["pull", "push"]} in scopes
 
     anon = store_at(tmp_path / "anon")
-    nocreds = Options(authfile=str(tmp_path / "none.json"))
+    nocreds = Options(authfile=str(tmp_path / "none.json"), cert_dir=ca)
     (tmp_path / "none.json").write_text("{}")
     os.environ.pop("REGISTRY_AUTH_FILE", None)
     assert pull(anon, reg.ref("public/app:v1"), options=nocreds).digest
     with pytest.raises(AuthError):
-        pull(anon, reg.ref("private/app:v1"), options=Options(creds=("mallory", "x")))
+        pull(anon, reg.ref("private/app:v1"), options=Options(creds=("mallory", "x"), cert_dir=ca))
     assert pull(anon, reg.ref("private/app:v1"), options=opts).digest
 
 

@@ -48,12 +48,14 @@ usage: tophan image <command> [args]            (plus tophan push / tophan pull)
   push NAME [REF] [registry flags] [--jobs N] [--chunk-size SIZE] [--no-mount] [--quiet] [--json]
   pull REF [NAME] [registry flags] [--platform os/arch] [--jobs N] [--quiet] [--json]
         registry flags: --tls-verify=false  --creds USER:PASS  --authfile FILE  --retries N
+                        --cert-dir DIR (CA certificates, *.crt, trusted for every host)
 """
 
 REGISTRY_FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--tls-verify": ("tls_verify", True, False),
     "--creds": ("creds", True, False),
     "--authfile": ("authfile", True, False),
+    "--cert-dir": ("cert_dir", True, False),
     "--retries": ("retries", True, False),
     "--jobs": ("jobs", True, False),
     "-j": ("jobs", True, False),
@@ -392,6 +394,10 @@ def _options(o: dict[str, Any]) -> Options:
         if not os.path.isfile(o["authfile"]):
             raise UsageError(f"no such auth file: {o['authfile']}")
         opts.authfile = o["authfile"]
+    if "cert_dir" in o:
+        if not os.path.isdir(o["cert_dir"]):
+            raise UsageError(f"no such certificate directory: {o['cert_dir']}")
+        opts.cert_dir = o["cert_dir"]
     opts.retries = _int(o.get("retries"), opts.retries, "--retries")
     opts.jobs = max(1, _int(o.get("jobs"), opts.jobs, "--jobs"))
     if "chunk_size" in o:

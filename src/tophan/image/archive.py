@@ -42,7 +42,9 @@ from tophan.image.spec import (
     REF_NAME,
     Descriptor,
     Platform,
+    check_config,
     is_index,
+    json_list,
     normalize_name,
     oci_layer_type,
     parse_manifest,
@@ -360,7 +362,7 @@ def _import_oci(
     index = loads(src.read_small("index.json", "index.json"), f"{src.label}: index.json")
     entries = [
         Descriptor.parse(m, f"{src.label}: index.json entry {i}")
-        for i, m in enumerate(index.get("manifests") or [])
+        for i, m in enumerate(json_list(index, "manifests", f"{src.label}: index.json"))
     ]
     if not entries:
         raise ArchiveError(f"{src.label}: index.json lists no images")
@@ -411,7 +413,7 @@ def _from_index(src: _Source, desc: Descriptor, platform: Platform) -> Descripto
             return desc
         entries = [
             Descriptor.parse(m, f"{src.label}: index {desc.digest} entry {i}")
-            for i, m in enumerate(doc.get("manifests") or [])
+            for i, m in enumerate(json_list(doc, "manifests", f"{src.label}: {desc.digest}"))
         ]
         desc = select_platform(entries, platform, f"{src.label}: index {desc.digest}")
         if desc.media_type in MANIFESTS:
@@ -447,6 +449,7 @@ def _import_oci_image(
     config_bytes = _read_blob(src, config, "config")
     raw_config = loads(config_bytes, f"{what}: config")
     layers = [Descriptor.parse(d, f"{what}: layer {i}") for i, d in enumerate(manifest["layers"])]
+    check_config(raw_config, f"{what}: config")
     diff_ids = _diff_ids(raw_config, len(layers), what)
     tx.add_bytes(config_bytes, config.digest)
     tx.add_bytes(data, desc.digest)
@@ -542,6 +545,7 @@ def _import_docker(
         if hexname and config_digest != f"sha256:{base}":
             raise IntegrityError(f"{what} does not match its name ({config_digest})")
         raw_config = loads(config_bytes, f"{what}: config")
+        check_config(raw_config, f"{what}: config")
         diff_ids = _diff_ids(raw_config, len(entry.layers), what)
         layer_descs = []
         for rel, diff_id in zip(entry.layers, diff_ids, strict=True):

@@ -68,14 +68,38 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+MAX_DEPTH = 32  # image documents nest 4-6 levels; more is an attack on the parser or on us
+
+
 def loads(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a registry, archive or layout: at most MAX_DEPTH levels deep."""
     try:
         obj = json.loads(data)
+    except RecursionError:
+        raise IntegrityError(f"{what} is nested too deeply (JSON)") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{what} is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise IntegrityError(f"{what} is not a JSON object")
+    if _depth(obj) > MAX_DEPTH:
+        raise IntegrityError(f"{what} is nested more than {MAX_DEPTH} levels deep")
     return obj
+
+
+def _depth(obj: object) -> int:
+    """How deep ``obj`` nests, found without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return deepest
 
 
 class VerifyingReader(io.RawIOBase):

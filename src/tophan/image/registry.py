@@ -57,8 +57,10 @@ from tophan.image.spec import (
     Descriptor,
     Platform,
     Reference,
+    check_config,
     is_distributable,
     is_index,
+    json_list,
     normalize_name,
     parse_manifest,
     referrers_tag,
@@ -106,6 +108,7 @@ class Options:
     chunk_size: int | None = None
     mount: bool = True
     platform: Platform | None = None
+    cert_dir: str | None = None  # CA certificates (*.crt) trusted for every host, as podman's
 
 
 class Progress(Protocol):
@@ -330,16 +333,18 @@ class Client:
 
     # -- connections -----------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self.insecure:
+    def _ssl_context(self, netloc: str) -> ssl.SSLContext:
+        # Only the very host:port the user allowed (or a loopback registry) goes unverified:
+        # a token realm or a redirect elsewhere is verified like any other host.
+        if self.insecure and netloc == self.api_host:
             # No CA store to load: nothing will be verified.
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
         ctx = ssl.create_default_context()
-        for base in ("/etc/containers/certs.d", "/etc/docker/certs.d"):
-            d = os.path.join(base, self.api_host)
+        dirs = [os.path.join(b, netloc) for b in ("/etc/containers/certs.d", "/etc/docker/certs.d")]
+        for d in [*dirs, *([self.options.cert_dir] if self.options.cert_dir else [])]:
             with contextlib.suppress(OSError):
                 for entry in sorted(os.listdir(d)):
                     if entry.endswith(".crt"):
@@ -357,7 +362,7 @@ class Client:
                 conn = http.client.HTTPSConnection(
                     netloc,
                     timeout=self.options.timeout,
-                    context=self._ssl_context(),
+                    context=self._ssl_context(netloc),
                     blocksize=CHUNK,
                 )
             else:
@@ -500,12 +505,21 @@ class Client:
         query += [("scope", s) for s in scopes]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         headers = self._base_headers()
-        if creds is not None:
-            raw = f"{creds[0]}:{creds[1]}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         parts = urllib.parse.urlsplit(realm)
         if parts.scheme not in ("http", "https"):
             raise AuthError(f"{self.host}: token realm {realm!r} is not an http(s) URL")
+        if creds is not None:
+            # Credentials travel over verified TLS (_ssl_context verifies every other host),
+            # or to the very host:port the user allowed without it: never in plain text to a
+            # host a registry named.
+            if parts.scheme == "http" and parts.netloc != self.api_host:
+                raise AuthError(
+                    f"{self.host} sends credentials to token realm {parts.netloc} over plain"
+                    " http: refused",
+                    "a token server on another host must use https",
+                )
+            raw = f"{creds[0]}:{creds[1]}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         resp = self._retrying(lambda: self._exchange("GET", url, headers, None), "token request")
         body = resp.read(MAX_DOCUMENT)
         if resp.status == 401:
@@ -984,7 +998,16 @@ class Repository:
         """Every tag, following ``Link`` pagination."""
         out: list[str] = []
         url = f"/v2/{self.path}/tags/list?n={page_size}"
+        seen: set[str] = set()
         while url:
+            if url in seen:
+                raise IntegrityError(f"{self.client.host}: the tag list's next page is a page seen")
+            if len(seen) >= MAX_TAG_PAGES:
+                raise IntegrityError(
+                    f"{self.client.host}: the tag list goes on past {MAX_TAG_PAGES} pages",
+                    "the registry's pagination is broken (or hostile)",
+                )
+            seen.add(url)
             resp = self._req("GET", url, self.pull_scope)
             if resp.status == 404:
                 resp.read()
@@ -992,7 +1015,7 @@ class Repository:
             if resp.status != 200:
                 raise _fail(resp, f"tags of {self.path}")
             doc = loads(read_verified(resp, None, None, "tag list"), "tag list")
-            out += [str(t) for t in doc.get("tags") or []]
+            out += [str(t) for t in json_list(doc, "tags", f"tag list of {self.path}")]
             url = _next_link(resp.headers.get("Link"), url)
         return out
 
@@ -1087,6 +1110,9 @@ def _range_end(header: str | None, default: int) -> int:
     # distribution says "0-0" for an empty upload as well as for one byte; chunks are never
     # one byte long, so reading it as empty costs at most a 416 and a retry.
     return 0 if last <= 0 else last + 1
+
+
+MAX_TAG_PAGES = 1000  # a million tags at the default page size
 
 
 def _next_link(header: str | None, current: str) -> str:
@@ -1365,26 +1391,31 @@ def push(
     return report
 
 
+MAX_INDEX_DEPTH = 4  # indexes over indexes: OCI allows them; real images nest one or two
+
+
 def resolve(
     repo: Repository, reference: str, platform: Platform, what: str
 ) -> tuple[Manifest, str | None]:
     """The image manifest ``reference`` names (choosing ``platform`` from an index), and the
     index's digest when there was one."""
-    top = repo.get_manifest(reference)
-    doc = top.doc()
-    if not is_index(doc, top.media_type):
-        return top, None
-    entries = [
-        Descriptor.parse(m, f"{what}: index entry {i}")
-        for i, m in enumerate(doc.get("manifests") or [])
-    ]
-    chosen = select_platform(entries, platform, what)
-    inner = repo.get_manifest(chosen.digest)
-    if len(inner.data) != chosen.size:
-        raise IntegrityError(f"{what}: manifest {chosen.digest} size differs from the index")
-    if is_index(inner.doc(), inner.media_type):
-        return resolve(repo, chosen.digest, platform, what)
-    return inner, top.digest
+    top = current = repo.get_manifest(reference)
+    for _ in range(MAX_INDEX_DEPTH):
+        doc = current.doc()
+        if not is_index(doc, current.media_type):
+            return current, (None if current is top else top.digest)
+        entries = [
+            Descriptor.parse(m, f"{what}: index entry {i}")
+            for i, m in enumerate(json_list(doc, "manifests", what))
+        ]
+        chosen = select_platform(entries, platform, what)
+        current = repo.get_manifest(chosen.digest)
+        if len(current.data) != chosen.size:
+            raise IntegrityError(f"{what}: manifest {chosen.digest} size differs from the index")
+    raise IntegrityError(
+        f"{what}: an index of indexes nested more than {MAX_INDEX_DEPTH} levels deep",
+        "a real image has an index over its manifests, rarely one more level",
+    )
 
 
 def pull(
@@ -1436,6 +1467,7 @@ def pull(
                 tx.add_bytes(config_bytes, config.digest, what=f"config of {ref}")
                 report.blobs[config.digest] = "downloaded"
             raw_config = loads(config_bytes, f"config of {ref}")
+            check_config(raw_config, f"config of {ref}")
             rootfs = raw_config.get("rootfs")
             diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
             if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):

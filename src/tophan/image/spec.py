@@ -336,3 +336,95 @@ def referrers_tag(digest: str) -> str:
 
 def looks_like_digest(text: str) -> bool:
     return is_digest(text)
+
+
+# -- image configs from elsewhere ---------------------------------------------------------------
+# The fields of an image config that tophan reads, with the JSON type each must have: a config
+# comes from a registry or an archive, so anything else is refused (naming the field) before
+# any code trusts it. None marks a field that may also be null.
+_STR, _INT, _LIST, _OBJ = str, int, list, dict
+_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "Env": (_LIST, type(None)),
+    "Cmd": (_LIST, type(None)),
+    "Entrypoint": (_LIST, type(None)),
+    "WorkingDir": (_STR,),
+    "User": (_STR,),
+    "StopSignal": (_STR,),
+    "ExposedPorts": (_OBJ, type(None)),
+    "Volumes": (_OBJ, type(None)),
+    "Labels": (_OBJ, type(None)),
+    "Healthcheck": (_OBJ, type(None)),
+}
+_HEALTH_FIELDS: dict[str, tuple[type, ...]] = {
+    "Test": (_LIST, type(None)),
+    "Interval": (_INT,),
+    "Timeout": (_INT,),
+    "StartPeriod": (_INT,),
+    "StartInterval": (_INT,),
+    "Retries": (_INT,),
+}
+
+
+def check_config(doc: dict[str, Any], what: str) -> None:
+    """Refuse an image config whose fields we read have the wrong JSON types."""
+    rootfs = doc.get("rootfs")
+    if not isinstance(rootfs, dict):
+        raise IntegrityError(f"{what}: rootfs is {_kind(rootfs)}, not an object")
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise IntegrityError(f"{what}: rootfs.diff_ids is {_kind(diff_ids)}, not a list of digests")
+    for key in ("history",):
+        if key in doc and not isinstance(doc[key], list | None):
+            raise IntegrityError(f"{what}: {key} is {_kind(doc[key])}, not a list")
+    config = doc.get("config")
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise IntegrityError(f"{what}: config is {_kind(config)}, not an object")
+    _check_fields(config, _CONFIG_FIELDS, f"{what}: config.")
+    for key in ("Env", "Cmd", "Entrypoint"):
+        if not all(isinstance(x, str) for x in config.get(key) or []):
+            raise IntegrityError(f"{what}: config.{key} holds something other than strings")
+    labels = config.get("Labels") or {}
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise IntegrityError(f"{what}: config.Labels holds a value that is not a string")
+    health = config.get("Healthcheck")
+    if health is not None:
+        _check_fields(health, _HEALTH_FIELDS, f"{what}: config.Healthcheck.")
+        if not all(isinstance(x, str) for x in health.get("Test") or []):
+            raise IntegrityError(f"{what}: config.Healthcheck.Test holds a non-string")
+
+
+def _check_fields(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], prefix: str) -> None:
+    for key, types in fields.items():
+        if key not in obj:
+            continue
+        value = obj[key]
+        bad = isinstance(value, bool) and int in types  # JSON true is not a number
+        if bad or not isinstance(value, types):
+            want = " or ".join("null" if t is type(None) else _JSON_NAMES[t] for t in types)
+            raise IntegrityError(f"{prefix}{key} is {_kind(value)}, not {want}")
+
+
+_JSON_NAMES = {str: "a string", int: "a number", list: "a list", dict: "an object"}
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for t, name in _JSON_NAMES.items():
+        if isinstance(value, t):
+            return name
+    return "a number"
+
+
+def json_list(doc: dict[str, Any], key: str, what: str) -> list[Any]:
+    """``doc[key]`` as a list (absent or null: empty); anything else is refused by name."""
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise IntegrityError(f"{what}: {key} is {_kind(value)}, not a list")
+    return value
