@@ -253,3 +253,32 @@ def test_missing_tree_is_restored_from_the_image_blob(tmp_path: Path) -> None:
     assert image.layers == [digest]
     assert (Path(image.layer_paths[0]) / "etc/motd").read_bytes() == b"hi\n"
     assert store.layers.verify()[0].ok
+
+
+def test_a_transaction_holds_the_blobs_and_trees_it_builds_on(tmp_path: Path) -> None:
+    """Issue 8 #14: a pull that found a blob and a tree in the store, while `image rm` (another
+    process) removes the only image using them, still finds them when it publishes; once the
+    transaction is gone they are garbage again."""
+    import subprocess
+
+    from conftest import BIN
+
+    store = store_at(tmp_path / "s")
+    make_layer(store, "base", {"f": b"shared\n"}, tmp_path)
+    image = store.images.create("old", ["base"])
+    store.layers.remove("base")  # only the image keeps the tree now
+    blob, diff_id = image.layer_infos[0].blob, image.layer_infos[0].diff_id
+    with store.images.transaction() as tx:
+        assert tx.has_blob(blob)  # what a pull asks before it skips a download
+        tree = tx.tree_for(diff_id)
+        assert tree == image.layers[0]
+        r = subprocess.run(
+            [str(BIN / "tophan"), "--root", str(store.root), "image", "rm", "old"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert Path(tx.blob_path(blob)).is_file(), "image rm deleted a blob a pull was using"
+        assert Path(store.layers.tree_path(tree)).is_dir(), "image rm deleted a tree in use"
+        assert maintenance.gc(store).blobs_removed == []  # a gc meanwhile keeps them too
+    report = maintenance.gc(store)  # the transaction ended without publishing
+    assert blob in report.blobs_removed and tree in report.layers_removed, report

@@ -22,6 +22,7 @@ which ``gc`` removes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import threading
@@ -704,6 +705,43 @@ class StagedLayer:
     digest: str
 
 
+HOLDS = "holds"  # in a transaction's staging dir: "blob|tree DIGEST" lines it builds on
+
+
+def live_holds(store: StoreRoot) -> tuple[set[str], set[str]]:
+    """(blobs, trees) that transactions in progress build on (their staging dirs are locked by
+    their owners; a crashed one's is not, and its holds no longer count)."""
+    blobs: set[str] = set()
+    trees: set[str] = set()
+    tmp = store.path("tmp")
+    for entry in os.scandir(tmp):
+        if not entry.name.startswith("image-") or not _locked(entry.path):
+            continue
+        try:
+            with open(os.path.join(entry.path, HOLDS)) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            kind, _, digest = line.partition(" ")
+            (blobs if kind == "blob" else trees).add(digest)
+    return blobs, trees
+
+
+def _locked(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class Transaction:
     """Stage blobs, layer trees and image refs; ``commit()`` publishes them all at once.
 
@@ -741,10 +779,24 @@ class Transaction:
     # -- blobs -----------------------------------------------------------------------------
 
     def has_blob(self, digest: str) -> bool:
+        """Staged here, or in the store: then held for this transaction (see :meth:`_hold`)."""
         with self._lock:
             if digest in self.blobs:
                 return True
-        return self.images.blobs.exists(digest)
+        return self._hold("blob", digest, lambda: self.images.blobs.exists(digest))
+
+    def _hold(self, kind: str, digest: str, present: Callable[[], bool]) -> bool:
+        """Whether the store has ``digest``; if so it stays until this transaction ends.
+
+        A concurrent `image rm` or `gc` decides what to delete under the store lock and reads
+        the holds of live transactions (:func:`live_holds`) there: checking and recording under
+        the same lock, a pull never builds on a blob or tree that is being deleted."""
+        with self.store.lock():
+            if not present():
+                return False
+            with open(os.path.join(self.staging.path, HOLDS), "a") as f:
+                f.write(f"{kind} {digest}\n")
+        return True
 
     def blob_path(self, digest: str) -> str:
         """Where to read a blob this transaction has staged or the store holds."""
@@ -802,7 +854,8 @@ class Transaction:
             if digest is not None and digest in self.trees:
                 return digest
         digest = self.images.layer_for_diff_id(diff_id)
-        if digest is not None and os.path.isdir(self.images.layers.tree_path(digest)):
+        tree = self.images.layers.tree_path(digest) if digest is not None else ""
+        if digest is not None and self._hold("tree", digest, lambda: os.path.isdir(tree)):
             return digest
         return None
 
@@ -1346,7 +1399,8 @@ class Images:
             for li in image.layer_infos:
                 blobs.add(li.blob)
                 trees.add(li.digest)
-        return blobs, trees
+        held_blobs, held_trees = live_holds(self.store)
+        return blobs | held_blobs, trees | held_trees
 
     # -- housekeeping (called by maintenance.gc / fsck) ------------------------------------
 
