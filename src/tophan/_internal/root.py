@@ -71,6 +71,29 @@ def is_privileged() -> bool:
     return os.geteuid() == 0 and not _in_user_namespace()
 
 
+def _check_private(top: str, label: str) -> None:
+    """The store holds image and container content: setuid files, device nodes, secrets in
+    app specs. Only its owner may reach it (0700 at the top), and root never works in a store
+    another user could write (the CVE-2021-41091 pattern, the other way round)."""
+    try:
+        st = os.stat(top)
+    except OSError as e:
+        raise TophanError(f"cannot open store {label}: {e.strerror}") from e
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise TophanError(
+            f"store {label} belongs to uid {st.st_uid}, not to you (uid {euid})",
+            "use a store of your own (`tophan init`; the default is per user)",
+        )
+    if st.st_mode & 0o022:
+        raise TophanError(
+            f"store {label} is writable by other users (mode {st.st_mode & 0o777:o})",
+            f"make it private: chmod 700 {label}",
+        )
+    if st.st_mode & 0o077:
+        os.chmod(top, 0o700)  # a store made before stores were private: close it now
+
+
 class StoreRoot:
     """An opened store's disk: paths, the writer lock, staging and trash.
 
@@ -93,13 +116,17 @@ class StoreRoot:
                 "use a matching tophan version",
             )
         self.xattr_ns: XattrNs = "user" if info.get("xattr_ns") == "user" else "trusted"
+        _check_private(self.root, root)
 
     @classmethod
     def init(cls, root: str, *, overlayd: bool = False) -> Self:
         """Create the store (idempotent) and open it."""
         top = os.path.abspath(root)
         try:
-            for sub in ("", "layers", "refs", "refs/layers", "workspaces", "tmp", *_IMAGE_DIRS):
+            os.makedirs(top, mode=0o700, exist_ok=True)
+            if not os.path.exists(os.path.join(top, "store.meta")):
+                os.chmod(top, 0o700)  # whatever the umask: see _check_private
+            for sub in ("layers", "refs", "refs/layers", "workspaces", "tmp", *_IMAGE_DIRS):
                 os.makedirs(os.path.join(top, sub), mode=0o755, exist_ok=True)
             meta_path = os.path.join(top, "store.meta")
             if not os.path.exists(meta_path):

@@ -1021,7 +1021,7 @@ class Transaction:
                 final = self.store.path("layers", digest.split(":", 1)[1])
                 if not os.path.isdir(final):
                     write_meta(os.path.join(d, "meta"), {"digest": digest, "size": size})
-                    os.chmod(d, 0o755)
+                    os.chmod(d, 0o700)  # as an imported layer's (its staging dir)
                     os.rename(d, final)
             for diff_id, layer in self.diffids.items():
                 images.write_diff_id(diff_id, layer)
