@@ -91,7 +91,10 @@ def _params(
     lowers: Sequence[str], upper: str | None, work: str | None, userxattr: bool
 ) -> list[tuple[str, str | None]]:
     """(key, value) pairs for fsconfig, in order; a None value is a flag."""
-    params: list[tuple[str, str | None]] = [("lowerdir+", lower) for lower in lowers]
+    # The source is what mountinfo, findmnt and mount(8) show: `overlay`, as `mount -t overlay
+    # overlay` and overlayd give it, which scripts grep for (without it the kernel says `none`).
+    params: list[tuple[str, str | None]] = [("source", "overlay")]
+    params += [("lowerdir+", lower) for lower in lowers]
     if upper is not None and work is not None:
         params += [("upperdir", upper), ("workdir", work)]
     params += _NO_REDIRECTS_USERXATTR if userxattr else _NO_REDIRECTS
