@@ -347,3 +347,96 @@ def test_commit_roundtrip(cli: Any, root: Path, tmp_path: Path, busybox_tar: Pat
     assert (mp2 / "bin/busybox").stat().st_mode & 0o777 == 0o700
     ok(cli("ws", "rm", "v"))
     ok(cli("ws", "rm", "w"))
+
+
+def test_layer_rm_goes_by_name(cli: Any, root: Path, tmp_path: Path) -> None:
+    """A workspace holds the names it was given: another name for the same content can go,
+    and the tree stays while the workspace uses it."""
+    tar = make_tar(tmp_path / "t.tar", {"f": b"same"})
+    ok(cli("layer", "import", str(tar), "x"))
+    ok(cli("layer", "import", str(tar), "y"))
+    ok(cli("ws", "create", "w", "-l", "x", "--no-mount"))
+    fails(cli("layer", "rm", "x"), 1, contains="in use by workspace w")
+    assert ok(cli("layer", "rm", "y")).out == ""
+    assert (Path(ok(cli("layer", "path", "x")).out.strip()) / "f").read_bytes() == b"same"
+    ok(cli("ws", "mount", "w"))
+    mp = ok(cli("ws", "path", "w")).out.strip()
+    try:
+        assert (Path(mp) / "f").read_bytes() == b"same"
+    finally:
+        ok(cli("ws", "rm", "w"))
+    ok(cli("layer", "rm", "x"))
+    assert os.listdir(root / "layers") == []
+
+
+@pytest.mark.parametrize("corruption", ["meta-dir", "meta-missing", "no-lowers"])
+def test_layer_rm_fails_closed_on_corrupt_workspace(
+    cli: Any, root: Path, tmp_path: Path, corruption: str
+) -> None:
+    """What a workspace uses is unknown when its meta cannot be read: no layer is removed
+    (overlayd's contract), the workspace is listed flagged, fsck reports it, and only
+    `ws rm --force` removes it."""
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    ok(cli("layer", "import", str(make_tar(tmp_path / "u.tar", {"g": b"2"})), "other"))
+    ok(cli("ws", "create", "w", "-l", "base", "--no-mount"))
+    meta = root / "workspaces/w/meta"
+    meta.unlink()
+    if corruption == "meta-dir":
+        meta.mkdir()
+    elif corruption == "no-lowers":
+        meta.write_text("name=w\nmounted=0\n")
+    for layer in ("base", "other"):  # unused or not: neither can be proven unused
+        fails(cli("layer", "rm", layer), 1, contains="workspace w")
+    assert sorted(line.split("\t")[0] for line in ok(cli("layer", "list")).out.splitlines()) == [
+        "base",
+        "other",
+    ]
+    assert len(os.listdir(root / "layers")) == 2
+    fails(cli("gc"), 1, contains="workspace w")
+    assert ok(cli("ws", "list")).out == "w\tcorrupt\t-\t-\n"
+    assert json.loads(ok(cli("ws", "list", "--json")).out)[0]["problem"]
+    r = cli("fsck")
+    assert r.rc == 1 and "workspace w: " in r.out
+    fails(cli("ws", "info", "w"), 1, contains="--force")
+    fails(cli("ws", "rm", "w"), 1, contains="--force")
+    assert ok(cli("ws", "rm", "--force", "w")).out == ""
+    assert ok(cli("ws", "list")).out == ""
+    ok(cli("layer", "rm", "base"))
+    ok(cli("layer", "rm", "other"))
+    assert ok(cli("fsck")).rc == 0
+
+
+def test_ws_rm_force_unmounts_a_corrupt_workspace(cli: Any, root: Path, tmp_path: Path) -> None:
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    mp = tmp_path / "mnt"
+    ok(cli("ws", "create", "w", "-l", "base", "-m", str(mp)))
+    try:
+        (root / "workspaces/w/meta").write_text("name=w\n")
+        assert json.loads(ok(cli("ws", "list", "--json")).out)[0]["mounted"] is True
+        fails(cli("ws", "rm", "w"), 1, contains="--force")
+        ok(cli("ws", "rm", "--force", "w"))
+        assert not os.path.ismount(mp)
+        assert not (root / "workspaces/w").exists()
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["umount", str(mp)], check=True)
+
+
+def test_workspace_meta_in_overlayd_format_reads(cli: Any, root: Path, tmp_path: Path) -> None:
+    """`lowers=` alone proves what a workspace uses (overlayd writes name, mounted, lowers)."""
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    ok(cli("layer", "import", str(make_tar(tmp_path / "u.tar", {"g": b"2"})), "other"))
+    ok(cli("ws", "create", "w", "-l", "base", "--no-mount"))
+    (root / "workspaces/w/meta").write_text("name=w\nmounted=0\nlowers=base\n")
+    fails(cli("layer", "rm", "base"), 1, contains="in use by workspace w")
+    ok(cli("layer", "rm", "other"))
+    assert ok(cli("fsck")).out.endswith("ok\n")
+    mp = root.resolve() / "workspaces/w/merged"
+    assert ok(cli("ws", "list")).out == f"w\tunmounted\t{mp}\tbase\n"
+    ok(cli("ws", "mount", "w"))  # its layers are looked up by name
+    try:
+        assert (mp / "f").read_bytes() == b"1"
+    finally:
+        ok(cli("ws", "rm", "w"))
+    assert not os.path.ismount(mp)
+    ok(cli("layer", "rm", "base"))

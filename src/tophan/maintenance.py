@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tophan import references
 from tophan._internal import meta
 from tophan._internal.fs import rmtree
+from tophan.errors import TophanError
 
 if TYPE_CHECKING:
     from tophan.store import Store
@@ -84,8 +85,16 @@ def fsck(store: Store) -> FsckReport:
             continue
         if digest not in stored:
             report.problems.append(f"layer name {name} points at missing layer {digest}")
-    for ws in store.workspaces.all():
-        for layer, digest in zip(ws.lowers, ws.lower_digests, strict=True):
+    workspaces, broken = store.workspaces.scan()
+    for b in broken:
+        report.problems.append(f"workspace {b.name}: {b.problem}")
+    for ws in workspaces:
+        try:
+            digests = store.workspaces.lower_digests(ws)
+        except TophanError as e:
+            report.problems.append(f"workspace {ws.name}: {e.message}")
+            continue
+        for layer, digest in zip(ws.lowers, digests, strict=True):
             if digest not in stored:
                 report.problems.append(f"workspace {ws.name}: layer {layer} ({digest}) is missing")
     report.problems += store.images.fsck()

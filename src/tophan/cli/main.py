@@ -34,7 +34,7 @@ commands:
   init [path]                         initialize a store (safe to re-run)
   layer create <name> [--from DIR]    create an empty layer (or one from a directory)
   layer list [--json]                 TAB-separated: name<TAB>created_at
-  layer rm <name>                     remove a layer name (refused while a workspace uses it)
+  layer rm <name>                     remove a layer name (refused while a workspace or app uses it)
   layer path <name>                   print the layer's content directory
   layer info <name> [--json]          key=value metadata, including the digest
   layer commit <ws> <newlayer>        turn an unmounted workspace's changes into a layer
@@ -44,9 +44,10 @@ commands:
   layer verify [name...] [--json]     recompute digests; exit 1 if any layer changed
   ws create <name> -l L1 [-l L2 ...] [-m PATH] [--no-mount]
                                       create (and mount) a workspace; first -l is the top layer
-  ws list [--json]                    name<TAB>mounted|unmounted<TAB>mountpoint<TAB>lowers
+  ws list [--json]                    name<TAB>mounted|unmounted|corrupt<TAB>mountpoint<TAB>lowers
   ws info|path|upper <name>           metadata / mountpoint / upper directory
-  ws mount|unmount|rm <name>          (rm takes --force); `workspace` is an alias of `ws`
+  ws mount|unmount|rm <name>          (rm --force also removes one whose meta is corrupt);
+                                      `workspace` is an alias of `ws`
   materialize <name> -l L1 [-l L2 ...] -m PATH
                                       create and mount a workspace, printing PATH
   gc [--json]                         remove staging leftovers and unreferenced layers
@@ -532,18 +533,21 @@ class Cli:
 
     def ws_list(self, argv: list[str]) -> int:
         args = parse(argv, (0, 0, JSON), "ws list")
+        from tophan.layer.workspace import BrokenWorkspace, Workspace
+
         wss = self.store().workspaces
-        rows = [(ws, wss.is_mounted(ws)) for ws in wss.all()]
+        good, broken = wss.scan()
+        rows: list[Workspace | BrokenWorkspace] = sorted([*good, *broken], key=lambda w: w.name)
         if args.flag("json"):
-            self.emit_json([ws.as_dict(m) for ws, m in rows])
-        else:
-            self.emit(
-                "".join(
-                    f"{ws.name}\t{'mounted' if m else 'unmounted'}\t{ws.mountpoint}\t"
-                    f"{','.join(ws.lowers)}\n"
-                    for ws, m in rows
-                )
-            )
+            self.emit_json([ws.as_dict(wss.is_mounted(ws)) for ws in rows])
+            return 0
+        for ws in rows:
+            # Unreadable metadata: flagged in the state column, so it is seen, not hidden.
+            if isinstance(ws, BrokenWorkspace):
+                self.emit(f"{ws.name}\tcorrupt\t-\t-\n")
+            else:
+                state = "mounted" if wss.is_mounted(ws) else "unmounted"
+                self.emit(f"{ws.name}\t{state}\t{ws.mountpoint}\t{','.join(ws.lowers)}\n")
         return 0
 
     def _ws(self, argv: list[str], what: str, spec: Spec = (1, 1, {})) -> tuple[Args, str]:

@@ -223,7 +223,8 @@ class Layers:
                     f"workspace {ws_name} is mounted at {ws.mountpoint}",
                     f"run `ws unmount {ws_name}` before commit",
                 )
-            lowers = [self.tree_path(d) for d in ws.lower_digests]
+            digests = self._workspaces.lower_digests(ws)
+            lowers = [self.tree_path(d) for d in digests]
 
             def fill(tree: str) -> tuple[str, int]:
                 return commit.diff_upper(ws.upper, lowers, tree, xattr_ns=self.store.xattr_ns)
@@ -231,7 +232,7 @@ class Layers:
             source = {
                 "from_ws": ws_name,
                 "parents": list(ws.lowers),
-                "parent_digests": list(ws.lower_digests),
+                "parent_digests": digests,
             }
             return self._build(name, fill, source)
 
@@ -288,12 +289,17 @@ class Layers:
     # -- removing ------------------------------------------------------------------------------
 
     def remove(self, name: str) -> None:
-        """Remove a name; its tree goes too once nothing else references the digest."""
+        """Remove a name; its tree goes too once nothing else references the digest.
+
+        Workspaces and apps hold layers by the names they were given, images by digest: a name
+        nothing holds can always go, and its tree stays while another name, a workspace, an
+        image or a live run still uses the digest. When a workspace's metadata cannot be read,
+        what it uses is unknown, and nothing is removed (fail closed)."""
         layer = self.get(name)
         hidden = None
         with self.store.lock():
-            for ws in self._workspaces.all():
-                if layer.digest in ws.lower_digests:
+            for ws in self._workspaces.require_readable():
+                if name in ws.lowers:
                     raise InUse(
                         f"layer {name} in use by workspace {ws.name}",
                         f"remove the workspace first (`ws rm {ws.name}`)",
@@ -315,8 +321,10 @@ class Layers:
         return self._references
 
     def referenced_digests(self) -> set[str]:
+        """Digests that names and workspaces hold; raises if a workspace's metadata cannot be
+        read (what it holds is then unknown)."""
         refs = {layer.digest for layer in self.all()}
-        for ws in self._workspaces.all():
+        for ws in self._workspaces.require_readable():
             refs.update(ws.lower_digests)
         return refs
 

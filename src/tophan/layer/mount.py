@@ -557,6 +557,24 @@ def is_our_overlay(target: str, upper: str) -> bool:
     return os.path.realpath(shown) == os.path.realpath(upper)
 
 
+def overlays_with_upper(upper: str) -> list[MountEntry]:
+    """Every overlay mount (in this mount namespace) whose upper dir is ``upper``, topmost last:
+    where a workspace is mounted when its metadata no longer says."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        data = f.read().decode("utf-8", "surrogateescape")
+    real = os.path.realpath(upper)
+    out = []
+    for line in data.splitlines():
+        fields = line.split(" ")
+        if fields[fields.index("-", 6) + 1] != "overlay":
+            continue
+        entry = _entry(fields)
+        shown = entry.upperdir
+        if shown is not None and real in (shown, _ovl_unescape(shown), os.path.realpath(shown)):
+            out.append(entry)
+    return out
+
+
 # -- namespaces and privileges -----------------------------------------------------------------
 
 
