@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -142,19 +143,91 @@ def test_layer_lifecycle(cli: Any, root: Path) -> None:
     fails(cli("layer", "create", "a"), 1, contains="exists")
     lines = ok(cli("layer", "list")).out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["a", "b"]
-    assert all(line.split("\t")[1].isdigit() for line in lines)
+    # name, digest, created (ISO, like `image list`), size, state
+    assert [line.split("\t")[4] for line in lines] == ["open", "open"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[0].split("\t")[2])
+    overlayd_rows = ok(run_cli("layer", "list", prog="overlayd", root=root)).out.splitlines()
+    assert all(re.fullmatch(r"[ab]\t\d+", row) for row in overlayd_rows)  # its two columns
     path = ok(cli("layer", "path", "a")).out.strip()
     assert os.path.isdir(path) and os.listdir(path) == []
     info = dict(line.split("=", 1) for line in ok(cli("layer", "info", "a")).out.splitlines())
-    assert info["name"] == "a" and info["digest"].startswith("sha256:")
+    assert info["name"] == "a" and info["state"] == "open" and "digest" not in info
     assert info["created_at"].isdigit()
+    digest = ok(cli("layer", "seal", "a")).out.strip()
+    assert digest.startswith("sha256:")
+    assert ok(cli("layer", "seal", "a")).out.strip() == digest  # sealed already: as it is
+    info = dict(line.split("=", 1) for line in ok(cli("layer", "info", "a")).out.splitlines())
+    assert info["state"] == "sealed" and info["digest"] == digest
     js = json.loads(ok(cli("layer", "info", "a", "--json")).out)
-    assert js["digest"] == info["digest"]
+    assert js["digest"] == digest and js["state"] == "sealed"
     assert [x["name"] for x in json.loads(ok(cli("layer", "list", "--json")).out)] == ["a", "b"]
     assert ok(cli("layer", "rm", "a")).out == ""
+    assert ok(cli("layer", "rm", "b")).out == ""
     fails(cli("layer", "rm", "a"), 1, contains="no such layer")
     fails(cli("layer", "path", "a"), 1)
     fails(cli("layer", "info", "a"), 1)
+    assert os.listdir(root / "open/layers") == [] and os.listdir(root / "layers") == []
+
+
+def _fill(path: Path, files: dict[str, bytes]) -> None:
+    """Files with a fixed mtime, so that equal content hashes equal."""
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+        os.utime(path / name, (1_700_000_000, 1_700_000_000))
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
+def test_open_layers_are_private_until_sealed(cli: Any, root: Path) -> None:
+    """overlayd scripts fill an empty layer through `layer path`: each open layer is its own
+    directory, not the one tree every empty layer hashes to."""
+    ok(cli("layer", "create", "base"))
+    _fill(Path(ok(cli("layer", "path", "base")).out.strip()), {"f": b"hi\n"})
+    ok(cli("layer", "create", "fresh"))
+    assert os.listdir(ok(cli("layer", "path", "fresh")).out.strip()) == []
+    # open layers have nothing to verify: never CHANGED
+    out = ok(cli("layer", "verify", "base", "fresh")).out
+    assert out.count("\t-\topen") == 2 and "CHANGED" not in out
+    assert ok(cli("fsck")).out.endswith("ok\n")
+    # gc leaves open layers alone, whatever it removes
+    ok(cli("gc"))
+    assert (Path(ok(cli("layer", "path", "base")).out.strip()) / "f").read_bytes() == b"hi\n"
+    # the same content in another open layer: sealing stores it once
+    ok(cli("layer", "create", "twin"))
+    old_path = Path(ok(cli("layer", "path", "twin")).out.strip())
+    _fill(old_path, {"f": b"hi\n"})
+    assert ok(cli("layer", "seal", "twin")).out == ok(cli("layer", "seal", "base")).out
+    assert len(os.listdir(root / "layers")) == 1
+    # the path a script kept still reads, now the sealed tree
+    assert (old_path / "f").read_bytes() == b"hi\n"
+    sealed_path = ok(cli("layer", "path", "twin")).out.strip()
+    assert sealed_path.startswith(str(root / "layers"))
+    assert os.path.realpath(old_path) == sealed_path
+    ok(cli("layer", "rm", "twin"))
+    assert (Path(ok(cli("layer", "path", "base")).out.strip()) / "f").exists()
+    for name in ("base", "fresh"):
+        ok(cli("layer", "rm", name))
+    assert os.listdir(root / "layers") == [] and os.listdir(root / "open/layers") == []
+
+
+@pytest.mark.parametrize("use", ["ws", "export", "image"])
+def test_first_use_seals(cli: Any, root: Path, tmp_path: Path, use: str) -> None:
+    ok(cli("layer", "create", "l"))
+    _fill(Path(ok(cli("layer", "path", "l")).out.strip()), {"f": b"x"})
+    if use == "ws":
+        ok(cli("ws", "create", "w", "-l", "l", "--no-mount"))
+    elif use == "export":
+        ok(cli("layer", "export", "l", str(tmp_path / "l.tar")))
+    else:
+        ok(cli("image", "create", "img", "-l", "l"))
+    info = json.loads(ok(cli("layer", "info", "l", "--json")).out)
+    assert info["state"] == "sealed"
+    assert (Path(info["path"]) / "f").read_bytes() == b"x"
+    assert ok(cli("layer", "verify", "l")).out.endswith("\tok\n")
+    if use == "ws":
+        ok(cli("ws", "rm", "w"))
+    if use == "image":
+        ok(cli("image", "rm", "img"))
+    ok(cli("layer", "rm", "l"))
 
 
 def test_identical_imports_are_stored_once(cli: Any, root: Path, tmp_path: Path) -> None:

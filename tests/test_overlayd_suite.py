@@ -49,11 +49,6 @@ INTERNAL_STEPS = {
 # Single checks, inside steps that otherwise test the contract: (step, FAIL line regex, reason).
 INTERNAL_CHECKS = [
     (
-        "layer create / list / path",
-        r"^layer path: ",
-        "wants the path to end in /layers/<name>/content, overlayd's layout",
-    ),
-    (
         "layer rm fails closed when workspace meta cannot prove non-use",
         r" layer removed( \[|$)",
         "[[ -d .overlayd/layers/<name> ]]: overlayd's layout",

@@ -127,3 +127,41 @@ def test_concurrent_imports_same_content(tmp_path: Path) -> None:
     assert len({la.digest for la in store.layers.all()}) == 1
     assert len(os.listdir(root / "layers")) == 1
     assert os.listdir(root / "tmp") == []
+
+
+def test_open_layer_api_and_concurrent_sealing(tmp_path: Path) -> None:
+    """find() leaves an open layer open; get() (a use) seals it, once, however many race."""
+    from tophan.layer.layers import Layer, OpenLayer
+
+    root = tmp_path / "s"
+    store = Store.init(str(root))
+    opened = store.layers.create("x")
+    assert isinstance(opened, OpenLayer) and opened.digest is None
+    for i in range(300):
+        (Path(opened.path) / f"f{i}").write_bytes(os.urandom(4096))
+    assert isinstance(store.layers.find("x"), OpenLayer)
+    code = f"from tophan import Store; print(Store({str(root)!r}).layers.get('x').digest)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    digests = {p.communicate()[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    sealed = store.layers.find("x")
+    assert isinstance(sealed, Layer) and digests == {sealed.digest}
+    assert store.layers.verify(["x"])[0].ok
+    assert os.listdir(root / "layers") == [sealed.hex]
+    assert os.listdir(root / "tmp") == []
+    store.layers.remove("x")
+    assert os.listdir(root / "layers") == [] and os.listdir(root / "open/layers") == []
+
+
+def test_seal_recovers_from_a_crash_while_hashing(tmp_path: Path) -> None:
+    """A sealing that died while hashing left the directory moved aside: the next one uses it."""
+    store = Store.init(str(tmp_path / "s"))
+    opened = store.layers.create("x")
+    (Path(opened.path) / "f").write_bytes(b"kept")
+    os.rename(opened.path, Path(opened.path).with_name("sealing"))
+    layer = store.layers.seal("x")
+    assert (Path(layer.path) / "f").read_bytes() == b"kept"
+    assert store.layers.verify(["x"])[0].ok

@@ -34,3 +34,13 @@ def users(store: StoreRoot, name: str) -> list[tuple[str, str]]:
         for a in Apps(store).all()
         if name in a.spec.get("layers", [])
     ]
+
+
+def images_by_layer(store: StoreRoot) -> dict[str, list[str]]:
+    """Layer digest -> the names of the images whose stack includes it."""
+    images = Images(store)
+    by: dict[str, list[str]] = {}
+    for image in images.all():
+        for digest in dict.fromkeys(image.layers):
+            by.setdefault(digest, []).append(image.name)
+    return by

@@ -12,7 +12,7 @@ import time
 from tophan._internal import meta, names
 from tophan._internal.fs import FileLock, write_meta
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
-from tophan.layer.layers import Layers
+from tophan.layer.layers import Layers, check_ref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -216,10 +216,14 @@ class Workspaces:
         if not layers:
             raise UsageError("at least one -l layer required")
         for layer in layers:
-            names.check(layer, "layer")
+            check_ref(layer)
         if os.path.exists(self._dir(name)):
             raise Exists(f"workspace exists: {name}", "pick another name or `ws rm` it first")
-        digests = [Layers(self.store).get(layer).digest for layer in layers]
+        # Using a layer seals it if it is open. A layer given by digest is held by its full
+        # digest, a named one by its name.
+        resolved = [Layers(self.store).get(layer) for layer in layers]
+        layers = [layer.name for layer in resolved]
+        digests = [layer.digest for layer in resolved]
         if mountpoint is not None:
             mp = self._make_mountpoint(mountpoint)
         else:
@@ -242,7 +246,7 @@ class Workspaces:
                 if os.path.exists(self._dir(name)):
                     raise Exists(f"workspace exists: {name}")
                 for digest, layer in zip(digests, layers, strict=True):
-                    if Layers(self.store).get(layer).digest != digest:
+                    if Layers(self.store).find(layer).digest != digest:
                         raise TophanError(f"layer {layer} changed while creating {name}", "retry")
                 os.rename(staging.path, self._dir(name))
         finally:
