@@ -513,3 +513,36 @@ def test_workspace_meta_in_overlayd_format_reads(cli: Any, root: Path, tmp_path:
         ok(cli("ws", "rm", "w"))
     assert not os.path.ismount(mp)
     ok(cli("layer", "rm", "base"))
+
+
+def test_absolute_member_names_per_entry_point(cli: Any, root: Path, tmp_path: Path) -> None:
+    """tophan strips the leading / like GNU tar and says so once; overlayd refuses."""
+    tar = make_tar(tmp_path / "abs.tar", {"/abs/p": b"x", "/abs/q": b"y"})
+    r = cli("layer", "import", str(tar), "stripped")
+    assert r.rc == 0 and r.out == "stripped\n"
+    assert r.err == "tophan: removed leading '/' from member names\n"
+    assert (Path(ok(cli("layer", "path", "stripped")).out.strip()) / "abs/p").read_bytes() == b"x"
+    r = run_cli("layer", "import", str(tar), "refused", prog="overlayd", root=root)
+    fails(r, 1, "overlayd", contains="absolute")
+    fails(cli("layer", "info", "refused"), 1, contains="no such layer")
+    assert os.listdir(root / "tmp") == []
+
+
+def test_file_over_symlink_per_entry_point(cli: Any, root: Path, tmp_path: Path) -> None:
+    import io
+
+    tar = tmp_path / "same.tar"
+    with tarfile.open(tar, "w") as tf:
+        link = tarfile.TarInfo("evil")
+        link.type = tarfile.SYMTYPE
+        link.linkname = str(tmp_path / "outside")
+        tf.addfile(link)
+        file = tarfile.TarInfo("evil")
+        file.size = 2
+        tf.addfile(file, io.BytesIO(b"in"))
+    ok(cli("layer", "import", str(tar), "replaced"))
+    assert (Path(ok(cli("layer", "path", "replaced")).out.strip()) / "evil").read_bytes() == b"in"
+    r = run_cli("layer", "import", str(tar), "refused", prog="overlayd", root=root)
+    fails(r, 1, "overlayd", contains="symlink")
+    assert not (tmp_path / "outside").exists()
+    fails(cli("layer", "info", "refused"), 1)

@@ -464,15 +464,21 @@ class Cli:
         src, name = args.pos
         _check(name, "layer")
         store = self.store()
+
+        def warn(text: str) -> None:
+            sys.stderr.write(f"{self.prog}: {text}\n")
+
+        # overlayd refuses absolute names and a file over a symlink; tophan is GNU tar's way.
+        kw: dict[str, Any] = {"strict": True} if self.overlayd else {"warn": warn}
         if src == "-":
-            layer = store.layers.import_tar(sys.stdin.buffer, name, label="-")
+            layer = store.layers.import_tar(sys.stdin.buffer, name, label="-", **kw)
         else:
             try:
                 f = open(src, "rb")  # noqa: SIM115 - closed below, after the import
             except OSError as e:
                 raise TophanError(f"cannot read {src}: {e.strerror}") from e
             with f:
-                layer = store.layers.import_tar(f, name, label=os.path.abspath(src))
+                layer = store.layers.import_tar(f, name, label=os.path.abspath(src), **kw)
         self.log(f"layer {layer.name} is {layer.digest}")
         self.emit(f"{layer.name}\n")
         return 0

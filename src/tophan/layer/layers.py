@@ -406,17 +406,40 @@ class Layers:
         assert isinstance(sealed, Layer)
         return sealed
 
-    def import_tar(self, src: IO[bytes], name: str, *, label: str | None = None) -> Layer:
-        """Import a plain/gzip/zstd tar stream as layer ``name``."""
+    def import_tar(
+        self,
+        src: IO[bytes],
+        name: str,
+        *,
+        label: str | None = None,
+        strict: bool = False,
+        warn: Callable[[str], None] | None = None,
+    ) -> Layer:
+        """Import a plain/gzip/zstd tar stream as layer ``name``.
+
+        Absolute member names are imported without their leading / (``warn`` is told once, as
+        GNU tar says it); ``strict`` (overlayd's contract) refuses such an archive instead, and
+        one with a file over an earlier symlink of the same name (see tarimport.extract)."""
         from tophan.layer import tarimport
 
+        absolute = 0
+
         def fill(tree: str) -> tuple[str, int]:
+            nonlocal absolute
             stats = tarimport.extract(
-                src, tree, xattr_ns=self.store.xattr_ns, privileged=self.store.privileged
+                src,
+                tree,
+                xattr_ns=self.store.xattr_ns,
+                privileged=self.store.privileged,
+                strict=strict,
             )
+            absolute = stats.absolute_names
             return stats.digest, stats.size
 
-        return self._build(name, fill, {"imported_from": label} if label else {})
+        layer = self._build(name, fill, {"imported_from": label} if label else {})
+        if absolute and warn is not None:  # once, and only for an import that succeeded
+            warn("removed leading '/' from member names")
+        return layer
 
     def import_dir(self, path: str, name: str) -> Layer:
         """Import an existing directory tree (copied through the canonical tar, so exact)."""
