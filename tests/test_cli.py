@@ -546,3 +546,45 @@ def test_file_over_symlink_per_entry_point(cli: Any, root: Path, tmp_path: Path)
     fails(r, 1, "overlayd", contains="symlink")
     assert not (tmp_path / "outside").exists()
     fails(cli("layer", "info", "refused"), 1)
+
+
+def test_layers_by_digest(cli: Any, root: Path, tmp_path: Path) -> None:
+    """Every -l (and LAYER argument) takes a digest, full or a unique prefix of >= 12 hex
+    digits; what holds a layer by digest keeps its tree after its names are gone."""
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    digest = json.loads(ok(cli("layer", "info", "base", "--json")).out)["digest"]
+    hexd = digest[7:]
+    ok(cli("ws", "create", "full", "-l", digest, "--no-mount"))
+    ok(cli("ws", "create", "short", "-l", hexd[:12], "--no-mount"))
+    ok(cli("ws", "create", "prefixed", "-l", f"sha256:{hexd[:16]}", "--no-mount"))
+    lowers = {row.split("\t")[0]: row.split("\t")[3] for row in cli("ws", "list").out.splitlines()}
+    assert lowers == {"full": digest, "prefixed": digest, "short": digest}  # held by digest
+    fails(cli("ws", "create", "x", "-l", hexd[:11], "--no-mount"), 1, contains="no such layer")
+    fails(cli("ws", "create", "x", "-l", "sha256:nothex", "--no-mount"), 2, contains="invalid")
+    ok(cli("image", "create", "img", "-l", hexd[:12]))
+    # workspaces and the image hold the digest, not the name: the name can go
+    ok(cli("layer", "rm", "base"))
+    assert ok(cli("layer", "list")).out == ""
+    info = json.loads(ok(cli("layer", "info", hexd[:12], "--json")).out)
+    assert info["digest"] == digest and (Path(info["path"]) / "f").read_bytes() == b"1"
+    row = ok(cli("layer", "list", "--all")).out.splitlines()
+    assert len(row) == 1 and row[0].startswith(f"-\t{digest}\t") and row[0].endswith("\timg:latest")
+    listed = json.loads(ok(cli("layer", "list", "--all", "--json")).out)
+    assert listed[0]["name"] is None and listed[0]["images"] == ["img:latest"]
+    # a prefix two stored layers share is refused, in one line
+    (root / "layers" / (hexd[:12] + "0" * 52)).mkdir()
+    fails(cli("layer", "info", hexd[:12]), 2, contains="ambiguous")
+    assert ok(cli("layer", "info", hexd[:13] if hexd[12] != "0" else digest)).rc == 0
+    (root / "layers" / (hexd[:12] + "0" * 52)).rmdir()
+    for ws in ("full", "short", "prefixed"):
+        ok(cli("ws", "rm", ws))
+    ok(cli("image", "rm", "img"))
+    ok(cli("gc"))
+    assert os.listdir(root / "layers") == []
+
+
+def test_run_takes_a_layer_digest(cli: Any, busybox_tar: Path) -> None:
+    ok(cli("layer", "import", str(busybox_tar), "base"))
+    digest = json.loads(ok(cli("layer", "info", "base", "--json")).out)["digest"]
+    r = cli("run", "-l", digest[7:19], "--", "echo", "hi")
+    assert r.rc == 0 and r.out == "hi\n", r.err

@@ -165,3 +165,17 @@ def test_seal_recovers_from_a_crash_while_hashing(tmp_path: Path) -> None:
     layer = store.layers.seal("x")
     assert (Path(layer.path) / "f").read_bytes() == b"kept"
     assert store.layers.verify(["x"])[0].ok
+
+
+def test_an_app_holding_a_layer_by_digest_keeps_its_tree(tmp_path: Path) -> None:
+    from tophan import maintenance
+    from tophan.app.apps import Apps
+
+    store = Store.init(str(tmp_path / "s"))
+    layer = store.layers.import_tar(io.BytesIO(small_tar({"bin/true": b""})), "base")
+    Apps(store).create("a", {"layers": [layer.hex[:12]], "command": ["/bin/true"]})
+    store.layers.remove("base")  # the app holds the digest, not the name
+    assert maintenance.gc(store).layers_removed == []
+    assert store.layers.get(layer.hex[:12]).digest == layer.digest
+    Apps(store).remove("a")
+    assert maintenance.gc(store).layers_removed == [layer.digest]

@@ -412,6 +412,8 @@ class Cli:
         if args.flag("json"):
             items = [la.as_dict() for la in rows]
             for item in items:
+                if item["name"] == item["digest"]:
+                    item["name"] = None  # no name points at it
                 item["created"] = _iso(item["created_at"])
                 if args.flag("all"):
                     item["images"] = used_by.get(item["digest"], [])
