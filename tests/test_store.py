@@ -179,3 +179,18 @@ def test_an_app_holding_a_layer_by_digest_keeps_its_tree(tmp_path: Path) -> None
     assert store.layers.get(layer.hex[:12]).digest == layer.digest
     Apps(store).remove("a")
     assert maintenance.gc(store).layers_removed == [layer.digest]
+
+
+def test_gc_keeps_open_layers_and_clears_an_orphan_open_dir(tmp_path: Path) -> None:
+    """A crash between publishing an open layer's directory and writing its ref leaves the
+    directory alone: gc removes that, never an open layer."""
+    from tophan import maintenance
+
+    root = tmp_path / "s"
+    store = Store.init(str(root))
+    kept = store.layers.create("kept")
+    (Path(kept.path) / "f").write_bytes(b"work in progress")
+    (root / "open/layers/ghost/content").mkdir(parents=True)
+    assert maintenance.gc(store).staging_removed == 1
+    assert os.listdir(root / "open/layers") == ["kept"]
+    assert (Path(store.layers.find("kept").path) / "f").read_bytes() == b"work in progress"

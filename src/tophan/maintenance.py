@@ -47,10 +47,14 @@ def gc(store: Store) -> GcReport:
                     report.layers_removed.append(digest)
         image_hidden, report.blobs_removed = store.images.gc(referenced)
         hidden += image_hidden
+        # Open layers are never touched (they have no digest to be unreferenced); only a
+        # directory a crash left without its ref goes, counted with the staging leftovers.
+        orphans = [p for p in map(store.hide, store.layers.orphan_open_dirs()) if p is not None]
+        hidden += orphans
     for path in hidden:
         rmtree(path)
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
-    report.staging_removed = store.clean_tmp()
+    report.staging_removed = store.clean_tmp() + len(orphans)
     report.cgroups_removed = _stale_cgroups()
     return report
 

@@ -591,6 +591,16 @@ class Layers:
             refs.update(ws.lower_digests)
         return refs
 
+    def orphan_open_dirs(self) -> list[str]:
+        """Open-layer directories no ref points at: what a crash between publishing one and
+        writing its ref leaves (call with the store lock held; never an open layer's own)."""
+        top = self.store.path("open", "layers")
+        try:
+            entries = sorted(os.listdir(top))
+        except FileNotFoundError:
+            return []
+        return [os.path.join(top, n) for n in entries if not self.exists(n)]
+
     def stored_digests(self) -> Iterator[str]:
         for entry in os.listdir(self.store.path("layers")):
             if len(entry) == 64:
