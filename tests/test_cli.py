@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -142,19 +143,91 @@ def test_layer_lifecycle(cli: Any, root: Path) -> None:
     fails(cli("layer", "create", "a"), 1, contains="exists")
     lines = ok(cli("layer", "list")).out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["a", "b"]
-    assert all(line.split("\t")[1].isdigit() for line in lines)
+    # name, digest, created (ISO, like `image list`), size, state
+    assert [line.split("\t")[4] for line in lines] == ["open", "open"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[0].split("\t")[2])
+    overlayd_rows = ok(run_cli("layer", "list", prog="overlayd", root=root)).out.splitlines()
+    assert all(re.fullmatch(r"[ab]\t\d+", row) for row in overlayd_rows)  # its two columns
     path = ok(cli("layer", "path", "a")).out.strip()
     assert os.path.isdir(path) and os.listdir(path) == []
     info = dict(line.split("=", 1) for line in ok(cli("layer", "info", "a")).out.splitlines())
-    assert info["name"] == "a" and info["digest"].startswith("sha256:")
+    assert info["name"] == "a" and info["state"] == "open" and "digest" not in info
     assert info["created_at"].isdigit()
+    digest = ok(cli("layer", "seal", "a")).out.strip()
+    assert digest.startswith("sha256:")
+    assert ok(cli("layer", "seal", "a")).out.strip() == digest  # sealed already: as it is
+    info = dict(line.split("=", 1) for line in ok(cli("layer", "info", "a")).out.splitlines())
+    assert info["state"] == "sealed" and info["digest"] == digest
     js = json.loads(ok(cli("layer", "info", "a", "--json")).out)
-    assert js["digest"] == info["digest"]
+    assert js["digest"] == digest and js["state"] == "sealed"
     assert [x["name"] for x in json.loads(ok(cli("layer", "list", "--json")).out)] == ["a", "b"]
     assert ok(cli("layer", "rm", "a")).out == ""
+    assert ok(cli("layer", "rm", "b")).out == ""
     fails(cli("layer", "rm", "a"), 1, contains="no such layer")
     fails(cli("layer", "path", "a"), 1)
     fails(cli("layer", "info", "a"), 1)
+    assert os.listdir(root / "open/layers") == [] and os.listdir(root / "layers") == []
+
+
+def _fill(path: Path, files: dict[str, bytes]) -> None:
+    """Files with a fixed mtime, so that equal content hashes equal."""
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+        os.utime(path / name, (1_700_000_000, 1_700_000_000))
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
+def test_open_layers_are_private_until_sealed(cli: Any, root: Path) -> None:
+    """overlayd scripts fill an empty layer through `layer path`: each open layer is its own
+    directory, not the one tree every empty layer hashes to."""
+    ok(cli("layer", "create", "base"))
+    _fill(Path(ok(cli("layer", "path", "base")).out.strip()), {"f": b"hi\n"})
+    ok(cli("layer", "create", "fresh"))
+    assert os.listdir(ok(cli("layer", "path", "fresh")).out.strip()) == []
+    # open layers have nothing to verify: never CHANGED
+    out = ok(cli("layer", "verify", "base", "fresh")).out
+    assert out.count("\t-\topen") == 2 and "CHANGED" not in out
+    assert ok(cli("fsck")).out.endswith("ok\n")
+    # gc leaves open layers alone, whatever it removes
+    ok(cli("gc"))
+    assert (Path(ok(cli("layer", "path", "base")).out.strip()) / "f").read_bytes() == b"hi\n"
+    # the same content in another open layer: sealing stores it once
+    ok(cli("layer", "create", "twin"))
+    old_path = Path(ok(cli("layer", "path", "twin")).out.strip())
+    _fill(old_path, {"f": b"hi\n"})
+    assert ok(cli("layer", "seal", "twin")).out == ok(cli("layer", "seal", "base")).out
+    assert len(os.listdir(root / "layers")) == 1
+    # the path a script kept still reads, now the sealed tree
+    assert (old_path / "f").read_bytes() == b"hi\n"
+    sealed_path = ok(cli("layer", "path", "twin")).out.strip()
+    assert sealed_path.startswith(str(root / "layers"))
+    assert os.path.realpath(old_path) == sealed_path
+    ok(cli("layer", "rm", "twin"))
+    assert (Path(ok(cli("layer", "path", "base")).out.strip()) / "f").exists()
+    for name in ("base", "fresh"):
+        ok(cli("layer", "rm", name))
+    assert os.listdir(root / "layers") == [] and os.listdir(root / "open/layers") == []
+
+
+@pytest.mark.parametrize("use", ["ws", "export", "image"])
+def test_first_use_seals(cli: Any, root: Path, tmp_path: Path, use: str) -> None:
+    ok(cli("layer", "create", "l"))
+    _fill(Path(ok(cli("layer", "path", "l")).out.strip()), {"f": b"x"})
+    if use == "ws":
+        ok(cli("ws", "create", "w", "-l", "l", "--no-mount"))
+    elif use == "export":
+        ok(cli("layer", "export", "l", str(tmp_path / "l.tar")))
+    else:
+        ok(cli("image", "create", "img", "-l", "l"))
+    info = json.loads(ok(cli("layer", "info", "l", "--json")).out)
+    assert info["state"] == "sealed"
+    assert (Path(info["path"]) / "f").read_bytes() == b"x"
+    assert ok(cli("layer", "verify", "l")).out.endswith("\tok\n")
+    if use == "ws":
+        ok(cli("ws", "rm", "w"))
+    if use == "image":
+        ok(cli("image", "rm", "img"))
+    ok(cli("layer", "rm", "l"))
 
 
 def test_identical_imports_are_stored_once(cli: Any, root: Path, tmp_path: Path) -> None:
@@ -347,3 +420,171 @@ def test_commit_roundtrip(cli: Any, root: Path, tmp_path: Path, busybox_tar: Pat
     assert (mp2 / "bin/busybox").stat().st_mode & 0o777 == 0o700
     ok(cli("ws", "rm", "v"))
     ok(cli("ws", "rm", "w"))
+
+
+def test_layer_rm_goes_by_name(cli: Any, root: Path, tmp_path: Path) -> None:
+    """A workspace holds the names it was given: another name for the same content can go,
+    and the tree stays while the workspace uses it."""
+    tar = make_tar(tmp_path / "t.tar", {"f": b"same"})
+    ok(cli("layer", "import", str(tar), "x"))
+    ok(cli("layer", "import", str(tar), "y"))
+    ok(cli("ws", "create", "w", "-l", "x", "--no-mount"))
+    fails(cli("layer", "rm", "x"), 1, contains="in use by workspace w")
+    assert ok(cli("layer", "rm", "y")).out == ""
+    assert (Path(ok(cli("layer", "path", "x")).out.strip()) / "f").read_bytes() == b"same"
+    ok(cli("ws", "mount", "w"))
+    mp = ok(cli("ws", "path", "w")).out.strip()
+    try:
+        assert (Path(mp) / "f").read_bytes() == b"same"
+    finally:
+        ok(cli("ws", "rm", "w"))
+    ok(cli("layer", "rm", "x"))
+    assert os.listdir(root / "layers") == []
+
+
+@pytest.mark.parametrize("corruption", ["meta-dir", "meta-missing", "no-lowers"])
+def test_layer_rm_fails_closed_on_corrupt_workspace(
+    cli: Any, root: Path, tmp_path: Path, corruption: str
+) -> None:
+    """What a workspace uses is unknown when its meta cannot be read: no layer is removed
+    (overlayd's contract), the workspace is listed flagged, fsck reports it, and only
+    `ws rm --force` removes it."""
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    ok(cli("layer", "import", str(make_tar(tmp_path / "u.tar", {"g": b"2"})), "other"))
+    ok(cli("ws", "create", "w", "-l", "base", "--no-mount"))
+    meta = root / "workspaces/w/meta"
+    meta.unlink()
+    if corruption == "meta-dir":
+        meta.mkdir()
+    elif corruption == "no-lowers":
+        meta.write_text("name=w\nmounted=0\n")
+    for layer in ("base", "other"):  # unused or not: neither can be proven unused
+        fails(cli("layer", "rm", layer), 1, contains="workspace w")
+    assert sorted(line.split("\t")[0] for line in ok(cli("layer", "list")).out.splitlines()) == [
+        "base",
+        "other",
+    ]
+    assert len(os.listdir(root / "layers")) == 2
+    fails(cli("gc"), 1, contains="workspace w")
+    assert ok(cli("ws", "list")).out == "w\tcorrupt\t-\t-\n"
+    assert json.loads(ok(cli("ws", "list", "--json")).out)[0]["problem"]
+    r = cli("fsck")
+    assert r.rc == 1 and "workspace w: " in r.out
+    fails(cli("ws", "info", "w"), 1, contains="--force")
+    fails(cli("ws", "rm", "w"), 1, contains="--force")
+    assert ok(cli("ws", "rm", "--force", "w")).out == ""
+    assert ok(cli("ws", "list")).out == ""
+    ok(cli("layer", "rm", "base"))
+    ok(cli("layer", "rm", "other"))
+    assert ok(cli("fsck")).rc == 0
+
+
+def test_ws_rm_force_unmounts_a_corrupt_workspace(cli: Any, root: Path, tmp_path: Path) -> None:
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    mp = tmp_path / "mnt"
+    ok(cli("ws", "create", "w", "-l", "base", "-m", str(mp)))
+    try:
+        (root / "workspaces/w/meta").write_text("name=w\n")
+        assert json.loads(ok(cli("ws", "list", "--json")).out)[0]["mounted"] is True
+        fails(cli("ws", "rm", "w"), 1, contains="--force")
+        ok(cli("ws", "rm", "--force", "w"))
+        assert not os.path.ismount(mp)
+        assert not (root / "workspaces/w").exists()
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["umount", str(mp)], check=True)
+
+
+def test_workspace_meta_in_overlayd_format_reads(cli: Any, root: Path, tmp_path: Path) -> None:
+    """`lowers=` alone proves what a workspace uses (overlayd writes name, mounted, lowers)."""
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    ok(cli("layer", "import", str(make_tar(tmp_path / "u.tar", {"g": b"2"})), "other"))
+    ok(cli("ws", "create", "w", "-l", "base", "--no-mount"))
+    (root / "workspaces/w/meta").write_text("name=w\nmounted=0\nlowers=base\n")
+    fails(cli("layer", "rm", "base"), 1, contains="in use by workspace w")
+    ok(cli("layer", "rm", "other"))
+    assert ok(cli("fsck")).out.endswith("ok\n")
+    mp = root.resolve() / "workspaces/w/merged"
+    assert ok(cli("ws", "list")).out == f"w\tunmounted\t{mp}\tbase\n"
+    ok(cli("ws", "mount", "w"))  # its layers are looked up by name
+    try:
+        assert (mp / "f").read_bytes() == b"1"
+    finally:
+        ok(cli("ws", "rm", "w"))
+    assert not os.path.ismount(mp)
+    ok(cli("layer", "rm", "base"))
+
+
+def test_absolute_member_names_per_entry_point(cli: Any, root: Path, tmp_path: Path) -> None:
+    """tophan strips the leading / like GNU tar and says so once; overlayd refuses."""
+    tar = make_tar(tmp_path / "abs.tar", {"/abs/p": b"x", "/abs/q": b"y"})
+    r = cli("layer", "import", str(tar), "stripped")
+    assert r.rc == 0 and r.out == "stripped\n"
+    assert r.err == "tophan: removed leading '/' from member names\n"
+    assert (Path(ok(cli("layer", "path", "stripped")).out.strip()) / "abs/p").read_bytes() == b"x"
+    r = run_cli("layer", "import", str(tar), "refused", prog="overlayd", root=root)
+    fails(r, 1, "overlayd", contains="absolute")
+    fails(cli("layer", "info", "refused"), 1, contains="no such layer")
+    assert os.listdir(root / "tmp") == []
+
+
+def test_file_over_symlink_per_entry_point(cli: Any, root: Path, tmp_path: Path) -> None:
+    import io
+
+    tar = tmp_path / "same.tar"
+    with tarfile.open(tar, "w") as tf:
+        link = tarfile.TarInfo("evil")
+        link.type = tarfile.SYMTYPE
+        link.linkname = str(tmp_path / "outside")
+        tf.addfile(link)
+        file = tarfile.TarInfo("evil")
+        file.size = 2
+        tf.addfile(file, io.BytesIO(b"in"))
+    ok(cli("layer", "import", str(tar), "replaced"))
+    assert (Path(ok(cli("layer", "path", "replaced")).out.strip()) / "evil").read_bytes() == b"in"
+    r = run_cli("layer", "import", str(tar), "refused", prog="overlayd", root=root)
+    fails(r, 1, "overlayd", contains="symlink")
+    assert not (tmp_path / "outside").exists()
+    fails(cli("layer", "info", "refused"), 1)
+
+
+def test_layers_by_digest(cli: Any, root: Path, tmp_path: Path) -> None:
+    """Every -l (and LAYER argument) takes a digest, full or a unique prefix of >= 12 hex
+    digits; what holds a layer by digest keeps its tree after its names are gone."""
+    ok(cli("layer", "import", str(make_tar(tmp_path / "t.tar", {"f": b"1"})), "base"))
+    digest = json.loads(ok(cli("layer", "info", "base", "--json")).out)["digest"]
+    hexd = digest[7:]
+    ok(cli("ws", "create", "full", "-l", digest, "--no-mount"))
+    ok(cli("ws", "create", "short", "-l", hexd[:12], "--no-mount"))
+    ok(cli("ws", "create", "prefixed", "-l", f"sha256:{hexd[:16]}", "--no-mount"))
+    lowers = {row.split("\t")[0]: row.split("\t")[3] for row in cli("ws", "list").out.splitlines()}
+    assert lowers == {"full": digest, "prefixed": digest, "short": digest}  # held by digest
+    fails(cli("ws", "create", "x", "-l", hexd[:11], "--no-mount"), 1, contains="no such layer")
+    fails(cli("ws", "create", "x", "-l", "sha256:nothex", "--no-mount"), 2, contains="invalid")
+    ok(cli("image", "create", "img", "-l", hexd[:12]))
+    # workspaces and the image hold the digest, not the name: the name can go
+    ok(cli("layer", "rm", "base"))
+    assert ok(cli("layer", "list")).out == ""
+    info = json.loads(ok(cli("layer", "info", hexd[:12], "--json")).out)
+    assert info["digest"] == digest and (Path(info["path"]) / "f").read_bytes() == b"1"
+    row = ok(cli("layer", "list", "--all")).out.splitlines()
+    assert len(row) == 1 and row[0].startswith(f"-\t{digest}\t") and row[0].endswith("\timg:latest")
+    listed = json.loads(ok(cli("layer", "list", "--all", "--json")).out)
+    assert listed[0]["name"] is None and listed[0]["images"] == ["img:latest"]
+    # a prefix two stored layers share is refused, in one line
+    (root / "layers" / (hexd[:12] + "0" * 52)).mkdir()
+    fails(cli("layer", "info", hexd[:12]), 2, contains="ambiguous")
+    assert ok(cli("layer", "info", hexd[:13] if hexd[12] != "0" else digest)).rc == 0
+    (root / "layers" / (hexd[:12] + "0" * 52)).rmdir()
+    for ws in ("full", "short", "prefixed"):
+        ok(cli("ws", "rm", ws))
+    ok(cli("image", "rm", "img"))
+    ok(cli("gc"))
+    assert os.listdir(root / "layers") == []
+
+
+def test_run_takes_a_layer_digest(cli: Any, busybox_tar: Path) -> None:
+    ok(cli("layer", "import", str(busybox_tar), "base"))
+    digest = json.loads(ok(cli("layer", "info", "base", "--json")).out)["digest"]
+    r = cli("run", "-l", digest[7:19], "--", "echo", "hi")
+    assert r.rc == 0 and r.out == "hi\n", r.err

@@ -80,6 +80,7 @@ def test_two_lowers_first_is_top(base: Path) -> None:
         assert sorted(os.listdir(s.mnt)) == ["only-0", "only-1", "shared"]
         entry = mount.mount_entry(s.mnt)
         assert entry is not None and entry.fstype == "overlay"
+        assert entry.source == "overlay"  # what `findmnt`/`mount | grep overlay` scripts see
         assert entry.lowerdirs == tuple(s.lowers)
         assert (entry.upperdir, entry.workdir) == (s.upper, s.work)
     finally:
@@ -276,6 +277,7 @@ def test_legacy_fallback_mounts_odd_paths(base: Path) -> None:
         assert sorted(os.listdir(s.mnt)) == ["from-odd", "only-0", "only-1", "shared"]
         entry = mount.mount_entry(s.mnt)
         assert entry is not None and "lowerdir" in entry.super_options  # the legacy way
+        assert entry.source == "overlay"
         assert entry.lowerdirs == tuple(s.lowers)
         assert (entry.upperdir, entry.workdir) == (upper, work)
         assert mount.is_our_overlay(s.mnt, upper)

@@ -127,3 +127,70 @@ def test_concurrent_imports_same_content(tmp_path: Path) -> None:
     assert len({la.digest for la in store.layers.all()}) == 1
     assert len(os.listdir(root / "layers")) == 1
     assert os.listdir(root / "tmp") == []
+
+
+def test_open_layer_api_and_concurrent_sealing(tmp_path: Path) -> None:
+    """find() leaves an open layer open; get() (a use) seals it, once, however many race."""
+    from tophan.layer.layers import Layer, OpenLayer
+
+    root = tmp_path / "s"
+    store = Store.init(str(root))
+    opened = store.layers.create("x")
+    assert isinstance(opened, OpenLayer) and opened.digest is None
+    for i in range(300):
+        (Path(opened.path) / f"f{i}").write_bytes(os.urandom(4096))
+    assert isinstance(store.layers.find("x"), OpenLayer)
+    code = f"from tophan import Store; print(Store({str(root)!r}).layers.get('x').digest)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    digests = {p.communicate()[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    sealed = store.layers.find("x")
+    assert isinstance(sealed, Layer) and digests == {sealed.digest}
+    assert store.layers.verify(["x"])[0].ok
+    assert os.listdir(root / "layers") == [sealed.hex]
+    assert os.listdir(root / "tmp") == []
+    store.layers.remove("x")
+    assert os.listdir(root / "layers") == [] and os.listdir(root / "open/layers") == []
+
+
+def test_seal_recovers_from_a_crash_while_hashing(tmp_path: Path) -> None:
+    """A sealing that died while hashing left the directory moved aside: the next one uses it."""
+    store = Store.init(str(tmp_path / "s"))
+    opened = store.layers.create("x")
+    (Path(opened.path) / "f").write_bytes(b"kept")
+    os.rename(opened.path, Path(opened.path).with_name("sealing"))
+    layer = store.layers.seal("x")
+    assert (Path(layer.path) / "f").read_bytes() == b"kept"
+    assert store.layers.verify(["x"])[0].ok
+
+
+def test_an_app_holding_a_layer_by_digest_keeps_its_tree(tmp_path: Path) -> None:
+    from tophan import maintenance
+    from tophan.app.apps import Apps
+
+    store = Store.init(str(tmp_path / "s"))
+    layer = store.layers.import_tar(io.BytesIO(small_tar({"bin/true": b""})), "base")
+    Apps(store).create("a", {"layers": [layer.hex[:12]], "command": ["/bin/true"]})
+    store.layers.remove("base")  # the app holds the digest, not the name
+    assert maintenance.gc(store).layers_removed == []
+    assert store.layers.get(layer.hex[:12]).digest == layer.digest
+    Apps(store).remove("a")
+    assert maintenance.gc(store).layers_removed == [layer.digest]
+
+
+def test_gc_keeps_open_layers_and_clears_an_orphan_open_dir(tmp_path: Path) -> None:
+    """A crash between publishing an open layer's directory and writing its ref leaves the
+    directory alone: gc removes that, never an open layer."""
+    from tophan import maintenance
+
+    root = tmp_path / "s"
+    store = Store.init(str(root))
+    kept = store.layers.create("kept")
+    (Path(kept.path) / "f").write_bytes(b"work in progress")
+    (root / "open/layers/ghost/content").mkdir(parents=True)
+    assert maintenance.gc(store).staging_removed == 1
+    assert os.listdir(root / "open/layers") == ["kept"]
+    assert (Path(store.layers.find("kept").path) / "f").read_bytes() == b"work in progress"

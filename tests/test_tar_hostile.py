@@ -124,10 +124,51 @@ def test_device_refused_unprivileged(tmp_path: Path) -> None:
 
 def test_absolute_names_stay_inside(tmp_path: Path) -> None:
     (tmp_path / "t").mkdir()
-    data = tar_bytes([f("/etc/escape-test", b"x"), f("../../../../x/../y", b"z")][:1])
-    tarimport.extract(io.BytesIO(data), str(tmp_path / "t"), xattr_ns="trusted", privileged=True)
+    data = tar_bytes([f("/etc/escape-test", b"x"), f("a", b"y"), hard("/h", "/a")])
+    stats = tarimport.extract(
+        io.BytesIO(data), str(tmp_path / "t"), xattr_ns="trusted", privileged=True
+    )
     assert (tmp_path / "t/etc/escape-test").read_bytes() == b"x"
+    assert (tmp_path / "t/h").stat().st_ino == (tmp_path / "t/a").stat().st_ino
     assert not os.path.exists("/etc/escape-test")
+    assert stats.absolute_names == 3  # two members and a hardlink target: the caller says so
+
+
+STRICT: dict[str, tuple[bytes, str]] = {
+    "absolute": (tar_bytes([f("/abs/p", b"x")]), "absolute"),
+    "absolute-gnu-longname": (
+        tar_bytes([f("/" + "a" * 120 + "/evil", b"x")], fmt=tarfile.GNU_FORMAT),
+        "absolute",
+    ),
+    "absolute-pax-path": (tar_bytes([f("placeholder", b"x", pax={"path": "/pax/p"})]), "absolute"),
+    "absolute-hardlink-target": (tar_bytes([f("a", b"x"), hard("h", "/a")]), "absolute"),
+    "file-over-symlink": (tar_bytes([sym("evil", "/tmp/elsewhere"), f("evil", b"x")]), "symlink"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT))
+def test_strict_keeps_overlayds_contract(case: str, tmp_path: Path) -> None:
+    """Through the overlayd entry point: refused, where tophan strips (and GNU tar replaces)."""
+    data, needle = STRICT[case]
+    (tmp_path / "t").mkdir()
+    with pytest.raises(ArchiveError, match=needle):
+        tarimport.extract(
+            io.BytesIO(data), str(tmp_path / "t"), xattr_ns="trusted", privileged=True, strict=True
+        )
+    (tmp_path / "u").mkdir()
+    tarimport.extract(io.BytesIO(data), str(tmp_path / "u"), xattr_ns="trusted", privileged=True)
+    assert not os.path.exists("/tmp/elsewhere")
+
+
+def test_file_over_symlink_replaces_the_link(tmp_path: Path) -> None:
+    """GNU tar's rule (tophan's): the later member wins, and nothing is written through the link."""
+    (tmp_path / "t").mkdir()
+    outside = tmp_path / "outside"
+    data = tar_bytes([sym("evil", str(outside)), f("evil", b"inside")])
+    tarimport.extract(io.BytesIO(data), str(tmp_path / "t"), xattr_ns="trusted", privileged=True)
+    assert not (tmp_path / "t/evil").is_symlink()
+    assert (tmp_path / "t/evil").read_bytes() == b"inside"
+    assert not outside.exists()
 
 
 def test_symlink_pointing_out_is_fine_as_long_as_nothing_goes_through_it(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tophan import references
 from tophan._internal import meta
 from tophan._internal.fs import rmtree
+from tophan.errors import TophanError
 
 if TYPE_CHECKING:
     from tophan.store import Store
@@ -46,10 +47,14 @@ def gc(store: Store) -> GcReport:
                     report.layers_removed.append(digest)
         image_hidden, report.blobs_removed = store.images.gc(referenced)
         hidden += image_hidden
+        # Open layers are never touched (they have no digest to be unreferenced); only a
+        # directory a crash left without its ref goes, counted with the staging leftovers.
+        orphans = [p for p in map(store.hide, store.layers.orphan_open_dirs()) if p is not None]
+        hidden += orphans
     for path in hidden:
         rmtree(path)
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
-    report.staging_removed = store.clean_tmp()
+    report.staging_removed = store.clean_tmp() + len(orphans)
     report.cgroups_removed = _stale_cgroups()
     return report
 
@@ -78,14 +83,28 @@ def fsck(store: Store) -> FsckReport:
     refs = store.path("refs", "layers")
     for name in sorted(os.listdir(refs)):
         try:
-            digest = meta.read(os.path.join(refs, name))["digest"]
+            ref = meta.read(os.path.join(refs, name))
+            if ref.get("state") == "open":
+                # Open layers are still being written: nothing to verify, only to find.
+                if not os.path.isdir(store.path("open", "layers", name)):
+                    report.problems.append(f"open layer {name}: its directory is missing")
+                continue
+            digest = ref["digest"]
         except (OSError, KeyError) as e:
             report.problems.append(f"layer name {name}: unreadable ref ({e})")
             continue
         if digest not in stored:
             report.problems.append(f"layer name {name} points at missing layer {digest}")
-    for ws in store.workspaces.all():
-        for layer, digest in zip(ws.lowers, ws.lower_digests, strict=True):
+    workspaces, broken = store.workspaces.scan()
+    for b in broken:
+        report.problems.append(f"workspace {b.name}: {b.problem}")
+    for ws in workspaces:
+        try:
+            digests = store.workspaces.lower_digests(ws)
+        except TophanError as e:
+            report.problems.append(f"workspace {ws.name}: {e.message}")
+            continue
+        for layer, digest in zip(ws.lowers, digests, strict=True):
             if digest not in stored:
                 report.problems.append(f"workspace {ws.name}: layer {layer} ({digest}) is missing")
     report.problems += store.images.fsck()

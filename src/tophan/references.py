@@ -11,7 +11,7 @@ import os
 
 from tophan.app.apps import Apps
 from tophan.image.images import Images
-from tophan.layer.layers import Layers
+from tophan.layer.layers import Layers, is_digest_ref
 from tophan.run.container import live_run_digests
 
 TYPE_CHECKING = False
@@ -20,9 +20,26 @@ if TYPE_CHECKING:
 
 
 def layers(store: StoreRoot) -> set[str]:
-    """Layer digests something still needs: names, workspaces, live runs, images."""
+    """Layer digests something still needs: names, workspaces, live runs, images, apps that
+    name a layer by digest."""
     images = Images(store).referenced()[1]
-    return Layers(store).referenced_digests() | live_run_digests(store) | images
+    named = Layers(store).referenced_digests()
+    return named | live_run_digests(store) | images | _app_digests(store)
+
+
+def _app_digests(store: StoreRoot) -> set[str]:
+    """What apps hold by digest (``-l sha256:…`` or a prefix): every stored layer it may mean."""
+    if not os.path.isdir(store.path("apps")):
+        return set()
+    layer_store = Layers(store)
+    stored = set(layer_store.stored_digests())
+    out: set[str] = set()
+    for app in Apps(store).all():
+        for ref in app.spec.get("layers", []):
+            if is_digest_ref(ref) and not layer_store.exists(ref):
+                hexpart = ref.removeprefix("sha256:")
+                out.update(d for d in stored if d[7:].startswith(hexpart))
+    return out
 
 
 def users(store: StoreRoot, name: str) -> list[tuple[str, str]]:
@@ -34,3 +51,13 @@ def users(store: StoreRoot, name: str) -> list[tuple[str, str]]:
         for a in Apps(store).all()
         if name in a.spec.run.layers
     ]
+
+
+def images_by_layer(store: StoreRoot) -> dict[str, list[str]]:
+    """Layer digest -> the names of the images whose stack includes it."""
+    images = Images(store)
+    by: dict[str, list[str]] = {}
+    for image in images.all():
+        for digest in dict.fromkeys(image.layers):
+            by.setdefault(digest, []).append(image.name)
+    return by

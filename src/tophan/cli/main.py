@@ -32,21 +32,26 @@ usage: {prog} [--root PATH] [-v] <command> [args]
 
 commands:
   init [path]                         initialize a store (safe to re-run)
-  layer create <name> [--from DIR]    create an empty layer (or one from a directory)
-  layer list [--json]                 TAB-separated: name<TAB>created_at
-  layer rm <name>                     remove a layer name (refused while a workspace uses it)
-  layer path <name>                   print the layer's content directory
-  layer info <name> [--json]          key=value metadata, including the digest
+  layer create <name> [--from DIR]    create an empty, open layer: fill it through `layer path`;
+                                      its first use (ws, image, run, export) or `layer seal`
+                                      seals it. --from DIR: a sealed copy of DIR
+  layer seal <name>                   hash an open layer into the store, print its digest;
+                                      sealed layers are immutable (read-only by contract)
+  layer list [--all] [--json]         {list_format}
+  layer rm <name>                     remove a layer name (refused while a workspace or app uses it)
+  layer path <layer>                  print the layer's directory (writable only while open)
+  layer info <layer> [--json]         key=value metadata: state (open|sealed), digest
   layer commit <ws> <newlayer>        turn an unmounted workspace's changes into a layer
   layer import <tar|-> <name>         import a plain, gzip or zstd tar ('-' = stdin)
-  layer export <name> <tar|-> [--compress gzip|zstd]
+  layer export <layer> <tar|-> [--compress gzip|zstd]
                                       write the layer's canonical tar ('-' = stdout)
-  layer verify [name...] [--json]     recompute digests; exit 1 if any layer changed
+  layer verify [layer...] [--json]    recompute digests; exit 1 if any sealed layer changed
   ws create <name> -l L1 [-l L2 ...] [-m PATH] [--no-mount]
                                       create (and mount) a workspace; first -l is the top layer
-  ws list [--json]                    name<TAB>mounted|unmounted<TAB>mountpoint<TAB>lowers
+  ws list [--json]                    name<TAB>mounted|unmounted|corrupt<TAB>mountpoint<TAB>lowers
   ws info|path|upper <name>           metadata / mountpoint / upper directory
-  ws mount|unmount|rm <name>          (rm takes --force); `workspace` is an alias of `ws`
+  ws mount|unmount|rm <name>          (rm --force also removes one whose meta is corrupt);
+                                      `workspace` is an alias of `ws`
   materialize <name> -l L1 [-l L2 ...] -m PATH
                                       create and mount a workspace, printing PATH
   gc [--json]                         remove staging leftovers and unreferenced layers
@@ -59,6 +64,7 @@ global flags:
   -v, --verbose   more detail on stderr
 
 names: {name_rule}.
+<layer> and -l also take a layer digest: sha256:<hex>, or a unique prefix of >= 12 hex digits.
 """
 
 
@@ -185,8 +191,17 @@ class Cli:
         else:
             rule = "$TOPHAN_ROOT, else /var/lib/tophan as root, ~/.local/share/tophan otherwise"
             extra, version = ", images, containers and apps", __version__
+        if self.overlayd:
+            list_format = "TAB-separated: name<TAB>created_at"
+        else:
+            list_format = "name digest created size open|sealed (--all: unnamed too, + images)"
         text = USAGE.format(
-            prog=self.prog, version=version, extra=extra, root_rule=rule, name_rule=names.NAME_RULE
+            prog=self.prog,
+            version=version,
+            extra=extra,
+            root_rule=rule,
+            name_rule=names.NAME_RULE,
+            list_format=list_format,
         )
         return text if self.overlayd else text + MORE_USAGE
 
@@ -360,6 +375,7 @@ class Cli:
                 "import": self.layer_import,
                 "export": self.layer_export,
                 "verify": self.layer_verify,
+                "seal": self.layer_seal,
             },
         )
 
@@ -367,22 +383,51 @@ class Cli:
         args = parse(argv, (1, 1, {"--from": ("from", True, False)}), "layer create")
         _check(args.pos[0], "layer")
         layers = self.store().layers
-        layer = (
-            layers.import_dir(args.opts["from"], args.pos[0])
-            if "from" in args.opts
-            else (layers.create(args.pos[0]))
-        )
-        self.log(f"layer {layer.name} is {layer.digest}")
-        self.emit(f"{layer.name}\n")
+        if "from" in args.opts:
+            layer = layers.import_dir(args.opts["from"], args.pos[0])
+            self.log(f"layer {layer.name} is {layer.digest}")
+        else:
+            opened = layers.create(args.pos[0])
+            self.log(f"layer {opened.name} is open: fill {opened.path}, then use or seal it")
+        self.emit(f"{args.pos[0]}\n")
+        return 0
+
+    def layer_seal(self, argv: list[str]) -> int:
+        args = parse(argv, (1, 1, {}), "layer seal")
+        _check(args.pos[0], "layer")
+        self.emit(f"{self.store().layers.seal(args.pos[0]).digest}\n")
         return 0
 
     def layer_list(self, argv: list[str]) -> int:
-        args = parse(argv, (0, 0, JSON), "layer list")
-        layers = self.store().layers.all()
+        spec: Spec = (0, 0, {**JSON, "--all": ("all", False, False), "-a": ("all", False, False)})
+        args = parse(argv, spec, "layer list")
+        store = self.store()
+        rows: list[Any] = list(store.layers.all())
+        used_by: dict[str, list[str]] = {}
+        if args.flag("all"):
+            from tophan import references
+
+            rows += store.layers.unnamed()
+            used_by = references.images_by_layer(store)
         if args.flag("json"):
-            self.emit_json([layer.as_dict() for layer in layers])
+            items = [la.as_dict() for la in rows]
+            for item in items:
+                if item["name"] == item["digest"]:
+                    item["name"] = None  # no name points at it
+                item["created"] = _iso(item["created_at"])
+                if args.flag("all"):
+                    item["images"] = used_by.get(item["digest"], [])
+            self.emit_json(items)
+        elif self.overlayd:
+            self.emit("".join(f"{la.name}\t{la.created_at}\n" for la in rows))
         else:
-            self.emit("".join(f"{la.name}\t{la.created_at}\n" for la in layers))
+            for la in rows:
+                name = "-" if la.name == la.digest else la.name
+                size = "-" if la.size is None else la.size
+                line = f"{name}\t{la.digest or '-'}\t{_iso(la.created_at)}\t{size}\t{la.state}"
+                if args.flag("all"):
+                    line += "\t" + (",".join(used_by.get(la.digest or "", [])) or "-")
+                self.emit(line + "\n")
         return 0
 
     def layer_rm(self, argv: list[str]) -> int:
@@ -393,14 +438,14 @@ class Cli:
 
     def layer_path(self, argv: list[str]) -> int:
         args = parse(argv, (1, 1, {}), "layer path")
-        _check(args.pos[0], "layer")
-        self.emit(f"{self.store().layers.get(args.pos[0]).path}\n")
+        _check_layer(args.pos[0])
+        self.emit(f"{self.store().layers.find(args.pos[0]).path}\n")
         return 0
 
     def layer_info(self, argv: list[str]) -> int:
         args = parse(argv, (1, 1, JSON), "layer info")
-        _check(args.pos[0], "layer")
-        layer = self.store().layers.get(args.pos[0])
+        _check_layer(args.pos[0])
+        layer = self.store().layers.find(args.pos[0])
         if args.flag("json"):
             self.emit_json(layer.as_dict())
         else:
@@ -421,15 +466,21 @@ class Cli:
         src, name = args.pos
         _check(name, "layer")
         store = self.store()
+
+        def warn(text: str) -> None:
+            sys.stderr.write(f"{self.prog}: {text}\n")
+
+        # overlayd refuses absolute names and a file over a symlink; tophan is GNU tar's way.
+        kw: dict[str, Any] = {"strict": True} if self.overlayd else {"warn": warn}
         if src == "-":
-            layer = store.layers.import_tar(sys.stdin.buffer, name, label="-")
+            layer = store.layers.import_tar(sys.stdin.buffer, name, label="-", **kw)
         else:
             try:
                 f = open(src, "rb")  # noqa: SIM115 - closed below, after the import
             except OSError as e:
                 raise TophanError(f"cannot read {src}: {e.strerror}") from e
             with f:
-                layer = store.layers.import_tar(f, name, label=os.path.abspath(src))
+                layer = store.layers.import_tar(f, name, label=os.path.abspath(src), **kw)
         self.log(f"layer {layer.name} is {layer.digest}")
         self.emit(f"{layer.name}\n")
         return 0
@@ -438,12 +489,12 @@ class Cli:
         spec: Spec = (2, 2, {"--compress": ("compress", True, False)})
         args = parse(argv, spec, "layer export")
         name, dest = args.pos
-        _check(name, "layer")
+        _check_layer(name)
         compress = args.opts.get("compress")
         if compress not in (None, "gzip", "zstd"):
             raise UsageError(f"layer export: unknown --compress {compress}", "use gzip or zstd")
         layers = self.store().layers
-        layers.get(name)
+        name = layers.get(name).name  # exporting is a use: an open layer is sealed
         if dest == "-":
             sys.stdout.flush()
             with os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20) as out:
@@ -458,7 +509,7 @@ class Cli:
     def layer_verify(self, argv: list[str]) -> int:
         args = parse(argv, (0, -1, JSON), "layer verify")
         for n in args.pos:
-            _check(n, "layer")
+            _check_layer(n)
         results = self.store().layers.verify(args.pos or None)
         if args.flag("json"):
             self.emit_json(
@@ -469,8 +520,11 @@ class Cli:
             )
         else:
             for r in results:
-                state = "ok" if r.ok else f"CHANGED (now {r.actual or r.error})"
-                self.emit(f"{','.join(r.names) or '-'}\t{r.digest}\t{state}\n")
+                if r.digest is None:
+                    state = "open (not sealed yet: nothing to verify)"
+                else:
+                    state = "ok" if r.ok else f"CHANGED (now {r.actual or r.error})"
+                self.emit(f"{','.join(r.names) or '-'}\t{r.digest or '-'}\t{state}\n")
         return 0 if all(r.ok for r in results) else 1
 
     # -- ws ------------------------------------------------------------------------------------
@@ -523,7 +577,7 @@ class Cli:
         if not layers:
             raise UsageError("at least one -l layer required")
         for layer in layers:
-            _check(layer, "layer")
+            _check_layer(layer)
         ws = self.store().workspaces.create(
             name, layers, mountpoint=args.opts.get("mountpoint"), mount=mount
         )
@@ -532,18 +586,21 @@ class Cli:
 
     def ws_list(self, argv: list[str]) -> int:
         args = parse(argv, (0, 0, JSON), "ws list")
+        from tophan.layer.workspace import BrokenWorkspace, Workspace
+
         wss = self.store().workspaces
-        rows = [(ws, wss.is_mounted(ws)) for ws in wss.all()]
+        good, broken = wss.scan()
+        rows: list[Workspace | BrokenWorkspace] = sorted([*good, *broken], key=lambda w: w.name)
         if args.flag("json"):
-            self.emit_json([ws.as_dict(m) for ws, m in rows])
-        else:
-            self.emit(
-                "".join(
-                    f"{ws.name}\t{'mounted' if m else 'unmounted'}\t{ws.mountpoint}\t"
-                    f"{','.join(ws.lowers)}\n"
-                    for ws, m in rows
-                )
-            )
+            self.emit_json([ws.as_dict(wss.is_mounted(ws)) for ws in rows])
+            return 0
+        for ws in rows:
+            # Unreadable metadata: flagged in the state column, so it is seen, not hidden.
+            if isinstance(ws, BrokenWorkspace):
+                self.emit(f"{ws.name}\tcorrupt\t-\t-\n")
+            else:
+                state = "mounted" if wss.is_mounted(ws) else "unmounted"
+                self.emit(f"{ws.name}\t{state}\t{ws.mountpoint}\t{','.join(ws.lowers)}\n")
         return 0
 
     def _ws(self, argv: list[str], what: str, spec: Spec = (1, 1, {})) -> tuple[Args, str]:
@@ -592,6 +649,19 @@ def _check(name: str, kind: str) -> str:
     from tophan._internal import names
 
     return names.check(name, kind)
+
+
+def _iso(t: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
+
+
+def _check_layer(ref: str) -> str:
+    """A layer name or digest (``sha256:…``, or a unique prefix of at least 12 hex digits)."""
+    from tophan.layer.layers import check_ref
+
+    return check_ref(ref)
 
 
 def _write_atomically(dest: str, write: Callable[[IO[bytes]], str]) -> str:

@@ -1,8 +1,15 @@
 """Layers: immutable, content-addressed trees, and the names that point at them.
 
-A layer's identity is its digest (the OCI DiffID: sha256 of its canonical tar). Its tree lives at
-``layers/<hex>/tree`` once, however many names point at it; a name is a small key=value file in
-``refs/layers``. Everything is built in a staging dir and published by rename under the store lock.
+A sealed layer's identity is its digest (the OCI DiffID: sha256 of its canonical tar). Its tree
+lives at ``layers/<hex>/tree`` once, however many names point at it; a name is a small key=value
+file in ``refs/layers``. Everything is built in a staging dir and published by rename under the
+store lock.
+
+An *open* layer (``layer create`` without --from) has no digest yet: it is a writable directory
+of its own, ``open/layers/<name>/content``, that a script fills through ``layer path``. Its first
+use (a workspace, an image, a run, an export) or ``layer seal`` hashes it, moves it into the
+content-addressed store (or drops it for the identical tree already there) and from then on it
+is immutable like any other. See docs/store.md, "Layer lifecycle".
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import time
 
 from tophan._internal import meta, names
 from tophan._internal.fs import rmtree, write_meta
-from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError
+from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +31,27 @@ if TYPE_CHECKING:
     from tophan.layer.workspace import Workspaces
 
 TREE = "tree"
+CONTENT = "content"  # an open layer's writable directory (overlayd's name for it)
+SEALING = "sealing"  # the same directory while it is hashed; renamed back if sealing fails
 _LISTS = ("parents", "parent_digests")
+_REF_KEYS = ("digest", "created_at", "size", "name", "state", "sealed_at")
+# A digest prefix must be this long to name a layer (as docker takes image ids).
+MIN_PREFIX = 12
+_HEX = frozenset("0123456789abcdef")
+DIGEST_RULE = "or a layer digest: sha256:<64 hex digits>, or a unique prefix of at least 12"
+
+
+def is_digest_ref(ref: str) -> bool:
+    """``sha256:<hex>`` or bare lowercase hex, 12 to 64 digits: what may name a layer by digest."""
+    hexpart = ref[7:] if ref.startswith("sha256:") else ref
+    return MIN_PREFIX <= len(hexpart) <= 64 and _HEX.issuperset(hexpart)
+
+
+def check_ref(ref: str) -> str:
+    """``ref`` if it can name a layer (a name or a digest), else a usage error."""
+    if names.is_valid(ref) or is_digest_ref(ref):
+        return ref
+    raise UsageError(f"invalid layer name: {ref!r}", f"names are {names.NAME_RULE}; {DIGEST_RULE}")
 
 
 class Layer:
@@ -32,6 +59,7 @@ class Layer:
     parents, parent_digests)."""
 
     __slots__ = ("created_at", "digest", "name", "path", "size", "source")
+    state = "sealed"
 
     def __init__(
         self, name: str, digest: str, created_at: int, size: int, path: str, source: dict[str, Any]
@@ -53,6 +81,7 @@ class Layer:
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "name": self.name,
+            "state": self.state,
             "digest": self.digest,
             "created_at": self.created_at,
             "size": self.size,
@@ -63,7 +92,7 @@ class Layer:
 
     def info_lines(self) -> list[tuple[str, str]]:
         """``layer info`` as ordered key/value pairs (overlayd keys first)."""
-        out = [("name", self.name), ("created_at", str(self.created_at))]
+        out = [("name", self.name), ("created_at", str(self.created_at)), ("state", self.state)]
         for key in ("imported_from", "from_ws"):
             if key in self.source:
                 out.append((key, str(self.source[key])))
@@ -74,13 +103,57 @@ class Layer:
         return out
 
 
+class OpenLayer:
+    """A layer still being filled: a writable directory private to its name, no digest yet."""
+
+    __slots__ = ("created_at", "name", "path", "source")
+    state = "open"
+    digest = None
+    size = None
+
+    def __init__(self, name: str, created_at: int, path: str, source: dict[str, Any]) -> None:
+        self.name = name
+        self.created_at = created_at
+        self.path = path
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"OpenLayer({self.name!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "state": self.state,
+            "digest": None,
+            "created_at": self.created_at,
+            "size": None,
+            "path": self.path,
+        }
+        d.update(self.source)
+        return d
+
+    def info_lines(self) -> list[tuple[str, str]]:
+        return [
+            ("name", self.name),
+            ("created_at", str(self.created_at)),
+            ("state", self.state),
+            ("path", self.path),
+        ]
+
+
 class VerifyResult:
-    """One layer's verification: ``ok`` when its tree still hashes to ``digest``."""
+    """One layer's verification: ``ok`` when its tree still hashes to ``digest``. An open
+    layer (``digest`` None) has nothing to verify yet: it is ok."""
 
     __slots__ = ("actual", "digest", "error", "names", "ok")
 
     def __init__(
-        self, digest: str, names: list[str], ok: bool, actual: str | None, error: str | None = None
+        self,
+        digest: str | None,
+        names: list[str],
+        ok: bool,
+        actual: str | None,
+        error: str | None = None,
     ) -> None:
         self.digest = digest
         self.names = names
@@ -121,68 +194,252 @@ class Layers:
     def _ref_path(self, name: str) -> str:
         return self.store.path("refs", "layers", name)
 
+    def _open_dir(self, name: str) -> str:
+        return self.store.path("open", "layers", name)
+
     def tree_path(self, digest: str) -> str:
         return self.store.path("layers", digest.split(":", 1)[1], TREE)
 
-    def get(self, name: str) -> Layer:
+    def find(self, ref: str) -> Layer | OpenLayer:
+        """The layer ``ref`` names, as it is (an open layer stays open): a layer name, else a
+        digest (``sha256:<hex>``, or a unique prefix of at least 12 hex digits, with or without
+        ``sha256:``) of any stored layer, named or not. A layer found by digest is named by its
+        full digest."""
+        if names.is_valid(ref):
+            ref_meta = self._read_ref(ref)
+            if ref_meta is not None:
+                return self._from_ref(ref, ref_meta)
+            if not is_digest_ref(ref):
+                raise NotFound(f"no such layer: {ref}", "see `layer list`")
+        check_ref(ref)
+        digest = self._digest_of(ref)
+        return self._unnamed(digest)
+
+    def get(self, ref: str) -> Layer:
+        """The layer ``ref`` names (see ``find``), to be used: an open layer is sealed first
+        (its first use makes it immutable)."""
+        layer = self.find(ref)
+        if isinstance(layer, OpenLayer):
+            return self.seal(layer.name)
+        return layer
+
+    def _named(self, name: str) -> Layer | OpenLayer:
         names.check(name, "layer")
-        try:
-            ref = meta.read(self._ref_path(name))
-        except FileNotFoundError:
-            raise NotFound(f"no such layer: {name}", "see `layer list`") from None
-        except OSError as e:
-            raise TophanError(f"layer {name}: unreadable ref: {e}", "run `fsck`") from e
+        ref = self._read_ref(name)
+        if ref is None:
+            raise NotFound(f"no such layer: {name}", "see `layer list`")
         return self._from_ref(name, ref)
 
-    def _from_ref(self, name: str, ref: dict[str, str]) -> Layer:
+    def _read_ref(self, name: str) -> dict[str, str] | None:
         try:
-            digest = ref["digest"]
-            created, size = int(ref["created_at"]), int(ref["size"])
-        except (KeyError, ValueError) as e:
-            raise TophanError(f"layer {name}: corrupt ref ({e})", "run `fsck`") from e
+            return meta.read(self._ref_path(name))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise TophanError(f"layer {name}: unreadable ref: {e}", "run `fsck`") from e
+
+    def _digest_of(self, ref: str) -> str:
+        hexpart = ref[7:] if ref.startswith("sha256:") else ref
+        if len(hexpart) == 64:
+            if os.path.isdir(self.store.path("layers", hexpart)):
+                return "sha256:" + hexpart
+            raise NotFound(f"no such layer: {ref}", "see `layer list --all`")
+        found = [d for d in self.stored_digests() if d[7:].startswith(hexpart)]
+        if not found:
+            raise NotFound(f"no such layer: {ref}", "see `layer list --all`")
+        if len(found) > 1:
+            raise UsageError(
+                f"layer digest prefix {hexpart} is ambiguous: {len(found)} layers start with it",
+                "give more digits",
+            )
+        return found[0]
+
+    def _unnamed(self, digest: str) -> Layer:
+        hexd = digest.split(":", 1)[1]
+        try:
+            size = int(meta.read(self.store.path("layers", hexd, "meta")).get("size", "0"))
+            created = int(os.stat(self.store.path("layers", hexd)).st_mtime)
+        except (OSError, ValueError):
+            size, created = 0, 0
+        return Layer(digest, digest, created, size, self.tree_path(digest), {})
+
+    def _from_ref(self, name: str, ref: dict[str, str]) -> Layer | OpenLayer:
         source: dict[str, Any] = {}
         for k, v in ref.items():
-            if k not in ("digest", "created_at", "size", "name"):
+            if k not in _REF_KEYS:
                 source[k] = meta.split_list(v) if k in _LISTS else v
+        try:
+            created = int(ref["created_at"])
+            if ref.get("state") == "open":
+                return OpenLayer(name, created, os.path.join(self._open_dir(name), CONTENT), source)
+            digest, size = ref["digest"], int(ref["size"])
+        except (KeyError, ValueError) as e:
+            raise TophanError(f"layer {name}: corrupt ref ({e})", "run `fsck`") from e
         return Layer(name, digest, created, size, self.tree_path(digest), source)
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self._ref_path(name))
 
-    def all(self) -> list[Layer]:
+    def all(self) -> list[Layer | OpenLayer]:
+        """Every named layer, open or sealed, by name."""
         out = []
         for name in sorted(os.listdir(self.store.path("refs", "layers"))):
             if not names.is_valid(name):
                 continue  # atomic_write temporaries
             try:
-                out.append(self._from_ref(name, meta.read(self._ref_path(name))))
-            except (OSError, TophanError):
-                continue  # removed while we listed
+                ref = self._read_ref(name)
+                if ref is not None:
+                    out.append(self._from_ref(name, ref))
+            except TophanError:
+                continue  # fsck reports it
         return out
+
+    def unnamed(self) -> list[Layer]:
+        """Stored layers no name points at (an image's, a pull's), named by their digest."""
+        named = self.names_by_digest()
+        return [self._unnamed(d) for d in sorted(self.stored_digests()) if d not in named]
 
     def names_by_digest(self) -> dict[str, list[str]]:
         by: dict[str, list[str]] = {}
         for layer in self.all():
-            by.setdefault(layer.digest, []).append(layer.name)
+            if layer.digest is not None:
+                by.setdefault(layer.digest, []).append(layer.name)
         return by
 
     # -- creating ------------------------------------------------------------------------------
 
-    def create(self, name: str) -> Layer:
-        """An empty layer (the overlayd ``layer create``)."""
-        return self._build(name, lambda tree: None, {})
+    def create(self, name: str) -> OpenLayer:
+        """An empty, open layer (the overlayd ``layer create``): fill its ``path``, then use it
+        or ``seal`` it."""
+        names.check(name, "layer")
+        if self.exists(name):
+            raise Exists(f"layer exists: {name}", "pick another name or `layer rm` it first")
+        os.makedirs(self.store.path("open", "layers"), 0o755, exist_ok=True)
+        staging = self.store.staging("open")
+        stale = None
+        try:
+            content = os.path.join(staging.path, CONTENT)
+            os.mkdir(content)
+            # Fixed modes, not the umask's: the directory is part of what sealing hashes.
+            os.chmod(content, 0o755)
+            os.chmod(staging.path, 0o755)
+            ref: dict[str, str | int | list[str]] = {
+                "name": name,
+                "state": "open",
+                "created_at": int(time.time()),
+            }
+            with self.store.lock():
+                if self.exists(name):
+                    raise Exists(
+                        f"layer exists: {name}", "pick another name or `layer rm` it first"
+                    )
+                # A directory without a ref is what a crash between these two steps leaves.
+                stale = self.store.hide(self._open_dir(name))
+                os.rename(staging.path, self._open_dir(name))
+                write_meta(self._ref_path(name), ref)
+        finally:
+            staging.discard()
+        if stale is not None:
+            rmtree(stale)
+        layer = self._named(name)
+        assert isinstance(layer, OpenLayer)
+        return layer
 
-    def import_tar(self, src: IO[bytes], name: str, *, label: str | None = None) -> Layer:
-        """Import a plain/gzip/zstd tar stream as layer ``name``."""
+    def seal(self, name: str) -> Layer:
+        """Seal open layer ``name``: hash its directory, move it into the content-addressed
+        store (or drop it for the identical tree already there) and point the name at the
+        digest. From then on it is immutable. A sealed layer is returned as it is."""
+        from tophan.layer import tarexport
+
+        layer = self._named(name)
+        if not isinstance(layer, OpenLayer):
+            return layer
+        hidden = None
+        with _OpenDirLock(self._open_dir(name)) as held:
+            layer = self._named(name)  # what it is now that we hold it
+            if not held or not isinstance(layer, OpenLayer):
+                if isinstance(layer, OpenLayer):
+                    raise TophanError(f"layer {name}: its directory is missing", "run `fsck`")
+                return layer
+            d = self._open_dir(name)
+            content, sealing = os.path.join(d, CONTENT), os.path.join(d, SEALING)
+            if not os.path.isdir(content) and os.path.isdir(sealing):
+                os.rename(sealing, content)  # a sealing that crashed half-way
+            # Moved aside first: whoever still writes by path now fails, instead of changing
+            # the tree after it was hashed.
+            os.rename(content, sealing)
+            try:
+                digest, size = tarexport.write_tar(sealing, None, xattr_ns=self.store.xattr_ns)
+            except BaseException:
+                os.rename(sealing, content)
+                raise
+            staging = self.store.staging("seal")
+            try:
+                ref: dict[str, str | int | list[str]] = {
+                    "name": name,
+                    "digest": digest,
+                    "created_at": layer.created_at,
+                    "size": size,
+                    "sealed_at": int(time.time()),
+                    **layer.source,
+                }
+                hexd = digest.split(":", 1)[1]
+                with self.store.lock():
+                    final = self.store.path("layers", hexd)
+                    if not os.path.isdir(final):
+                        os.rename(sealing, os.path.join(staging.path, TREE))
+                        write_meta(
+                            os.path.join(staging.path, "meta"), {"digest": digest, "size": size}
+                        )
+                        os.rename(staging.path, final)
+                    else:
+                        hidden = self.store.hide(sealing)  # the same tree is already stored
+                    write_meta(self._ref_path(name), ref)
+                    # A script that kept the open layer's path can still read it: it now leads
+                    # to the sealed tree (read-only by contract; `layer verify` sees writes).
+                    os.symlink(os.path.join("..", "..", "..", "layers", hexd, TREE), content)
+            finally:
+                staging.discard()
+        if hidden is not None:
+            rmtree(hidden)
+        sealed = self._named(name)
+        assert isinstance(sealed, Layer)
+        return sealed
+
+    def import_tar(
+        self,
+        src: IO[bytes],
+        name: str,
+        *,
+        label: str | None = None,
+        strict: bool = False,
+        warn: Callable[[str], None] | None = None,
+    ) -> Layer:
+        """Import a plain/gzip/zstd tar stream as layer ``name``.
+
+        Absolute member names are imported without their leading / (``warn`` is told once, as
+        GNU tar says it); ``strict`` (overlayd's contract) refuses such an archive instead, and
+        one with a file over an earlier symlink of the same name (see tarimport.extract)."""
         from tophan.layer import tarimport
 
+        absolute = 0
+
         def fill(tree: str) -> tuple[str, int]:
+            nonlocal absolute
             stats = tarimport.extract(
-                src, tree, xattr_ns=self.store.xattr_ns, privileged=self.store.privileged
+                src,
+                tree,
+                xattr_ns=self.store.xattr_ns,
+                privileged=self.store.privileged,
+                strict=strict,
             )
+            absolute = stats.absolute_names
             return stats.digest, stats.size
 
-        return self._build(name, fill, {"imported_from": label} if label else {})
+        layer = self._build(name, fill, {"imported_from": label} if label else {})
+        if absolute and warn is not None:  # once, and only for an import that succeeded
+            warn("removed leading '/' from member names")
+        return layer
 
     def import_dir(self, path: str, name: str) -> Layer:
         """Import an existing directory tree (copied through the canonical tar, so exact)."""
@@ -223,7 +480,8 @@ class Layers:
                     f"workspace {ws_name} is mounted at {ws.mountpoint}",
                     f"run `ws unmount {ws_name}` before commit",
                 )
-            lowers = [self.tree_path(d) for d in ws.lower_digests]
+            digests = self._workspaces.lower_digests(ws)
+            lowers = [self.tree_path(d) for d in digests]
 
             def fill(tree: str) -> tuple[str, int]:
                 return commit.diff_upper(ws.upper, lowers, tree, xattr_ns=self.store.xattr_ns)
@@ -231,7 +489,7 @@ class Layers:
             source = {
                 "from_ws": ws_name,
                 "parents": list(ws.lowers),
-                "parent_digests": list(ws.lower_digests),
+                "parent_digests": digests,
             }
             return self._build(name, fill, source)
 
@@ -258,10 +516,11 @@ class Layers:
     ) -> Layer:
         hexd = digest.split(":", 1)[1]
         final = self.store.path("layers", hexd)
+        created = int(time.time())
         ref: dict[str, str | int | list[str]] = {
             "name": name,
             "digest": digest,
-            "created_at": int(time.time()),
+            "created_at": created,
             "size": size,
             **source,
         }
@@ -272,7 +531,7 @@ class Layers:
                 write_meta(os.path.join(staging.path, "meta"), {"digest": digest, "size": size})
                 os.rename(staging.path, final)
             write_meta(self._ref_path(name), ref)
-        return self._from_ref(name, meta.loads(meta.dumps(ref)))
+        return Layer(name, digest, created, size, self.tree_path(digest), source)
 
     # -- exporting -----------------------------------------------------------------------------
 
@@ -288,12 +547,20 @@ class Layers:
     # -- removing ------------------------------------------------------------------------------
 
     def remove(self, name: str) -> None:
-        """Remove a name; its tree goes too once nothing else references the digest."""
-        layer = self.get(name)
-        hidden = None
-        with self.store.lock():
-            for ws in self._workspaces.all():
-                if layer.digest in ws.lower_digests:
+        """Remove a name; its tree goes too once nothing else references the digest (an open
+        layer's directory goes at once: it is its name's alone).
+
+        Workspaces and apps hold layers by the names they were given, images by digest: a name
+        nothing holds can always go, and its tree stays while another name, a workspace, an
+        image or a live run still uses the digest. When a workspace's metadata cannot be read,
+        what it uses is unknown, and nothing is removed (fail closed)."""
+        layer = self._named(name)
+        hidden = []
+        # An open layer's lock first (as `seal` takes it): it cannot be sealed under our feet.
+        with _OpenDirLock(self._open_dir(name)), self.store.lock():
+            layer = self._named(name)
+            for ws in self._workspaces.require_readable():
+                if name in ws.lowers:
                     raise InUse(
                         f"layer {name} in use by workspace {ws.name}",
                         f"remove the workspace first (`ws rm {ws.name}`)",
@@ -302,12 +569,14 @@ class Layers:
             for holder, hint in refs.users(name):
                 raise InUse(f"layer {name} is part of {holder}", hint)
             os.unlink(self._ref_path(name))
+            hidden.append(self.store.hide(self._open_dir(name)))
             # Another name, a live run or an image may still use the tree: then gc takes it
             # once nothing does.
-            if layer.digest not in refs.digests():
-                hidden = self.store.hide(self.store.path("layers", layer.hex))
-        if hidden is not None:
-            rmtree(hidden)
+            if layer.digest is not None and layer.digest not in refs.digests():
+                hidden.append(self.store.hide(self.store.path("layers", layer.hex)))
+        for path in hidden:
+            if path is not None:
+                rmtree(path)
 
     def _require_references(self) -> References:
         if self._references is None:
@@ -315,10 +584,22 @@ class Layers:
         return self._references
 
     def referenced_digests(self) -> set[str]:
-        refs = {layer.digest for layer in self.all()}
-        for ws in self._workspaces.all():
+        """Digests that names and workspaces hold; raises if a workspace's metadata cannot be
+        read (what it holds is then unknown)."""
+        refs = {layer.digest for layer in self.all() if layer.digest is not None}
+        for ws in self._workspaces.require_readable():
             refs.update(ws.lower_digests)
         return refs
+
+    def orphan_open_dirs(self) -> list[str]:
+        """Open-layer directories no ref points at: what a crash between publishing one and
+        writing its ref leaves (call with the store lock held; never an open layer's own)."""
+        top = self.store.path("open", "layers")
+        try:
+            entries = sorted(os.listdir(top))
+        except FileNotFoundError:
+            return []
+        return [os.path.join(top, n) for n in entries if not self.exists(n)]
 
     def stored_digests(self) -> Iterator[str]:
         for entry in os.listdir(self.store.path("layers")):
@@ -332,11 +613,18 @@ class Layers:
         from tophan.layer import tarexport
 
         by_digest = self.names_by_digest()
+        results = []
         if layer_names:
-            digests = list(dict.fromkeys(self.get(n).digest for n in layer_names))
+            digests = []
+            for ref in layer_names:
+                layer = self.find(ref)
+                if layer.digest is None:
+                    results.append(VerifyResult(None, [layer.name], True, None))
+                else:
+                    digests.append(layer.digest)
+            digests = list(dict.fromkeys(digests))
         else:
             digests = sorted(self.stored_digests())
-        results = []
         for digest in digests:
             tree = self.tree_path(digest)
             try:
@@ -355,3 +643,28 @@ class Layers:
                     f"layer {name} changed on disk: expected {r.digest}, found {r.actual}",
                     "restore it from an export or a registry",
                 )
+
+
+class _OpenDirLock:
+    """``with _OpenDirLock(dir) as held:`` flock on an open layer's directory, which serialises
+    sealing and removing it. ``held`` is False when there is no such directory (a sealed
+    layer's, or one sealed or removed meanwhile): there is nothing to serialise then."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> bool:
+        import fcntl
+
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -91,7 +91,10 @@ def _params(
     lowers: Sequence[str], upper: str | None, work: str | None, userxattr: bool
 ) -> list[tuple[str, str | None]]:
     """(key, value) pairs for fsconfig, in order; a None value is a flag."""
-    params: list[tuple[str, str | None]] = [("lowerdir+", lower) for lower in lowers]
+    # The source is what mountinfo, findmnt and mount(8) show: `overlay`, as `mount -t overlay
+    # overlay` and overlayd give it, which scripts grep for (without it the kernel says `none`).
+    params: list[tuple[str, str | None]] = [("source", "overlay")]
+    params += [("lowerdir+", lower) for lower in lowers]
     if upper is not None and work is not None:
         params += [("upperdir", upper), ("workdir", work)]
     params += _NO_REDIRECTS_USERXATTR if userxattr else _NO_REDIRECTS
@@ -552,6 +555,24 @@ def is_our_overlay(target: str, upper: str) -> bool:
     if shown == upper or ("\\" in shown and _ovl_unescape(shown) == upper):
         return True
     return os.path.realpath(shown) == os.path.realpath(upper)
+
+
+def overlays_with_upper(upper: str) -> list[MountEntry]:
+    """Every overlay mount (in this mount namespace) whose upper dir is ``upper``, topmost last:
+    where a workspace is mounted when its metadata no longer says."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        data = f.read().decode("utf-8", "surrogateescape")
+    real = os.path.realpath(upper)
+    out = []
+    for line in data.splitlines():
+        fields = line.split(" ")
+        if fields[fields.index("-", 6) + 1] != "overlay":
+            continue
+        entry = _entry(fields)
+        shown = entry.upperdir
+        if shown is not None and real in (shown, _ovl_unescape(shown), os.path.realpath(shown)):
+            out.append(entry)
+    return out
 
 
 # -- namespaces and privileges -----------------------------------------------------------------

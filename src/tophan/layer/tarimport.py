@@ -52,6 +52,7 @@ class ExtractStats:
         self.size = 0  # of that canonical tar
         self.input_digest = ""  # of the (decompressed) input, when asked for
         self.input_size = 0
+        self.absolute_names = 0  # member names (or hardlink targets) whose leading / was removed
 
 
 class _Member:
@@ -599,8 +600,11 @@ class _Spec:
 
 
 class _Extractor:
-    def __init__(self, dest: str, xattr_ns: XattrNs, privileged: bool, hash_input: bool) -> None:
+    def __init__(
+        self, dest: str, xattr_ns: XattrNs, privileged: bool, hash_input: bool, strict: bool
+    ) -> None:
         self.dest = os.fsencode(dest)
+        self.strict = strict
         self.opaque_key = f"{xattr_ns}.overlay.opaque"
         self.privileged = privileged
         self.kinds: dict[bytes, str] = {b"": DIR}
@@ -747,8 +751,20 @@ class _Extractor:
 
     # -- members -------------------------------------------------------------------------------
 
+    def absolute(self, raw: bytes, what: str) -> None:
+        """A leading / is removed, as GNU tar does (and counted, for the caller to say so);
+        under overlayd's contract (``strict``) the archive is refused instead."""
+        if self.strict:
+            raise ArchiveError(
+                f"unsafe archive: {what} {_show(raw)!r} is an absolute path",
+                "refusing to extract it",
+            )
+        self.stats.absolute_names += 1
+
     def member(self, m: _Member, stream: _Stream) -> None:
         raw = m.name
+        if raw.startswith(b"/"):
+            self.absolute(raw, "member")
         rel = self.normalize(raw)
         self.stats.members += 1
         if not rel:
@@ -772,6 +788,13 @@ class _Extractor:
             return
         self.ensure_parents(rel, raw)
         if t in (b"0", b"\0", b"7", b"S") or m.sparse is not None:
+            if self.strict and self.kinds.get(rel) == LINK:
+                # overlayd opens a file O_NOFOLLOW: a file over an earlier symlink of the same
+                # name is refused there (GNU tar, and tophan otherwise, replace the link).
+                raise ArchiveError(
+                    f"unsafe archive: file {_show(raw)!r} follows a symlink of the same name",
+                    "refusing to write through or over it",
+                )
             self.make_room(rel, FILE)
             self.regular(rel, m, stream)
             self.kinds[rel] = FILE
@@ -903,6 +926,8 @@ class _Extractor:
             n -= len(stream.exact(min(n, CHUNK), "sparse data"))
 
     def hardlink(self, rel: bytes, m: _Member, raw: bytes) -> None:
+        if m.linkname.startswith(b"/"):
+            self.absolute(m.linkname, "hardlink target")
         target = self.normalize(m.linkname)
         kind = self.kinds.get(target)
         if not target or kind in (None, DIR, WHITEOUT):
@@ -1057,19 +1082,30 @@ def _pax_sparse(pax: dict[bytes, bytes], stream: _Stream, m: _Member) -> None:
 
 
 def extract(
-    src: IO[bytes], dest: str, *, xattr_ns: XattrNs, privileged: bool, hash_input: bool = False
+    src: IO[bytes],
+    dest: str,
+    *,
+    xattr_ns: XattrNs,
+    privileged: bool,
+    hash_input: bool = False,
+    strict: bool = False,
 ) -> ExtractStats:
     """Extract a (maybe compressed) tar stream into the empty staging dir ``dest``.
 
     With ``hash_input``, the (decompressed) input is read to its end and its SHA-256 is
-    ``stats.input_digest``: the DiffID it claims to have, for the caller to check."""
+    ``stats.input_digest``: the DiffID it claims to have, for the caller to check.
+
+    Absolute member names lose their leading / (``stats.absolute_names`` counts them) and a
+    later member replaces an earlier one of the same name, as with GNU tar. ``strict`` keeps
+    overlayd's contract instead: both an absolute name and a file over an earlier symlink of
+    the same name refuse the archive."""
     from tophan._internal import compression
 
     try:
         stream = _Stream(compression.open_decompressed(src))
     except OSError as e:
         raise ArchiveError(f"cannot read the archive: {e}") from e
-    ex = _Extractor(dest, xattr_ns, privileged, hash_input)
+    ex = _Extractor(dest, xattr_ns, privileged, hash_input, strict)
     if hash_input:
         stream.tap = ex.hasher
     try:

@@ -12,7 +12,7 @@ import time
 from tophan._internal import meta, names
 from tophan._internal.fs import FileLock, write_meta
 from tophan.errors import Exists, InUse, MountError, NotFound, TophanError, UsageError
-from tophan.layer.layers import Layers
+from tophan.layer.layers import Layers, check_ref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Workspace:
         self.name = name
         self.created_at = created_at
         self.lowers = lowers  # layer names as given, top first
-        self.lower_digests = lower_digests
+        self.lower_digests = lower_digests  # () when the meta does not record them
         self.mountpoint = mountpoint
         self.dir = dir
 
@@ -76,6 +76,33 @@ class Workspace:
         ]
 
 
+class BrokenWorkspace:
+    """A workspace directory whose metadata cannot be read (missing, not a file, keys missing).
+
+    It is listed (flagged), reported by ``fsck``, and removed only by ``ws rm --force``; while
+    one exists no layer can be proven unused, so ``layer rm`` and ``gc`` refuse to remove any."""
+
+    __slots__ = ("dir", "name", "problem")
+
+    def __init__(self, name: str, dir: str, problem: str) -> None:
+        self.name = name
+        self.dir = dir
+        self.problem = problem
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.dir, "upper")
+
+    def error(self) -> TophanError:
+        return TophanError(
+            f"workspace {self.name}: {self.problem}",
+            f"repair its meta file, or remove it with `ws rm --force {self.name}`",
+        )
+
+    def as_dict(self, mounted: bool) -> dict[str, Any]:
+        return {"name": self.name, "problem": self.problem, "mounted": mounted, "upper": self.upper}
+
+
 class Workspaces:
     """``store.workspaces``: create, mount, unmount, list and remove workspaces."""
 
@@ -89,45 +116,83 @@ class Workspaces:
 
     def get(self, name: str) -> Workspace:
         names.check(name, "workspace")
+        ws = self._load(name)
+        if isinstance(ws, BrokenWorkspace):
+            raise ws.error()
+        return ws
+
+    def _load(self, name: str) -> Workspace | BrokenWorkspace:
         d = self._dir(name)
         try:
             info = meta.read(os.path.join(d, META))
         except FileNotFoundError:
-            raise NotFound(f"no such workspace: {name}", "see `ws list`") from None
+            if not os.path.isdir(d):
+                raise NotFound(f"no such workspace: {name}", "see `ws list`") from None
+            return BrokenWorkspace(name, d, "its meta file is missing")
         except OSError as e:
-            raise TophanError(f"workspace {name}: unreadable metadata: {e}", "run `fsck`") from e
-        return self._from_meta(name, info, d)
-
-    @staticmethod
-    def _from_meta(name: str, info: dict[str, str], d: str) -> Workspace:
+            return BrokenWorkspace(name, d, f"unreadable meta file ({e.strerror})")
+        # `lowers` (the names it holds) is what proves which layers it uses; the rest has a
+        # fallback, so a meta written in overlayd's format (name, mounted, lowers) still reads.
+        lowers = tuple(meta.split_list(info.get("lowers", "")))
+        if not lowers:
+            return BrokenWorkspace(name, d, "corrupt meta file (no lowers=)")
+        digests = tuple(meta.split_list(info.get("lower_digests", "")))
+        if digests and len(digests) != len(lowers):
+            return BrokenWorkspace(name, d, "corrupt meta file (lowers and lower_digests differ)")
         try:
-            return Workspace(
-                name,
-                int(info["created_at"]),
-                tuple(meta.split_list(info["lowers"])),
-                tuple(meta.split_list(info["lower_digests"])),
-                info["mountpoint"],
-                d,
-            )
-        except (KeyError, ValueError) as e:
-            raise TophanError(f"workspace {name}: corrupt metadata ({e})", "run `fsck`") from e
+            created = int(info.get("created_at", "0"))
+        except ValueError:
+            return BrokenWorkspace(name, d, "corrupt meta file (created_at is not a number)")
+        mp = info.get("mountpoint") or os.path.join(
+            os.path.realpath(self.store.path("workspaces")), name, "merged"
+        )
+        return Workspace(name, created, lowers, digests, mp, d)
 
-    def all(self) -> list[Workspace]:
-        out = []
-        top = self.store.path("workspaces")
-        for name in sorted(os.listdir(top)):
+    def lower_digests(self, ws: Workspace) -> list[str]:
+        """The digests of ``ws``'s layers (top first): as recorded at creation, or, for a meta
+        that lacks them (overlayd's format), looked up through its layer names now."""
+        if ws.lower_digests:
+            return list(ws.lower_digests)
+        return [Layers(self.store).get(layer).digest for layer in ws.lowers]
+
+    def scan(self) -> tuple[list[Workspace], list[BrokenWorkspace]]:
+        """Every workspace, and those whose metadata cannot be read."""
+        good: list[Workspace] = []
+        broken: list[BrokenWorkspace] = []
+        for name in sorted(os.listdir(self.store.path("workspaces"))):
             if not names.is_valid(name):
                 continue
-            d = os.path.join(top, name)
             try:
-                out.append(self._from_meta(name, meta.read(os.path.join(d, META)), d))
-            except (OSError, TophanError):
-                continue
-        return out
+                ws = self._load(name)
+            except NotFound:
+                continue  # removed while we listed
+            if isinstance(ws, BrokenWorkspace):
+                broken.append(ws)
+            else:
+                good.append(ws)
+        return good, broken
 
-    def is_mounted(self, ws: Workspace) -> bool:
+    def all(self) -> list[Workspace]:
+        """The workspaces whose metadata reads; see ``scan`` for the others."""
+        return self.scan()[0]
+
+    def require_readable(self) -> list[Workspace]:
+        """Every workspace; raises if one's metadata cannot be read, since then what it uses
+        cannot be known (whoever would remove a layer must refuse: fail closed)."""
+        good, broken = self.scan()
+        if broken:
+            b = broken[0]
+            raise TophanError(
+                f"cannot tell which layers are in use: workspace {b.name}: {b.problem}",
+                f"repair its meta file, or remove it with `ws rm --force {b.name}`",
+            )
+        return good
+
+    def is_mounted(self, ws: Workspace | BrokenWorkspace) -> bool:
         from tophan.layer import mount
 
+        if isinstance(ws, BrokenWorkspace):
+            return bool(mount.overlays_with_upper(ws.upper))
         return bool(mount.is_our_overlay(ws.mountpoint, ws.upper))
 
     # -- locking -------------------------------------------------------------------------------
@@ -151,10 +216,14 @@ class Workspaces:
         if not layers:
             raise UsageError("at least one -l layer required")
         for layer in layers:
-            names.check(layer, "layer")
+            check_ref(layer)
         if os.path.exists(self._dir(name)):
             raise Exists(f"workspace exists: {name}", "pick another name or `ws rm` it first")
-        digests = [Layers(self.store).get(layer).digest for layer in layers]
+        # Using a layer seals it if it is open. A layer given by digest is held by its full
+        # digest, a named one by its name.
+        resolved = [Layers(self.store).get(layer) for layer in layers]
+        layers = [layer.name for layer in resolved]
+        digests = [layer.digest for layer in resolved]
         if mountpoint is not None:
             mp = self._make_mountpoint(mountpoint)
         else:
@@ -177,7 +246,7 @@ class Workspaces:
                 if os.path.exists(self._dir(name)):
                     raise Exists(f"workspace exists: {name}")
                 for digest, layer in zip(digests, layers, strict=True):
-                    if Layers(self.store).get(layer).digest != digest:
+                    if Layers(self.store).find(layer).digest != digest:
                         raise TophanError(f"layer {layer} changed while creating {name}", "retry")
                 os.rename(staging.path, self._dir(name))
         finally:
@@ -217,7 +286,7 @@ class Workspaces:
                     "unmount it first",
                 )
             self._check_xattr_ns()
-            lowers = [Layers(self.store).tree_path(d) for d in ws.lower_digests]
+            lowers = [Layers(self.store).tree_path(d) for d in self.lower_digests(ws)]
             for layer, tree in zip(ws.lowers, lowers, strict=True):
                 if not os.path.isdir(tree):
                     raise NotFound(f"layer {layer} of workspace {name} is missing", "run `fsck`")
@@ -255,8 +324,17 @@ class Workspaces:
         return ws
 
     def remove(self, name: str, *, force: bool = False) -> None:
-        """Unmount (if needed) and delete. A workspace still mounted is never removed."""
-        ws = self.get(name)
+        """Unmount (if needed) and delete. A workspace still mounted is never removed.
+
+        One whose metadata cannot be read is removed only with ``force``, after unmounting
+        every overlay that writes into its upper dir (wherever it was mounted)."""
+        names.check(name, "workspace")
+        ws = self._load(name)
+        if isinstance(ws, BrokenWorkspace):
+            if not force:
+                raise ws.error()
+            self._remove_broken(ws)
+            return
         if self.is_mounted(ws):
             try:
                 self.unmount(name)
@@ -265,5 +343,23 @@ class Workspaces:
                     raise
         if self.is_mounted(ws):
             raise InUse(f"workspace {name} is still mounted at {ws.mountpoint}")
+        from tophan.layer import mount
+
+        # Mounted elsewhere than its meta says (a meta edited, or written without a mountpoint).
+        for entry in mount.overlays_with_upper(ws.upper):
+            raise InUse(
+                f"workspace {name} is still mounted at {entry.mountpoint}",
+                f"unmount {entry.mountpoint} first",
+            )
         # A custom mountpoint stays (overlayd leaves it too): it may be a caller's directory.
+        self.store.trash(ws.dir)
+
+    def _remove_broken(self, ws: BrokenWorkspace) -> None:
+        from tophan.layer import mount
+
+        with self.locked(ws.name):
+            for entry in mount.overlays_with_upper(ws.upper):
+                mount.unmount(entry.mountpoint)
+            if mount.overlays_with_upper(ws.upper):
+                raise InUse(f"workspace {ws.name} is still mounted", "unmount it, then retry")
         self.store.trash(ws.dir)
