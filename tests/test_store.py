@@ -169,11 +169,12 @@ def test_seal_recovers_from_a_crash_while_hashing(tmp_path: Path) -> None:
 
 def test_an_app_holding_a_layer_by_digest_keeps_its_tree(tmp_path: Path) -> None:
     from tophan import maintenance
-    from tophan.app.apps import Apps
+    from tophan.app.apps import Apps, AppSpec
+    from tophan.run.options import RunOptions
 
     store = Store.init(str(tmp_path / "s"))
     layer = store.layers.import_tar(io.BytesIO(small_tar({"bin/true": b""})), "base")
-    Apps(store).create("a", {"layers": [layer.hex[:12]], "command": ["/bin/true"]})
+    Apps(store).create("a", AppSpec(RunOptions(layers=[layer.hex[:12]], command=["/bin/true"])))
     store.layers.remove("base")  # the app holds the digest, not the name
     assert maintenance.gc(store).layers_removed == []
     assert store.layers.get(layer.hex[:12]).digest == layer.digest

@@ -97,3 +97,35 @@ def test_pulled_and_imported_layers_are_published_alike(tmp_path: Path) -> None:
     imported = stat.S_IMODE(os.stat(store.path("layers", hexd)).st_mode)
     pulled = stat.S_IMODE(os.stat(other.path("layers", hexd)).st_mode)
     assert imported == pulled == 0o700
+
+
+def _mount_opts(path: str) -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == path:
+                opts = set(fields[5].split(","))
+    return opts
+
+
+def test_workspaces_are_mounted_nosuid_nodev(tmp_path: Path) -> None:
+    """A setuid file of an image (or one written into the upper dir) and device nodes do not
+    work through a workspace's mount, wherever it is; `suid_dev=True` is the explicit way back."""
+    from registry_fixture import make_layer, store_at
+
+    store = store_at(tmp_path / "s")
+    make_layer(store, "base", {"f": b"x"}, tmp_path)
+    outside = tmp_path / "visible"
+    ws = store.workspaces.create("w", ["base"], mountpoint=str(outside))
+    try:
+        assert {"nosuid", "nodev"} <= _mount_opts(ws.mountpoint)
+    finally:
+        store.workspaces.unmount("w")
+    ws = store.workspaces.create("w2", ["base"], suid_dev=True)
+    try:
+        assert not {"nosuid", "nodev"} & _mount_opts(ws.mountpoint)
+        store.workspaces.unmount("w2")
+        store.workspaces.mount("w2")  # the choice is kept in the workspace's meta
+        assert not {"nosuid", "nodev"} & _mount_opts(ws.mountpoint)
+    finally:
+        store.workspaces.unmount("w2")

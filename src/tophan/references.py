@@ -35,7 +35,7 @@ def _app_digests(store: StoreRoot) -> set[str]:
     stored = set(layer_store.stored_digests())
     out: set[str] = set()
     for app in Apps(store).all():
-        for ref in app.spec.get("layers", []):
+        for ref in app.spec.run.layers:
             if is_digest_ref(ref) and not layer_store.exists(ref):
                 hexpart = ref.removeprefix("sha256:")
                 out.update(d for d in stored if d[7:].startswith(hexpart))

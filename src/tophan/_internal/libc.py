@@ -48,6 +48,7 @@ FSOPEN_CLOEXEC = 0x1
 # fsconfig copies at most 256 bytes of a key or string value, NUL included (strndup_user).
 FSCONFIG_MAX_STRING = 255
 FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 
 FSCONFIG_SET_FLAG = 0

@@ -46,6 +46,7 @@ def mount_overlay(
     *,
     userxattr: bool,
     nodev: bool = False,
+    nosuid: bool = False,
 ) -> None:
     """Mount an overlay of ``lowers`` at ``target``; raises MountError with the kernel's reason.
 
@@ -60,9 +61,11 @@ def mount_overlay(
         lowers = list(dict.fromkeys(lowers))
     _check_stack(target, lowers, upper, work)
     try:
-        _mount_new_api(target, lowers, upper, work, userxattr, nodev)
+        _mount_new_api(target, lowers, upper, work, userxattr, nodev, nosuid)
     except _NoLowerdirPlus:
-        mount_overlay_legacy(target, lowers, upper, work, userxattr=userxattr, nodev=nodev)
+        mount_overlay_legacy(
+            target, lowers, upper, work, userxattr=userxattr, nodev=nodev, nosuid=nosuid
+        )
 
 
 def _check_stack(target: str, lowers: Sequence[str], upper: str | None, work: str | None) -> None:
@@ -110,6 +113,7 @@ def _mount_new_api(
     work: str | None,
     userxattr: bool,
     nodev: bool = False,
+    nosuid: bool = False,
 ) -> None:
     try:
         fd = _libc.fsopen("overlay")
@@ -125,7 +129,10 @@ def _mount_new_api(
                 _set(fd, key, value)
             key = value = None
             _libc.fsconfig(fd, _libc.FSCONFIG_CMD_CREATE)
-            mfd = _libc.fsmount(fd, attr_flags=_libc.MOUNT_ATTR_NODEV if nodev else 0)
+            attrs = (_libc.MOUNT_ATTR_NODEV if nodev else 0) | (
+                _libc.MOUNT_ATTR_NOSUID if nosuid else 0
+            )
+            mfd = _libc.fsmount(fd, attr_flags=attrs)
         except OSError as e:
             log = _context_log(fd)
             if e.errno in (errno.EINVAL, errno.ENAMETOOLONG) and not lowerdir_plus_supported():
@@ -290,12 +297,14 @@ def mount_overlay_legacy(
     *,
     userxattr: bool,
     nodev: bool = False,
+    nosuid: bool = False,
 ) -> None:
     """:func:`mount_overlay` through a ``mount(2)`` option string, for kernels before 6.8."""
     _check_stack(target, lowers, upper, work)
     data = legacy_options(lowers, upper, work, userxattr=userxattr)
     try:
-        _libc.mount("overlay", target, "overlay", _libc.MS_NODEV if nodev else 0, data)
+        flags = (_libc.MS_NODEV if nodev else 0) | (_libc.MS_NOSUID if nosuid else 0)
+        _libc.mount("overlay", target, "overlay", flags, data)
     except OSError as e:
         raise _mount_error(target, e, "", "") from e
 

@@ -27,7 +27,7 @@ META = "meta"
 class Workspace:
     """A workspace as recorded in the store (its mount state is asked of the kernel)."""
 
-    __slots__ = ("created_at", "dir", "lower_digests", "lowers", "mountpoint", "name")
+    __slots__ = ("created_at", "dir", "lower_digests", "lowers", "mountpoint", "name", "suid_dev")
 
     def __init__(
         self,
@@ -37,6 +37,7 @@ class Workspace:
         lower_digests: tuple[str, ...],
         mountpoint: str,
         dir: str,
+        suid_dev: bool = False,
     ) -> None:
         self.name = name
         self.created_at = created_at
@@ -44,6 +45,9 @@ class Workspace:
         self.lower_digests = lower_digests  # () when the meta does not record them
         self.mountpoint = mountpoint
         self.dir = dir
+        # nosuid,nodev unless asked: a setuid file or device node of an image (or one a writer
+        # made in the upper dir) must not work for whoever can reach the mountpoint.
+        self.suid_dev = suid_dev
 
     @property
     def upper(self) -> str:
@@ -146,7 +150,7 @@ class Workspaces:
         mp = info.get("mountpoint") or os.path.join(
             os.path.realpath(self.store.path("workspaces")), name, "merged"
         )
-        return Workspace(name, created, lowers, digests, mp, d)
+        return Workspace(name, created, lowers, digests, mp, d, info.get("suid_dev") == "1")
 
     def lower_digests(self, ws: Workspace) -> list[str]:
         """The digests of ``ws``'s layers (top first): as recorded at creation, or, for a meta
@@ -210,8 +214,10 @@ class Workspaces:
         *,
         mountpoint: str | None = None,
         mount: bool = True,
+        suid_dev: bool = False,
     ) -> Workspace:
-        """Create a workspace over ``layers`` (top-first) and, by default, mount it."""
+        """Create a workspace over ``layers`` (top-first) and, by default, mount it
+        (nosuid,nodev unless ``suid_dev``)."""
         names.check(name, "workspace")
         if not layers:
             raise UsageError("at least one -l layer required")
@@ -240,6 +246,8 @@ class Workspaces:
                 "lower_digests": digests,
                 "mountpoint": mp,
             }
+            if suid_dev:
+                info["suid_dev"] = 1
             write_meta(os.path.join(staging.path, META), info)
             os.chmod(staging.path, 0o755)
             with self.store.lock():
@@ -292,7 +300,13 @@ class Workspaces:
                     raise NotFound(f"layer {layer} of workspace {name} is missing", "run `fsck`")
             os.makedirs(ws.mountpoint, 0o755, exist_ok=True)
             mount.mount_overlay(
-                ws.mountpoint, lowers, ws.upper, ws.work, userxattr=self.store.xattr_ns == "user"
+                ws.mountpoint,
+                lowers,
+                ws.upper,
+                ws.work,
+                userxattr=self.store.xattr_ns == "user",
+                nodev=not ws.suid_dev,
+                nosuid=not ws.suid_dev,
             )
         return ws
 
