@@ -158,3 +158,33 @@ def test_ptrace_traceme_in_an_app_keeps_its_restart_policy(traceme: Path) -> Non
         assert state["restart_count"] == 2 and state["exit_code"] == 3, state
     finally:
         t("app", "rm", "-f", name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["-v", "vol:/"], "cannot mount over /"),
+        (["-v", "vol:/proc"], "cannot mount over /proc"),
+        (["-v", "vol://proc/../proc/sys"], "cannot mount over /proc/sys"),
+        (["--tmpfs", "/"], "cannot mount over /"),
+        (["-v", "vol:/evil"], "cannot mount over /proc"),  # the image's /evil -> /proc
+        (["--env-file", "/dev/stdin"], "invalid environment variable"),
+        (["-u", "0:99999999999"], "invalid group id"),
+    ],
+)
+def test_bad_input_is_one_line_before_the_command(
+    store: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    """#15: each of these once printed an errno of the runtime's own (/proc/self/fd, ...) or a
+    Python exception's name."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "evil").symlink_to("/proc")
+    assert run_cli("--root", str(store), "layer", "create", "evil", "--from", str(evil)).rc == 0
+    argv = [str(BIN / "tophan"), "--root", str(store), "run", *flags, "-l", "evil", "-l", "base"]
+    r = subprocess.run(
+        [*argv, "--", "true"], input="=x\n", capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 125, (r.returncode, r.stderr)
+    assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "Error" not in r.stderr and "(/proc/self" not in r.stderr, r.stderr

@@ -140,9 +140,14 @@ class Spec:
             )
         if not self.lowers:
             raise UsageError("no layers to run on", "give at least one -l LAYER")
-        for b in self.binds:
-            if not os.path.isabs(b.target):
-                raise UsageError(f"mount target {b.target!r} is not an absolute path")
+        for target in [b.target for b in self.binds] + self.tmpfs:
+            _check_mount_target(target)
+        for key, value in self.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise UsageError(
+                    f"invalid environment variable {key!r}",
+                    "a name is not empty and has no '=' (nor NUL bytes, nor its value)",
+                )
         if not os.path.isabs(self.workdir):
             raise UsageError(f"working directory {self.workdir!r} is not an absolute path")
         import resource
@@ -156,6 +161,18 @@ class Spec:
         for part, what in ((uname, "user"), (gname, "group")):
             if part.lstrip("-").isdigit():
                 check_id(int(part), what)
+
+
+def _check_mount_target(target: str) -> None:
+    """Where a bind, volume or tmpfs may go: not over the root (it would hide the image) nor
+    over /proc (the runtime's and the kernel's view of the container, as runc refuses)."""
+    if not os.path.isabs(target):
+        raise UsageError(f"mount target {target!r} is not an absolute path")
+    norm = "/" + os.path.normpath(target).lstrip("/")  # (POSIX keeps a leading "//")
+    if norm == "/" or norm == "/proc" or norm.startswith("/proc/"):
+        raise UsageError(
+            f"cannot mount over {norm}", "mount somewhere else: / and /proc belong to the runtime"
+        )
 
 
 # -- the caller's side -------------------------------------------------------------------------
@@ -866,6 +883,8 @@ def _bind(b: Bind, root: str) -> None:
     except OSError as e:
         raise RunError(f"cannot mount {b.source}: {e.strerror}", "check the -v source") from e
     target = _inside(root, b.target)
+    # the image's symlinks may lead elsewhere: the rule holds for where the mount really goes
+    _check_mount_target("/" + os.path.relpath(target, root).removeprefix("."))
     if stat.S_ISDIR(st.st_mode):
         os.makedirs(target, 0o755, exist_ok=True)
     elif not os.path.exists(target):
