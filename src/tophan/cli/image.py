@@ -1,6 +1,7 @@
 """``tophan image …``, ``tophan push`` and ``tophan pull``: parse, call the library, print.
 
-Dispatched from cli.EXTENSIONS as ``main(cli, command, argv)``.
+Dispatched from cli.main.EXTENSIONS: ``IMAGE_COMMANDS``, ``push`` and ``pull``; each command's
+help is in cli/help.py.
 """
 
 from __future__ import annotations
@@ -11,44 +12,17 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from tophan.cli.main import JSON, Args, Cli, parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
     from tophan.image.images import Image, ImageConfig
     from tophan.image.registry import Options
-
-HELP = """\
-usage: tophan image <command> [args]            (plus tophan push / tophan pull)
-
-  image create NAME -l LAYER [-l LAYER ...] [--from IMAGE] [config flags]
-                        [--compress gzip|zstd|none]
-                        a new image: --from's layers, then the -l layers (first -l is the TOP)
-        config flags: --cmd CMD  --entrypoint CMD  --env K=V  --workdir DIR  --user U
-                      --port 80/tcp  --volume /data  --label K=V  --annotation K=V
-                      --stop-signal SIG  --health-cmd CMD  --health-interval 30s
-                      --health-timeout 5s  --health-retries N  --health-start-period 10s
-                      --no-healthcheck  --platform os/arch  --replace
-                      (CMD is a JSON array '["sh","-c","x"]' or a shell-quoted string)
-  image list [--json]                     name, digest, created, size
-  image inspect NAME [--json]             manifest, config and layers as JSON
-  image rm NAME [NAME ...]                remove names; unreferenced blobs/layers go too
-  image tag NAME NEW                      another name for the same image
-  image import SRC [NAME] [--format oci|oci-archive|docker-archive] [--ref REF]
-                        [--platform os/arch] [--compress gzip|zstd|none] [--json]
-                        SRC: DIR, FILE, '-', or oci:DIR[:REF], oci-archive:FILE[:REF], ...
-  image export NAME [NAME ...] DEST [--format oci|oci-archive|docker-archive]
-  image tags REF [registry flags] [--json]              tags of a remote repository
-  image referrers REF [--artifact-type T] [registry flags] [--json]
-  push NAME [REF] [registry flags] [--jobs N] [--chunk-size SIZE] [--no-mount] [--quiet] [--json]
-  pull REF [NAME] [registry flags] [--platform os/arch] [--jobs N] [--quiet] [--json]
-        registry flags: --tls-verify=false  --creds USER:PASS  --authfile FILE  --retries N
-"""
 
 REGISTRY_FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--tls-verify": ("tls_verify", True, False),
@@ -63,34 +37,9 @@ REGISTRY_FLAGS: dict[str, tuple[str, bool, bool]] = {
 }
 
 
-def main(cli: Cli, command: str, argv: list[str]) -> int:
-    argv = ["--tls-verify=true" if a == "--tls-verify" else a for a in argv]
-    if command == "push":
-        return _push(cli, argv)
-    if command == "pull":
-        return _pull(cli, argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stderr.write(HELP)
-        return 0 if argv else 2
-    table: dict[str, Callable[[Cli, list[str]], int]] = {
-        "create": _create,
-        "list": _list,
-        "ls": _list,
-        "inspect": _inspect,
-        "rm": _rm,
-        "tag": _tag,
-        "import": _import,
-        "export": _export,
-        "tags": _tags,
-        "referrers": _referrers,
-    }
-    handler = table.get(argv[0])
-    if handler is None:
-        raise UsageError(f"unknown image subcommand: {argv[0]}", "see `image help`")
-    if any(a in ("-h", "--help") for a in argv[1:]):
-        sys.stderr.write(HELP)
-        return 0
-    return handler(cli, argv[1:])
+def _registry_argv(argv: list[str]) -> list[str]:
+    # A bare --tls-verify (podman's spelling of "true") takes no value.
+    return ["--tls-verify=true" if a == "--tls-verify" else a for a in argv]
 
 
 # -- local images -----------------------------------------------------------------------------
@@ -420,9 +369,10 @@ def _progress(args: Args, verb: str) -> Any:
     return Bars(verb)
 
 
-def _push(cli: Cli, argv: list[str]) -> int:
+def push(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
 
+    argv = _registry_argv(argv)
     flags = {
         **REGISTRY_FLAGS,
         "--chunk-size": ("chunk_size", True, False),
@@ -441,9 +391,10 @@ def _push(cli: Cli, argv: list[str]) -> int:
     )
 
 
-def _pull(cli: Cli, argv: list[str]) -> int:
+def pull(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
 
+    argv = _registry_argv(argv)
     flags = {**REGISTRY_FLAGS, "--platform": ("platform", True, False)}
     args = parse(argv, (1, 2, flags), "pull")
     store = cli.store()
@@ -504,6 +455,7 @@ def _report(report: Any) -> dict[str, Any]:
 def _tags(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
 
+    argv = _registry_argv(argv)
     args = parse(argv, (1, 1, REGISTRY_FLAGS), "image tags")
     tags = registry.list_tags(args.pos[0], _options(args.opts))
     if args.flag("json"):
@@ -517,6 +469,7 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
     from tophan.image.blobs import is_digest
 
+    argv = _registry_argv(argv)
     flags = {**REGISTRY_FLAGS, "--artifact-type": ("artifact_type", True, False)}
     args = parse(argv, (1, 1, flags), "image referrers")
     repo, ref = registry.repository_for(args.pos[0], _options(args.opts))
@@ -537,6 +490,20 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
             )
         )
     return 0
+
+
+IMAGE_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "create": _create,
+    "list": _list,
+    "ls": _list,
+    "inspect": _inspect,
+    "rm": _rm,
+    "tag": _tag,
+    "import": _import,
+    "export": _export,
+    "tags": _tags,
+    "referrers": _referrers,
+}
 
 
 # -- progress bars ----------------------------------------------------------------------------
