@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from tophan.cli.main import Cli, parse
+from tophan.cli.main import APP_HEALTH_FLAGS, Cli, parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
@@ -23,14 +23,7 @@ APP_FLAGS = {
     "--restart": ("restart", True, False),
     "--stop-signal": ("stop_signal", True, False),
     "--stop-timeout": ("stop_timeout", True, False),
-    "--health-cmd": ("health_cmd", True, False),
-    "--health-http": ("health_http", True, False),
-    "--health-tcp": ("health_tcp", True, False),
-    "--health-interval": ("health_interval", True, False),
-    "--health-timeout": ("health_timeout", True, False),
-    "--health-retries": ("health_retries", True, False),
-    "--health-start-period": ("health_start_period", True, False),
-    "--no-healthcheck": ("no_healthcheck", False, False),
+    **APP_HEALTH_FLAGS,
     "--log-opt": ("log_opt", True, True),
 }
 _APP_ONLY = {v[0] for v in APP_FLAGS.values()}

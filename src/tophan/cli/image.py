@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tophan.cli.main import JSON, Args, Cli, parse
+from tophan.cli.main import HEALTH_FLAGS, JSON, Args, Cli, parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
@@ -60,12 +60,7 @@ CREATE_FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--label": ("label", True, True),
     "--annotation": ("annotation", True, True),
     "--stop-signal": ("stop_signal", True, False),
-    "--health-cmd": ("health_cmd", True, False),
-    "--health-interval": ("health_interval", True, False),
-    "--health-timeout": ("health_timeout", True, False),
-    "--health-retries": ("health_retries", True, False),
-    "--health-start-period": ("health_start_period", True, False),
-    "--no-healthcheck": ("no_healthcheck", False, False),
+    **HEALTH_FLAGS,
     "--compress": ("compress", True, False),
     "--platform": ("platform", True, False),
     "--replace": ("replace", False, False),
@@ -144,9 +139,9 @@ def _config_from_flags(config: ImageConfig, o: dict[str, Any]) -> ImageConfig:
             raise UsageError("--health-* needs --health-cmd (or a base image with a health check)")
         changes["healthcheck"] = Healthcheck(
             test,
-            _duration(args_health.get("health_interval"), hc.interval if hc else 0),
-            _duration(args_health.get("health_timeout"), hc.timeout if hc else 0),
-            _duration(args_health.get("health_start_period"), hc.start_period if hc else 0),
+            _duration(args_health, "health_interval", hc.interval if hc else 0),
+            _duration(args_health, "health_timeout", hc.timeout if hc else 0),
+            _duration(args_health, "health_start_period", hc.start_period if hc else 0),
             hc.start_interval if hc else 0,
             _int(args_health.get("health_retries"), hc.retries if hc else 0, "--health-retries"),
         )
@@ -186,21 +181,12 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+def _duration(o: dict[str, Any], key: str, default: int) -> int:
+    """Nanoseconds of ``--KEY`` (``o[key]``), else ``default``."""
+    from tophan._internal.units import parse_duration_ns
 
-
-def _duration(text: str | None, default: int) -> int:
-    """``30s``, ``1m30s``, ``500ms`` (Go's syntax) or plain seconds -> nanoseconds."""
-    if text is None:
-        return default
-    import re
-
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(float(text) * 10**9)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise UsageError(f"invalid duration {text!r}", "use e.g. 30s, 1m30s, 500ms")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+    text = o.get(key)
+    return default if text is None else parse_duration_ns(text, "--" + key.replace("_", "-"))
 
 
 def _int(text: str | None, default: int, flag: str) -> int:
@@ -344,21 +330,16 @@ def _options(o: dict[str, Any]) -> Options:
     opts.retries = _int(o.get("retries"), opts.retries, "--retries")
     opts.jobs = max(1, _int(o.get("jobs"), opts.jobs, "--jobs"))
     if "chunk_size" in o:
-        opts.chunk_size = _size(o["chunk_size"])
+        from tophan._internal.units import parse_size
+
+        opts.chunk_size = parse_size(o["chunk_size"], "--chunk-size")
+        if opts.chunk_size <= 0:
+            raise UsageError(f"invalid --chunk-size {o['chunk_size']!r}", "e.g. 8M, 65536")
     if o.get("no_mount"):
         opts.mount = False
     if "platform" in o:
         opts.platform = Platform.parse(o["platform"])
     return opts
-
-
-def _size(text: str) -> int:
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.lower().removesuffix("b").removesuffix("i")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in "kmg" else (t, "")
-    if not num.isdigit() or int(num) <= 0:
-        raise UsageError(f"invalid size {text!r}", "e.g. 8M, 65536")
-    return int(num) * units[unit]
 
 
 def _progress(args: Args, verb: str) -> Any:

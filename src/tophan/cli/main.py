@@ -96,6 +96,23 @@ class HelpRequested(Exception):
         self.command = command
 
 
+# The health-check flags: `image create` takes docker's; apps also check over HTTP or TCP, and
+# `run` refuses all of them (they belong to something that outlives its command).
+HEALTH_FLAGS: dict[str, tuple[str, bool, bool]] = {
+    "--health-cmd": ("health_cmd", True, False),
+    "--health-interval": ("health_interval", True, False),
+    "--health-timeout": ("health_timeout", True, False),
+    "--health-retries": ("health_retries", True, False),
+    "--health-start-period": ("health_start_period", True, False),
+    "--no-healthcheck": ("no_healthcheck", False, False),
+}
+APP_HEALTH_FLAGS: dict[str, tuple[str, bool, bool]] = {
+    **HEALTH_FLAGS,
+    "--health-http": ("health_http", True, False),
+    "--health-tcp": ("health_tcp", True, False),
+}
+
+
 class Args:
     """Parsed arguments of one subcommand: positionals plus options by name."""
 
