@@ -253,3 +253,29 @@ def test_missing_tree_is_restored_from_the_image_blob(tmp_path: Path) -> None:
     assert image.layers == [digest]
     assert (Path(image.layer_paths[0]) / "etc/motd").read_bytes() == b"hi\n"
     assert store.layers.verify()[0].ok
+
+
+@pytest.mark.parametrize(
+    ("config", "count", "message"),
+    [
+        ({"rootfs": {"diff_ids": 5}}, 1, "rootfs.diff_ids is not a list"),
+        ({"rootfs": 5}, 1, "rootfs.diff_ids is not a list"),
+        ({}, 0, "rootfs.diff_ids is not a list"),
+        ({"rootfs": {"diff_ids": []}}, 1, "config lists 0 DiffIDs for 1 layers"),
+        ({"rootfs": {"diff_ids": [5]}}, 1, "invalid DiffID 5"),
+        ({"rootfs": {"diff_ids": ["sha256:" + "a" * 64 + "\n"]}}, 1, "invalid DiffID"),
+        ({"rootfs": {"diff_ids": ["md5:" + "a" * 32]}}, 1, "invalid DiffID"),
+    ],
+)
+def test_config_diff_ids_are_checked_in_one_place(
+    config: dict[str, object], count: int, message: str
+) -> None:
+    from tophan.errors import IntegrityError
+    from tophan.image.spec import config_diff_ids
+
+    with pytest.raises(IntegrityError) as e:
+        config_diff_ids(config, count, "image x")
+    assert str(e.value).startswith("image x: " if "DiffIDs" in message or "list" in message else "")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    good = "sha256:" + "b" * 64
+    assert config_diff_ids({"rootfs": {"diff_ids": [good]}}, 1, "x") == [good]

@@ -5,27 +5,91 @@ Every file that readers may see appears by one rename; see docs/store.md.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
 
 from tophan._internal import meta
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+
+# Temporaries carry this mark: it holds a character no name may have, so listings of names
+# (layers, images, volumes) never mistake one for a name; see ``is_temporary``.
+TEMP_MARK = "~tmp-"
+
+
+def temp_path(path: str) -> str:
+    """A fresh, unguessable name next to ``path`` for a file that will be renamed onto it."""
+    d, base = os.path.split(path)
+    return os.path.join(d, f".{base[:200]}{TEMP_MARK}{os.urandom(8).hex()}")
+
+
+def is_temporary(name: str) -> bool:
+    return TEMP_MARK in name
+
+
+class AtomicFile:
+    """``with AtomicFile(path) as f: f.write(...)``: ``path`` appears by one rename when the
+    block succeeds, never partly written; on failure nothing is left.
+
+    The temporary is created with O_EXCL|O_NOFOLLOW under a random name in ``path``'s directory,
+    so a file or symlink planted there (e.g. in /tmp, by another user) is never opened. ``mode``
+    is set exactly (store files), or None: 0666 less the umask, as for any new file (exports).
+    ``durable``: fsync the file before the rename and the directory after it, so that the new
+    content, not an empty file, is what a crash leaves."""
+
+    def __init__(self, path: str, mode: int | None = 0o644, *, durable: bool = False) -> None:
+        self.path = path
+        self.mode = mode
+        self.durable = durable
+        self.tmp = temp_path(path)
+        self.file: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.tmp, flags, 0o666 if self.mode is None else self.mode)
+        self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+        return self.file
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self.file is not None
+        f, self.file = self.file, None
+        try:
+            if exc_type is None:
+                f.flush()  # a buffered file writes everything: short writes are retried
+                if self.mode is not None:
+                    os.fchmod(f.fileno(), self.mode)
+                if self.durable:
+                    os.fsync(f.fileno())
+            f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            f.close()
+            _unlink_quietly(self.tmp)
+            raise
+        if exc_type is not None:
+            _unlink_quietly(self.tmp)
+        elif self.durable:
+            fsync_dir(os.path.dirname(self.path) or ".")
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = False) -> None:
     """Write ``data`` so that readers see either the old file or the new one, never a part."""
-    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    with AtomicFile(path, mode, durable=durable) as f:
+        f.write(data)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
+        os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def _unlink_quietly(path: str) -> None:
@@ -33,6 +97,31 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def try_flock(fd: int, *, shared: bool = False) -> bool:
+    """Take flock on ``fd`` without waiting: True if taken, False if another holder has it.
+    Any other error (EBADF, ENOLCK, EINTR...) is raised, never taken for "held"."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def flock_held(path: str, *, exclusive: bool = True) -> bool:
+    """Whether someone holds an flock on ``path`` (exclusively, or at all); False if ``path``
+    does not exist. Only asks: takes the lock for a moment if it is free."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        return not try_flock(fd, shared=exclusive)
+    finally:
+        os.close(fd)
 
 
 def write_meta(path: str, items: dict[str, str | int | list[str]]) -> None:

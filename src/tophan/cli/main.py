@@ -658,27 +658,15 @@ def _check(name: str, kind: str) -> str:
 
 
 def _write_atomically(dest: str, write: Callable[[IO[bytes]], str]) -> str:
-    """Write a file by temp-file-and-rename, so a failed export leaves no partial file."""
-    d = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(d, f".{os.path.basename(dest)}.tmp-{os.getpid()}")
+    """Write an export to ``dest`` through a private temporary: a failed export leaves nothing,
+    and nothing planted at a temporary name in a shared directory is ever opened."""
+    from tophan._internal.fs import AtomicFile
+
     try:
-        with open(tmp, "wb", buffering=1 << 20) as out:
-            digest = write(out)
-        os.replace(tmp, dest)
+        with AtomicFile(dest, None, durable=True) as out:
+            return write(out)
     except OSError as e:
-        _unlink(tmp)
         raise TophanError(f"cannot write {dest}: {e.strerror}") from e
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return digest
-
-
-def _unlink(path: str) -> None:
-    import contextlib
-
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _main(prog: str, argv: list[str] | None) -> int:

@@ -57,6 +57,7 @@ from tophan.image.spec import (
     Descriptor,
     Platform,
     Reference,
+    config_diff_ids,
     is_distributable,
     is_index,
     normalize_name,
@@ -1436,15 +1437,8 @@ def pull(
                 tx.add_bytes(config_bytes, config.digest, what=f"config of {ref}")
                 report.blobs[config.digest] = "downloaded"
             raw_config = loads(config_bytes, f"config of {ref}")
-            rootfs = raw_config.get("rootfs")
-            diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-            if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-                raise IntegrityError(
-                    f"{ref}: config lists {len(diff_ids or [])} DiffIDs for {len(layers)} layers"
-                )
-            pairs = {}
-            for d, diff_id in zip(layers, diff_ids, strict=True):
-                pairs[d.digest] = (d, check_digest(diff_id, "DiffID"))
+            diff_ids = config_diff_ids(raw_config, len(layers), str(ref))
+            pairs = {d.digest: (d, diff_id) for d, diff_id in zip(layers, diff_ids, strict=True)}
             lock = threading.Lock()
 
             def fetch(d: Descriptor, diff_id: str) -> None:

@@ -328,6 +328,17 @@ def remote_reference(text: str) -> Reference:
     return Reference(domain, path, tag, ref.digest)
 
 
+def config_diff_ids(raw_config: dict[str, Any], count: int, what: str) -> list[str]:
+    """The config's ``rootfs.diff_ids``, checked: one valid digest per layer of the manifest."""
+    rootfs = raw_config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise IntegrityError(f"{what}: the config's rootfs.diff_ids is not a list")
+    if len(diff_ids) != count:
+        raise IntegrityError(f"{what}: config lists {len(diff_ids)} DiffIDs for {count} layers")
+    return [check_digest(d, "DiffID") for d in diff_ids]
+
+
 def referrers_tag(digest: str) -> str:
     """The referrers tag schema's tag for ``digest``: ``<alg>-<hex>`` (hex cut to 64)."""
     alg, _, hexd = digest.partition(":")

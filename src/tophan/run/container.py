@@ -298,9 +298,8 @@ def _claim_layers(store: StoreRoot, run_dir: str, digests: list[str]) -> None:
 
 def live_run_digests(store: StoreRoot) -> set[str]:
     """Layers of runs in progress (their run dirs are locked by their owners)."""
-    import fcntl
-
     from tophan._internal import meta
+    from tophan._internal.fs import try_flock
 
     out: set[str] = set()
     tmp = store.path("tmp")
@@ -312,10 +311,8 @@ def live_run_digests(store: StoreRoot) -> set[str]:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            continue  # nobody holds it: a leftover, gc's to remove
-        except OSError:
-            pass
+            if try_flock(fd, shared=True):
+                continue  # nobody holds it: a leftover, gc's to remove
         finally:
             os.close(fd)
         try:

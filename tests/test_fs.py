@@ -1,0 +1,77 @@
+"""_internal.fs: atomic writes, flock probes, temporaries (tree removal: test_store.py)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from tophan._internal import fs
+from tophan._internal.names import is_valid
+
+
+def test_atomic_write_sets_mode_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    fs.atomic_write(str(target), b"x" * (3 << 20), 0o600, durable=True)
+    assert target.read_bytes() == b"x" * (3 << 20)
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_atomic_file_failure_leaves_old_content_and_nothing_else(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), fs.AtomicFile(str(target)) as f:
+        f.write(b"new, partly")
+        raise RuntimeError
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_atomic_file_without_mode_follows_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        with fs.AtomicFile(str(tmp_path / "export"), None) as f:
+            f.write(b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "export").stat().st_mode & 0o777 == 0o640
+
+
+def test_temporaries_are_unguessable_and_never_names(tmp_path: Path) -> None:
+    a, b = fs.temp_path(str(tmp_path / "x")), fs.temp_path(str(tmp_path / "x"))
+    assert a != b and os.path.dirname(a) == str(tmp_path)
+    assert fs.is_temporary(os.path.basename(a)) and not is_valid(os.path.basename(a))
+    assert len(os.path.basename(fs.temp_path(str(tmp_path / ("n" * 255))))) < 255
+
+
+def test_flock_probes(tmp_path: Path) -> None:
+    path = str(tmp_path / "lock")
+    assert not fs.flock_held(path)  # missing: nobody holds it
+    holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert not fs.flock_held(path)
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        assert not fs.flock_held(path)  # shared only: no exclusive holder
+        assert fs.flock_held(path, exclusive=False)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert fs.flock_held(path)
+        other = os.open(path, os.O_RDONLY)
+        try:
+            assert not fs.try_flock(other) and not fs.try_flock(other, shared=True)
+        finally:
+            os.close(other)
+    finally:
+        os.close(holder)
+    assert not fs.flock_held(path)
+
+
+def test_try_flock_errors_are_not_taken_for_held() -> None:
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(OSError) as e:
+        fs.try_flock(fd)
+    assert e.value.errno == errno.EBADF
