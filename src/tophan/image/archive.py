@@ -279,12 +279,6 @@ def _detect(src: _Source) -> str:
 # -- import -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Selected:
-    names: list[str]  # names the archive gives it (already normalized), maybe empty
-    label: str
-
-
 def import_images(
     store: StoreRoot,
     source: str,

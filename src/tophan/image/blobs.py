@@ -30,8 +30,6 @@ CHUNK = 1 << 20
 # Manifests, configs and indexes are read into memory; registries cap them at 4 MiB.
 MAX_DOCUMENT = 4 << 20
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
-# The OCI empty descriptor's content ("{}"), used as config of artifacts without one.
-EMPTY_JSON = b"{}"
 
 
 class Aborted(Exception):

@@ -722,7 +722,6 @@ class Transaction:
         self.diffids: dict[str, str] = {}  # DiffID -> layer digest
         self.refs: dict[str, dict[str, str]] = {}  # image name -> ref fields
         self.replace: set[str] = set()
-        self.committed = False
 
     def __enter__(self) -> Transaction:
         return self
@@ -981,7 +980,6 @@ class Transaction:
                     images.ref_path(name),
                     {**fields, "created_at": now},
                 )
-        self.committed = True
 
 
 # -- the image store --------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from tophan.image.blobs import (
     loads,
     read_verified,
 )
-from tophan.image.images import Image, Images
+from tophan.image.images import Images
 from tophan.image.spec import (
     ACCEPT,
     DOCKER_CONFIG,
@@ -766,12 +766,6 @@ class Repository:
         if claimed and claimed.startswith("sha256:") and claimed != digest:
             raise IntegrityError(f"registry stored manifest {what} as {claimed}, expected {digest}")
         return digest, resp.headers.get("OCI-Subject") is not None
-
-    def delete_manifest(self, digest: str) -> None:
-        resp = self._req("DELETE", f"/v2/{self.path}/manifests/{digest}", self.push_scope)
-        resp.read()
-        if resp.status not in (200, 202, 404):
-            raise _fail(resp, f"delete {self.path}@{digest}")
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -1498,9 +1492,3 @@ def repository_for(reference: str, options: Options | None = None) -> tuple[Repo
     """A :class:`Repository` for ``reference`` (the caller closes ``repo.client``)."""
     ref = remote_reference(reference)
     return Repository(Client(ref.domain, options), ref.path), ref
-
-
-def pull_image(store: StoreRoot, source: str, name: str | None = None, **kw: Any) -> Image:
-    """``pull`` returning the stored :class:`Image`."""
-    report = pull(store, source, name, **kw)
-    return Images(store).get(report.name)
