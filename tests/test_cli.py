@@ -403,3 +403,46 @@ def test_commit_roundtrip(cli: Any, root: Path, tmp_path: Path, busybox_tar: Pat
     assert (mp2 / "bin/busybox").stat().st_mode & 0o777 == 0o700
     ok(cli("ws", "rm", "v"))
     ok(cli("ws", "rm", "w"))
+
+
+def test_deep_tree_through_every_command(cli: Any, root: Path, tmp_path: Path) -> None:
+    """Issue 8 #10: a legal layer 1500 directories deep (past Python's recursion limit) is
+    imported, verified, exported, checked, put in an image and removed; gc and fsck stay
+    usable and nothing is left in tmp/."""
+    import io
+
+    depth = 1500
+    tar = tmp_path / "deep.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(1, depth + 1):
+            ti = tarfile.TarInfo("/".join(["d"] * i))
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tf.addfile(ti)
+        ti = tarfile.TarInfo("/".join(["d"] * depth + ["bottom"]))
+        ti.size, ti.mode, ti.mtime = 3, 0o644, 1_700_000_000
+        tf.addfile(ti, io.BytesIO(b"hi\n"))
+    try:
+        _deep_tree_commands(cli, root, tmp_path, tar)
+    finally:
+        # Whatever a failure left: pytest's own clean-up (shutil, recursive) cannot remove it.
+        from tophan._internal.fs import rmtree
+
+        rmtree(str(root))
+
+
+def _deep_tree_commands(cli: Any, root: Path, tmp_path: Path, tar: Path) -> None:
+    ok(cli("layer", "import", str(tar), "deep"))
+    ok(cli("layer", "verify", "deep"))
+    ok(cli("fsck"))
+    ok(cli("layer", "export", "deep", str(tmp_path / "again.tar")))
+    ok(cli("layer", "import", str(tmp_path / "again.tar"), "deep2"))
+    digest = json.loads(ok(cli("layer", "info", "deep", "--json")).out)["digest"]
+    assert json.loads(ok(cli("layer", "info", "deep2", "--json")).out)["digest"] == digest
+    ok(cli("image", "create", "deep-img", "-l", "deep"))
+    ok(cli("image", "rm", "deep-img"))
+    ok(cli("layer", "rm", "deep"))
+    ok(cli("layer", "rm", "deep2"))
+    ok(cli("gc"))
+    ok(cli("fsck"))
+    assert os.listdir(root / "tmp") == []
+    assert not os.listdir(root / "layers")

@@ -75,3 +75,51 @@ def test_try_flock_errors_are_not_taken_for_held() -> None:
     with pytest.raises(OSError) as e:
         fs.try_flock(fd)
     assert e.value.errno == errno.EBADF
+
+
+def _deep_tree(top: Path, depth: int, name: str = "d") -> None:
+    """``top/d/d/.../d`` ``depth`` levels deep, each level with a file, built fd-relative so
+    that no path length limit applies to building it either."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+                f.write(b"x")
+            new = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("depth", "name"), [(1500, "d"), (300, "n" * 200)])
+def test_rmtree_deep_and_long(tmp_path: Path, depth: int, name: str) -> None:
+    """1500 levels (past the recursion limit), and 300 levels of 200-byte names (a 60 KB path,
+    far past PATH_MAX): both go, and nothing outside is touched."""
+    _deep_tree(tmp_path / "t", depth, name)
+    fs.rmtree(str(tmp_path / "t"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_rmtree_never_follows_symlinks(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    tree = tmp_path / "t"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "link").symlink_to(outside)
+    (tree / "top-link").symlink_to(outside / "keep")
+    fs.rmtree(str(tree))
+    assert not tree.exists()
+    assert (outside / "keep").read_bytes() == b"k"
+    link = tmp_path / "link-to-dir"
+    link.symlink_to(outside)
+    fs.rmtree(str(link))  # a symlink given as the tree: the link goes, not its target
+    assert not link.is_symlink() and (outside / "keep").exists()
+
+
+def test_rmtree_missing_is_fine(tmp_path: Path) -> None:
+    fs.rmtree(str(tmp_path / "nope"))
+    fs.rmtree(str(tmp_path / "nope" / "deeper"))
