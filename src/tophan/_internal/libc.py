@@ -201,6 +201,7 @@ MS_STRICTATIME = 0x1000000
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 
 def setns(fd: int, nstype: int = 0) -> None:
@@ -217,6 +218,16 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(libc().sethostname(ctypes.c_char_p(raw), ctypes.c_size_t(len(raw))))
+
+
+def child_subreaper() -> bool:
+    """Whether this process is a child subreaper (PR_GET_CHILD_SUBREAPER)."""
+    value = ctypes.c_int(0)
+    fn = libc().prctl
+    fn.restype = ctypes.c_int
+    zero = ctypes.c_ulong(0)
+    _check(fn(ctypes.c_int(PR_GET_CHILD_SUBREAPER), ctypes.byref(value), zero, zero, zero))
+    return bool(value.value)
 
 
 def prctl(option: int, arg2: int = 0) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 import time
 
@@ -28,13 +29,10 @@ from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal
     from collections.abc import Callable, Iterable, Iterator
     from typing import Literal
 
     Mode = Literal["unified", "hybrid", "legacy"]
-else:
-    import _signal as signal  # `signal` builds enums at import: slow for a start path
 
 PARENT = "tophan"
 CPU_PERIOD = 100_000  # docker's --cpus period, in microseconds
