@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from rootless import RootlessUser, python_as_user
 from tophan._internal import fs
 from tophan._internal.names import is_valid
+
+pytest_plugins = ["rootless"]  # its fixtures (conftest.py may load it too; loading is idempotent)
 
 
 def test_atomic_write_sets_mode_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -123,3 +126,36 @@ def test_rmtree_never_follows_symlinks(tmp_path: Path) -> None:
 def test_rmtree_missing_is_fine(tmp_path: Path) -> None:
     fs.rmtree(str(tmp_path / "nope"))
     fs.rmtree(str(tmp_path / "nope" / "deeper"))
+
+
+@pytest.mark.rootless
+def test_rmtree_as_an_unprivileged_owner(rootless_user: RootlessUser, rootless_dir: Path) -> None:
+    """Without CAP_DAC_OVERRIDE the owner's own unreadable, unwritable directories (layers keep
+    exact modes: 0555, 0000) are opened up on the way, deep as they may be; a symlink to a
+    directory the user may change is not followed."""
+    code = """
+        import os
+        from tophan._internal import fs
+        top = os.getcwd()
+        outside = os.path.join(top, "outside")
+        os.makedirs(outside)
+        open(os.path.join(outside, "keep"), "w").close()
+        tree = os.path.join(top, "t")
+        os.mkdir(tree)
+        fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+        for i in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o444, dir_fd=fd))
+            if i % 100 == 0:
+                os.symlink(outside, "link", dir_fd=fd)
+            new = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.fchmod(fd, (0o555, 0o000, 0o100)[i % 3])
+            os.close(fd)
+            fd = new
+        os.close(fd)
+        fs.rmtree(tree)
+        print(os.path.exists(tree), sorted(os.listdir(outside)))
+    """
+    r = python_as_user(rootless_user, code + "\n", unshare=False, cwd=rootless_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "False ['keep']\n"
