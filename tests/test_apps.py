@@ -55,22 +55,22 @@ class Env:
             time.sleep(0.05)
 
 
+def _supervisor_of(pid: int | str) -> str | None:
+    """The app a live process named `tophand` supervises (its command line's last word)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if comm != "tophand" or not _alive(int(pid)):
+            return None
+    except OSError:
+        return None
+    args = [a for a in args if a]
+    return args[-1].decode(errors="replace") if args else None
+
+
 def _supervisors(names: set[str]) -> list[int]:
-    """Live processes titled `tophand NAME` for these app names."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace").split()
-            if not _alive(int(pid)):
-                continue
-        except OSError:
-            continue
-        if title[:1] == ["tophand"] and len(title) > 1 and title[1] in names:
-            out.append(int(pid))
-    return out
+    """Live `tophand` processes for these app names."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _supervisor_of(p) in names]
 
 
 @pytest.fixture
@@ -154,9 +154,7 @@ def test_spec_file_and_flags(env: Env) -> None:
     assert page == "<h1>hello</h1>\n"
     ps = json.loads(env.ok("app", "ps", "--json"))
     assert ps[0]["name"] == "tweb" and ps[0]["status"] == "running" and ps[0]["health"] == "healthy"
-    assert "tophand tweb" in Path(f"/proc/{ps[0]['supervisor']}/cmdline").read_text().replace(
-        "\0", " "
-    )
+    assert _supervisor_of(ps[0]["supervisor"]) == "tweb"
     env.ok("app", "stop", "tweb")
     assert env.state("tweb")["status"] == "exited"
 

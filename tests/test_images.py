@@ -282,3 +282,31 @@ def test_a_transaction_holds_the_blobs_and_trees_it_builds_on(tmp_path: Path) ->
         assert maintenance.gc(store).blobs_removed == []  # a gc meanwhile keeps them too
     report = maintenance.gc(store)  # the transaction ended without publishing
     assert blob in report.blobs_removed and tree in report.layers_removed, report
+
+
+@pytest.mark.parametrize(
+    ("config", "count", "message"),
+    [
+        ({"rootfs": {"diff_ids": 5}}, 1, "rootfs.diff_ids is a number, not a list"),
+        ({"rootfs": 5}, 1, "rootfs is a number, not an object"),
+        ({}, 0, "rootfs is null, not an object"),
+        ({"rootfs": {"diff_ids": []}}, 1, "config lists 0 DiffIDs for 1 layers"),
+        ({"rootfs": {"diff_ids": [5]}}, 1, "rootfs.diff_ids is a list of other things"),
+        ({"rootfs": {"diff_ids": ["sha256:" + "a" * 64 + "\n"]}}, 1, "invalid DiffID"),
+        ({"rootfs": {"diff_ids": ["md5:" + "a" * 32]}}, 1, "invalid DiffID"),
+    ],
+)
+def test_config_diff_ids_are_checked_in_one_place(
+    config: dict[str, object], count: int, message: str
+) -> None:
+    from tophan.errors import IntegrityError
+    from tophan.image.spec import config_diff_ids
+
+    with pytest.raises(IntegrityError) as e:
+        config_diff_ids(config, count, "image x")
+    assert str(e.value).startswith(
+        "image x: " if "DiffIDs" in message or "rootfs" in message else ""
+    )
+    assert message in str(e.value) and "\n" not in str(e.value)
+    good = "sha256:" + "b" * 64
+    assert config_diff_ids({"rootfs": {"diff_ids": [good]}}, 1, "x") == [good]

@@ -7,8 +7,10 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -472,3 +474,64 @@ def test_gzip_reader_members_padding_truncation_garbage() -> None:
     for bad, what in ((whole[:-9], "truncated"), (whole + b"junk", "garbage")):
         with pytest.raises(IntegrityError, match=what):
             _decompressor("gzip", io.BytesIO(bad)).read()
+
+
+def _cli_with_known_pid(
+    root: Path, args: list[str], plant: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI in a process whose pid is known before it writes anything: ``plant(pid)``
+    runs first, as a local attacker who guesses the pid would."""
+    code = (
+        "import sys; sys.stdin.readline(); from tophan.cli.main import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", code, "--root", str(root), *args]
+    p = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    plant(p.pid)
+    out, err = p.communicate(b"\n", timeout=300)
+    return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+
+@pytest.mark.parametrize("what", ["layer", "oci-archive", "docker-archive", "oci"])
+def test_export_never_writes_through_a_planted_symlink(tmp_path: Path, what: str) -> None:
+    """Issue 8 #16: symlinks planted at every temporary name the old writers used
+    (``.NAME.tmp-PID``, ``NAME.tmp-PID``, a layout's ``blobs/…/HEX.tmp-PID``) point at a file
+    outside; the export succeeds and the file stays as it was."""
+    store = store_at(tmp_path / "s")
+    _two_images(store, tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dest = shared / ("layout" if what == "oci" else "out.tar")
+    planted: list[Path] = []
+    if what == "oci":  # an existing layout, so that blobs are copied into it
+        oci.export_images(store, ["localhost/two:v2"], f"oci:{dest}")
+
+    def plant(pid: int) -> None:
+        names = [dest.parent / f".{dest.name}.tmp-{pid}", dest.parent / f"{dest.name}.tmp-{pid}"]
+        if what == "oci":
+            image = store.images.get("one")
+            for digest in [image.config_descriptor.digest, *(li.blob for li in image.layer_infos)]:
+                hexd = digest.split(":", 1)[1]
+                names.append(dest / "blobs" / "sha256" / f"{hexd}.tmp-{pid}")
+        for link in names:
+            link.symlink_to(victim)
+            planted.append(link)
+
+    if what == "layer":
+        args = ["layer", "export", "app1", str(dest)]
+    else:
+        args = ["image", "export", "one", f"{what}:{dest}"]
+    r = _cli_with_known_pid(tmp_path / "s", args, plant)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_bytes() == b"precious\n"
+    assert all(p.is_symlink() for p in planted)
+    dst = store_at(tmp_path / "d")
+    if what == "layer":
+        with dest.open("rb") as f:
+            assert dst.layers.import_tar(f, "again").digest == store.layers.get("app1").digest
+    else:
+        oci.import_images(dst, f"{what}:{dest}" + (":one" if what == "oci" else ""))

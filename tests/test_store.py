@@ -50,27 +50,41 @@ def test_open_missing_store(tmp_path: Path) -> None:
 
 
 def test_killed_import_leaves_only_gc_able_staging(tmp_path: Path) -> None:
-    """SIGKILL in the middle of an import: nothing visible, and gc clears the leftovers."""
+    """SIGKILL in the middle of an extraction: nothing visible, and gc clears the leftovers.
+
+    The tar goes through a pipe we hold: the first files (several of the reader's 1 MiB
+    chunks) are written, the rest is held back, so once files show up in the staging tree the
+    import is blocked reading the middle of the archive, where it is killed."""
     root = tmp_path / "s"
     Store.init(str(root))
-    data = small_tar({f"f{i}": os.urandom(4096) for i in range(64)})
+    files = {f"f{i:04d}": os.urandom(4096) for i in range(2048)}  # ~10 MiB
+    data = small_tar(files)
     code = (
         "import sys; from tophan import Store; "
         f"Store({str(root)!r}).layers.import_tar(sys.stdin.buffer, 'half')"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
     assert p.stdin is not None
-    p.stdin.write(data[: len(data) // 2])
-    p.stdin.flush()
-    deadline = time.monotonic() + 30
-    while not any(root.glob("tmp/layer-*/tree/f*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    p.stdin.close()
+    try:
+        p.stdin.write(data[: len(data) // 2])
+        p.stdin.flush()
+        tree = root / "tmp"
+        # Wait (no deadline: pytest's timeout is the bound) until extraction has begun.
+        while not any(tree.glob("layer-*/tree/f*")):
+            assert p.poll() is None, "the import ended before it was killed"
+            time.sleep(0.02)
+        assert p.poll() is None  # still mid-archive: the second half was never sent
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdin.close()
+    assert p.returncode == -signal.SIGKILL
+    extracted = {f.name for f in tree.glob("layer-*/tree/f*")}
+    assert extracted and len(extracted) < len(files)  # killed mid-extraction indeed
     store = Store(str(root))
     assert store.layers.all() == []
     assert os.listdir(root / "layers") == []
+    assert os.listdir(root / "refs" / "layers") == []
     assert len(os.listdir(root / "tmp")) == 1
     from tophan import maintenance
 

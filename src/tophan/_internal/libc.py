@@ -60,14 +60,12 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_FDCWD = -100
-AT_RECURSIVE = 0x8000
 
 MS_RDONLY = 0x1
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 
-MNT_FORCE = 0x1
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
 
@@ -199,12 +197,12 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
-MS_SLAVE = 0x80000
 MS_STRICTATIME = 0x1000000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 
 def setns(fd: int, nstype: int = 0) -> None:
@@ -221,6 +219,16 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(libc().sethostname(ctypes.c_char_p(raw), ctypes.c_size_t(len(raw))))
+
+
+def child_subreaper() -> bool:
+    """Whether this process is a child subreaper (PR_GET_CHILD_SUBREAPER)."""
+    value = ctypes.c_int(0)
+    fn = libc().prctl
+    fn.restype = ctypes.c_int
+    zero = ctypes.c_ulong(0)
+    _check(fn(ctypes.c_int(PR_GET_CHILD_SUBREAPER), ctypes.byref(value), zero, zero, zero))
+    return bool(value.value)
 
 
 def prctl(option: int, arg2: int = 0) -> int:

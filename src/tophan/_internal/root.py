@@ -19,13 +19,12 @@ Readers never lock: every file they read was made visible by one rename.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import time
 
 from tophan._internal import meta
-from tophan._internal.fs import FileLock, Staging, atomic_write, rmtree, write_meta
+from tophan._internal.fs import FileLock, Staging, atomic_write, rmtree, try_flock, write_meta
 from tophan.errors import NotFound, TophanError
 
 # typing is imported for the type checker only: it costs a path command's start-up ~2 ms.
@@ -198,15 +197,12 @@ class StoreRoot:
                 except OSError:
                     continue
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        continue  # an import or commit in progress
-                    raise
+                    if not try_flock(fd):
+                        continue  # an import, commit or run in progress
                 finally:
                     os.close(fd)
             elif time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
-                continue  # a file being written right now (atomic_write temporaries live elsewhere)
+                continue  # a file being written right now (AtomicFile temporaries live elsewhere)
             rmtree(entry.path)
             removed += 1
         return removed

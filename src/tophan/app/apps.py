@@ -18,8 +18,6 @@ as what it is.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import time
@@ -232,19 +230,9 @@ class App:
         return state
 
     def supervisor_alive(self) -> bool:
-        try:
-            fd = os.open(self.path("lock"), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return True
-            raise
-        finally:
-            os.close(fd)
+        from tophan._internal.fs import flock_held
+
+        return flock_held(self.path("lock"))  # tophand holds it exclusively while it lives
 
     def run_spec(self) -> Spec:
         """The runtime's spec for one start: a fresh container name, the app's name as the

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 
-from tophan.errors import UsageError
+# Re-exported: app specs give their durations to it.
+from tophan._internal.units import parse_duration as parse_duration
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,41 +69,6 @@ class Check:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
         return cls(**{k: d[k] for k in cls.FIELDS if k in d})
-
-
-def parse_duration(text: str | float | int, what: str) -> float:
-    """Docker's durations: 30s, 1m30s, 500ms, 1h, 1.5s; a bare number is seconds."""
-    if isinstance(text, int | float):
-        if text < 0:
-            raise UsageError(f"{what}: negative duration {text}")
-        return float(text)
-    s = text.strip()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    total, num, i = 0.0, "", 0
-    while i < len(s):
-        c = s[i]
-        if c.isdigit() or c == ".":
-            num += c
-            i += 1
-            continue
-        unit = next(
-            (u for u in ("ms", "us", "µs", "ns", "h", "m", "s") if s.startswith(u, i)), None
-        )
-        if unit is None or not num:
-            raise UsageError(f"{what}: invalid duration {text!r}", "use e.g. 30s, 1m30s, 500ms")
-        try:
-            total += float(num) * units[unit]
-        except ValueError:
-            raise UsageError(f"{what}: invalid duration {text!r}") from None
-        num = ""
-        i += len(unit)
-    if num or not s:
-        raise UsageError(f"{what}: invalid duration {text!r}", "give a unit: e.g. 30s, 1m, 500ms")
-    return total
 
 
 def from_docker(hc: dict[str, Any]) -> Check | None:

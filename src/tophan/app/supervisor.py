@@ -503,26 +503,18 @@ def _children() -> list[int]:
 
 
 def set_title(title: str) -> None:
-    """Show as ``title`` in ps: our command line rewritten in place, and the comm name.
+    """Name this process ``title`` (its first word, e.g. ``tophand``) for ps, top and pgrep:
+    the kernel's comm name, through PR_SET_NAME (at most 15 bytes). The command line keeps the
+    app's name (``... tophan.app.supervisor --root R NAME``)."""
+    import ctypes
 
-    The kernel reads /proc/PID/cmdline from the argument area of our memory, whose bounds
-    /proc/self/stat gives; a title no longer than the original fits there (NUL-padded). This
-    replaces the setproctitle package, which imports logging: a supervisor's memory counts."""
     from tophan._internal import libc as _libc
 
     PR_SET_NAME = 15
-    try:
-        _libc.libc().prctl(PR_SET_NAME, title.split()[0].encode()[:15], 0, 0, 0)
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        # fields[0] is field 3 (state): arg_start and arg_end are fields 48 and 49
-        start, end = int(fields[45]), int(fields[46])
-        raw = title.encode()[: end - start - 1]
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            mem.write(raw + b"\0" * (end - start - len(raw)))
-    except (OSError, ValueError, IndexError):
-        pass  # cosmetic: keep the original command line
+    name = ctypes.c_char_p(title.split()[0].encode()[:15])
+    zero = ctypes.c_ulong(0)
+    # Cosmetic, so its result is not checked: on failure the name stays the interpreter's.
+    _libc.libc().prctl(ctypes.c_int(PR_SET_NAME), name, zero, zero, zero)
 
 
 def _daemonize() -> None:

@@ -5,40 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 
-from tophan.cli.main import parse
+from tophan.cli.main import APP_HEALTH_FLAGS, Cli, parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
     from tophan.app.apps import App, Apps, AppSpec
     from tophan.cli.main import Args, Cli
-
-APP_USAGE = """\
-usage: tophan app <command> ...
-
-  create NAME [--file SPEC.toml] [run options] [IMAGE | -l TOP -l ...] [-- CMD ARG...]
-         run options as in `tophan run --help`, plus:
-           --restart no|on-failure[:N]|always   --stop-signal SIG   --stop-timeout SECONDS
-           --health-cmd CMD | --health-http URL | --health-tcp HOST:PORT   --no-healthcheck
-           --health-interval D  --health-timeout D  --health-retries N  --health-start-period D
-           --log-opt max-size=SIZE  --log-opt max-file=N
-         flags override the file's keys
-  start NAME...                 start the app's supervisor (tophand NAME) and the app
-  stop [-t SECONDS] NAME...     stop signal, grace period, then kill the app's whole cgroup
-  restart [-t SECONDS] NAME...
-  rm [-f] NAME...               remove (running apps only with -f: stopped first)
-  ps [-a] [--json]              running apps (-a: all) with status, health, restarts
-  logs [-f] [--tail N] NAME     the app's output (-f: follow until it stops)
-  exec [-e K=V] [-u USER] [-w DIR] NAME [--] CMD [ARG...]
-                                run CMD inside the running app
-  inspect NAME...               spec and state as JSON
-
-usage: tophan volume create|ls [--json]|rm|inspect NAME
-"""
 
 APP_FLAGS = {
     "--file": ("file", True, False),
@@ -46,42 +23,10 @@ APP_FLAGS = {
     "--restart": ("restart", True, False),
     "--stop-signal": ("stop_signal", True, False),
     "--stop-timeout": ("stop_timeout", True, False),
-    "--health-cmd": ("health_cmd", True, False),
-    "--health-http": ("health_http", True, False),
-    "--health-tcp": ("health_tcp", True, False),
-    "--health-interval": ("health_interval", True, False),
-    "--health-timeout": ("health_timeout", True, False),
-    "--health-retries": ("health_retries", True, False),
-    "--health-start-period": ("health_start_period", True, False),
-    "--no-healthcheck": ("no_healthcheck", False, False),
+    **APP_HEALTH_FLAGS,
     "--log-opt": ("log_opt", True, True),
 }
 _APP_ONLY = {v[0] for v in APP_FLAGS.values()}
-
-
-def main(cli: Cli, command: str, argv: list[str]) -> int:
-    if command == "volume":
-        return _volume(cli, argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stderr.write(APP_USAGE)
-        return 0
-    table: dict[str, Callable[[Cli, list[str]], int]] = {
-        "create": _create,
-        "start": _start,
-        "stop": _stop,
-        "restart": _restart,
-        "rm": _rm,
-        "ps": _ps,
-        "ls": _ps,
-        "list": _ps,
-        "logs": _logs,
-        "exec": _exec,
-        "inspect": _inspect,
-    }
-    handler = table.get(argv[0])
-    if handler is None:
-        raise UsageError(f"unknown app subcommand: {argv[0]}", "see `tophan app --help`")
-    return handler(cli, argv[1:])
 
 
 def _apps(cli: Cli) -> Apps:
@@ -399,32 +344,58 @@ def _exec(cli: Cli, argv: list[str]) -> int:
 # -- volumes -----------------------------------------------------------------------------------
 
 
-def _volume(cli: Cli, argv: list[str]) -> int:
+def _volume_create(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (1, 1, {}), "volume create")
+    cli.emit(f"{cli.store().volumes.create(args.pos[0]).name}\n")
+    return 0
+
+
+def _volume_ls(cli: Cli, argv: list[str]) -> int:
     from tophan.cli.main import JSON
 
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stderr.write(APP_USAGE)
-        return 0
-    vols = cli.store().volumes
-    sub, rest = argv[0], argv[1:]
-    if sub == "create":
-        args = parse(rest, (1, 1, {}), "volume create")
-        cli.emit(f"{vols.create(args.pos[0]).name}\n")
-    elif sub in ("ls", "list"):
-        args = parse(rest, (0, 0, JSON), "volume ls")
-        items = [v.as_dict() for v in vols.all()]
-        if args.flag("json"):
-            cli.emit_json(items)
-        else:
-            cli.emit("".join(f"{v['name']}\t{v['mountpoint']}\n" for v in items))
-    elif sub == "rm":
-        args = parse(rest, (1, -1, {}), "volume rm")
-        for name in args.pos:
-            vols.remove(name)
-            cli.emit(f"{name}\n")
-    elif sub == "inspect":
-        args = parse(rest, (1, -1, {}), "volume inspect")
-        cli.emit_json([vols.get(n).as_dict() for n in args.pos])
+    args = parse(argv, (0, 0, JSON), "volume ls")
+    items = [v.as_dict() for v in cli.store().volumes.all()]
+    if args.flag("json"):
+        cli.emit_json(items)
     else:
-        raise UsageError(f"unknown volume subcommand: {sub}", "see `tophan volume --help`")
+        cli.emit("".join(f"{v['name']}\t{v['mountpoint']}\n" for v in items))
     return 0
+
+
+def _volume_rm(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (1, -1, {}), "volume rm")
+    vols = cli.store().volumes
+    for name in args.pos:
+        vols.remove(name)
+        cli.emit(f"{name}\n")
+    return 0
+
+
+def _volume_inspect(cli: Cli, argv: list[str]) -> int:
+    args = parse(argv, (1, -1, {}), "volume inspect")
+    vols = cli.store().volumes
+    cli.emit_json([vols.get(n).as_dict() for n in args.pos])
+    return 0
+
+
+# The subcommand tables cli.main.dispatch walks; each command's help is in cli/help.py.
+APP_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "create": _create,
+    "start": _start,
+    "stop": _stop,
+    "restart": _restart,
+    "rm": _rm,
+    "ps": _ps,
+    "ls": _ps,
+    "list": _ps,
+    "logs": _logs,
+    "exec": _exec,
+    "inspect": _inspect,
+}
+VOLUME_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "create": _volume_create,
+    "ls": _volume_ls,
+    "list": _volume_ls,
+    "rm": _volume_rm,
+    "inspect": _volume_inspect,
+}

@@ -1,6 +1,7 @@
 """``tophan image …``, ``tophan push`` and ``tophan pull``: parse, call the library, print.
 
-Dispatched from cli.EXTENSIONS as ``main(cli, command, argv)``.
+Dispatched from cli.main.EXTENSIONS: ``IMAGE_COMMANDS``, ``push`` and ``pull``; each command's
+help is in cli/help.py.
 """
 
 from __future__ import annotations
@@ -11,45 +12,17 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable
 
-from tophan.cli.main import JSON, Args, Cli, parse
+from tophan.cli.main import HEALTH_FLAGS, JSON, Args, Cli, parse
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
     from tophan.image.images import Image, ImageConfig
     from tophan.image.registry import Options
-
-HELP = """\
-usage: tophan image <command> [args]            (plus tophan push / tophan pull)
-
-  image create NAME -l LAYER [-l LAYER ...] [--from IMAGE] [config flags]
-                        [--compress gzip|zstd|none]
-                        a new image: --from's layers, then the -l layers (first -l is the TOP)
-        config flags: --cmd CMD  --entrypoint CMD  --env K=V  --workdir DIR  --user U
-                      --port 80/tcp  --volume /data  --label K=V  --annotation K=V
-                      --stop-signal SIG  --health-cmd CMD  --health-interval 30s
-                      --health-timeout 5s  --health-retries N  --health-start-period 10s
-                      --no-healthcheck  --platform os/arch  --replace
-                      (CMD is a JSON array '["sh","-c","x"]' or a shell-quoted string)
-  image list [--json]                     name, digest, created, size
-  image inspect NAME [--json]             manifest, config and layers as JSON
-  image rm NAME [NAME ...]                remove names; unreferenced blobs/layers go too
-  image tag NAME NEW                      another name for the same image
-  image import SRC [NAME] [--format oci|oci-archive|docker-archive] [--ref REF]
-                        [--platform os/arch] [--compress gzip|zstd|none] [--json]
-                        SRC: DIR, FILE, '-', or oci:DIR[:REF], oci-archive:FILE[:REF], ...
-  image export NAME [NAME ...] DEST [--format oci|oci-archive|docker-archive]
-  image tags REF [registry flags] [--json]              tags of a remote repository
-  image referrers REF [--artifact-type T] [registry flags] [--json]
-  push NAME [REF] [registry flags] [--jobs N] [--chunk-size SIZE] [--no-mount] [--quiet] [--json]
-  pull REF [NAME] [registry flags] [--platform os/arch] [--jobs N] [--quiet] [--json]
-        registry flags: --tls-verify=false  --creds USER:PASS  --authfile FILE  --retries N
-                        --cert-dir DIR (CA certificates, *.crt, trusted for every host)
-"""
 
 REGISTRY_FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--tls-verify": ("tls_verify", True, False),
@@ -65,34 +38,9 @@ REGISTRY_FLAGS: dict[str, tuple[str, bool, bool]] = {
 }
 
 
-def main(cli: Cli, command: str, argv: list[str]) -> int:
-    argv = ["--tls-verify=true" if a == "--tls-verify" else a for a in argv]
-    if command == "push":
-        return _push(cli, argv)
-    if command == "pull":
-        return _pull(cli, argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stderr.write(HELP)
-        return 0 if argv else 2
-    table: dict[str, Callable[[Cli, list[str]], int]] = {
-        "create": _create,
-        "list": _list,
-        "ls": _list,
-        "inspect": _inspect,
-        "rm": _rm,
-        "tag": _tag,
-        "import": _import,
-        "export": _export,
-        "tags": _tags,
-        "referrers": _referrers,
-    }
-    handler = table.get(argv[0])
-    if handler is None:
-        raise UsageError(f"unknown image subcommand: {argv[0]}", "see `image help`")
-    if any(a in ("-h", "--help") for a in argv[1:]):
-        sys.stderr.write(HELP)
-        return 0
-    return handler(cli, argv[1:])
+def _registry_argv(argv: list[str]) -> list[str]:
+    # A bare --tls-verify (podman's spelling of "true") takes no value.
+    return ["--tls-verify=true" if a == "--tls-verify" else a for a in argv]
 
 
 # -- local images -----------------------------------------------------------------------------
@@ -113,12 +61,7 @@ CREATE_FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--label": ("label", True, True),
     "--annotation": ("annotation", True, True),
     "--stop-signal": ("stop_signal", True, False),
-    "--health-cmd": ("health_cmd", True, False),
-    "--health-interval": ("health_interval", True, False),
-    "--health-timeout": ("health_timeout", True, False),
-    "--health-retries": ("health_retries", True, False),
-    "--health-start-period": ("health_start_period", True, False),
-    "--no-healthcheck": ("no_healthcheck", False, False),
+    **HEALTH_FLAGS,
     "--compress": ("compress", True, False),
     "--platform": ("platform", True, False),
     "--replace": ("replace", False, False),
@@ -197,9 +140,9 @@ def _config_from_flags(config: ImageConfig, o: dict[str, Any]) -> ImageConfig:
             raise UsageError("--health-* needs --health-cmd (or a base image with a health check)")
         changes["healthcheck"] = Healthcheck(
             test,
-            _duration(args_health.get("health_interval"), hc.interval if hc else 0),
-            _duration(args_health.get("health_timeout"), hc.timeout if hc else 0),
-            _duration(args_health.get("health_start_period"), hc.start_period if hc else 0),
+            _duration(args_health, "health_interval", hc.interval if hc else 0),
+            _duration(args_health, "health_timeout", hc.timeout if hc else 0),
+            _duration(args_health, "health_start_period", hc.start_period if hc else 0),
             hc.start_interval if hc else 0,
             _int(args_health.get("health_retries"), hc.retries if hc else 0, "--health-retries"),
         )
@@ -239,21 +182,12 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+def _duration(o: dict[str, Any], key: str, default: int) -> int:
+    """Nanoseconds of ``--KEY`` (``o[key]``), else ``default``."""
+    from tophan._internal.units import parse_duration_ns
 
-
-def _duration(text: str | None, default: int) -> int:
-    """``30s``, ``1m30s``, ``500ms`` (Go's syntax) or plain seconds -> nanoseconds."""
-    if text is None:
-        return default
-    import re
-
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(float(text) * 10**9)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise UsageError(f"invalid duration {text!r}", "use e.g. 30s, 1m30s, 500ms")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+    text = o.get(key)
+    return default if text is None else parse_duration_ns(text, "--" + key.replace("_", "-"))
 
 
 def _int(text: str | None, default: int, flag: str) -> int:
@@ -401,21 +335,16 @@ def _options(o: dict[str, Any]) -> Options:
     opts.retries = _int(o.get("retries"), opts.retries, "--retries")
     opts.jobs = max(1, _int(o.get("jobs"), opts.jobs, "--jobs"))
     if "chunk_size" in o:
-        opts.chunk_size = _size(o["chunk_size"])
+        from tophan._internal.units import parse_size
+
+        opts.chunk_size = parse_size(o["chunk_size"], "--chunk-size")
+        if opts.chunk_size <= 0:
+            raise UsageError(f"invalid --chunk-size {o['chunk_size']!r}", "e.g. 8M, 65536")
     if o.get("no_mount"):
         opts.mount = False
     if "platform" in o:
         opts.platform = Platform.parse(o["platform"])
     return opts
-
-
-def _size(text: str) -> int:
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.lower().removesuffix("b").removesuffix("i")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in "kmg" else (t, "")
-    if not num.isdigit() or int(num) <= 0:
-        raise UsageError(f"invalid size {text!r}", "e.g. 8M, 65536")
-    return int(num) * units[unit]
 
 
 def _progress(args: Args, verb: str) -> Any:
@@ -426,9 +355,10 @@ def _progress(args: Args, verb: str) -> Any:
     return Bars(verb)
 
 
-def _push(cli: Cli, argv: list[str]) -> int:
+def push(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
 
+    argv = _registry_argv(argv)
     flags = {
         **REGISTRY_FLAGS,
         "--chunk-size": ("chunk_size", True, False),
@@ -447,9 +377,10 @@ def _push(cli: Cli, argv: list[str]) -> int:
     )
 
 
-def _pull(cli: Cli, argv: list[str]) -> int:
+def pull(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
 
+    argv = _registry_argv(argv)
     flags = {**REGISTRY_FLAGS, "--platform": ("platform", True, False)}
     args = parse(argv, (1, 2, flags), "pull")
     store = cli.store()
@@ -510,6 +441,7 @@ def _report(report: Any) -> dict[str, Any]:
 def _tags(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
 
+    argv = _registry_argv(argv)
     args = parse(argv, (1, 1, REGISTRY_FLAGS), "image tags")
     tags = registry.list_tags(args.pos[0], _options(args.opts))
     if args.flag("json"):
@@ -523,6 +455,7 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
     from tophan.image import registry
     from tophan.image.blobs import is_digest
 
+    argv = _registry_argv(argv)
     flags = {**REGISTRY_FLAGS, "--artifact-type": ("artifact_type", True, False)}
     args = parse(argv, (1, 1, flags), "image referrers")
     repo, ref = registry.repository_for(args.pos[0], _options(args.opts))
@@ -543,6 +476,20 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
             )
         )
     return 0
+
+
+IMAGE_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "create": _create,
+    "list": _list,
+    "ls": _list,
+    "inspect": _inspect,
+    "rm": _rm,
+    "tag": _tag,
+    "import": _import,
+    "export": _export,
+    "tags": _tags,
+    "referrers": _referrers,
+}
 
 
 # -- progress bars ----------------------------------------------------------------------------

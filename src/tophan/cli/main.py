@@ -30,7 +30,10 @@ USAGE = """\
 
 usage: {prog} [--root PATH] [-v] <command> [args]
 
-commands:
+commands (each answers --help):
+  layer create|list|rm|path|info|commit|import|export|verify
+  ws create|list|info|path|upper|mount|unmount|rm
+
   init [path]                         initialize a store (safe to re-run)
   layer create <name> [--from DIR]    create an empty, open layer: fill it through `layer path`;
                                       its first use (ws, image, run, export) or `layer seal`
@@ -57,7 +60,7 @@ commands:
   gc [--json]                         remove staging leftovers and unreferenced layers
   fsck [--json]                       check every layer's digest and every reference
   version                             print the version
-  help                                print this help
+  help [command [subcommand]]         print this help, or a command's (also: CMD --help)
 
 global flags:
   --root PATH     store root (default: {root_rule})
@@ -78,14 +81,41 @@ images, containers and apps (each has --help):
   volume create|ls|rm|inspect         named volumes in the store
 """
 
-# Command -> module with ``main(cli, command, argv) -> int``; not for the overlayd entry point.
+# Command -> (module, attribute): a handler ``(cli, argv) -> int`` or a table of subcommands.
+# Imported only when used, so that path commands keep their start-up time; tophan only.
 EXTENSIONS = {
-    "run": "tophan.cli.run",
-    "app": "tophan.cli.app",
-    "image": "tophan.cli.image",
-    "push": "tophan.cli.image",
-    "pull": "tophan.cli.image",
-    "volume": "tophan.cli.app",
+    "run": ("tophan.cli.main", "run_command"),
+    "app": ("tophan.cli.app", "APP_COMMANDS"),
+    "volume": ("tophan.cli.app", "VOLUME_COMMANDS"),
+    "image": ("tophan.cli.image", "IMAGE_COMMANDS"),
+    "push": ("tophan.cli.image", "push"),
+    "pull": ("tophan.cli.image", "pull"),
+}
+HELP_FLAGS = ("-h", "--help")
+
+
+class HelpRequested(Exception):
+    """``-h``/``--help`` among a command's options: print that command's help instead."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(command)
+        self.command = command
+
+
+# The health-check flags: `image create` takes docker's; apps also check over HTTP or TCP, and
+# `run` refuses all of them (they belong to something that outlives its command).
+HEALTH_FLAGS: dict[str, tuple[str, bool, bool]] = {
+    "--health-cmd": ("health_cmd", True, False),
+    "--health-interval": ("health_interval", True, False),
+    "--health-timeout": ("health_timeout", True, False),
+    "--health-retries": ("health_retries", True, False),
+    "--health-start-period": ("health_start_period", True, False),
+    "--no-healthcheck": ("no_healthcheck", False, False),
+}
+APP_HEALTH_FLAGS: dict[str, tuple[str, bool, bool]] = {
+    **HEALTH_FLAGS,
+    "--health-http": ("health_http", True, False),
+    "--health-tcp": ("health_tcp", True, False),
 }
 
 
@@ -116,11 +146,11 @@ def parse(argv: list[str], spec: Spec, what: str) -> Args:
             if a == "--":
                 out.opts["--"] = True
                 continue
-            i = take_option(out.opts, flags, a, argv, i, what, "see `help`")
+            i = take_option(out.opts, flags, a, argv, i, what, f"see `{what} --help`")
         else:
             out.pos.append(a)
     if len(out.pos) < lo or (hi >= 0 and len(out.pos) > hi):
-        raise UsageError(f"{what}: wrong number of arguments", "see `help`")
+        raise UsageError(f"{what}: wrong number of arguments", f"see `{what} --help`")
     return out
 
 
@@ -137,6 +167,8 @@ def take_option(
     ``opts``; returns the index after what it used."""
     key, eq, inline = a.partition("=")
     spec = flags.get(key)
+    if spec is None and key in HELP_FLAGS:
+        raise HelpRequested(what)
     if spec is None:
         raise UsageError(f"{what}: unknown option {key}", hint)
     dest, takes_value, repeatable = spec
@@ -220,6 +252,23 @@ class Cli:
         if self.verbose:
             sys.stderr.write(f"{self.prog}: {text}\n")
 
+    def help(self, command: str | None = None) -> int:
+        """Print the overview, or ``command``'s help ("layer create"), to stderr."""
+        if command is None:
+            sys.stderr.write(self.usage())
+            return 0
+        from tophan.cli import help as helptext
+
+        text = helptext.text(self.prog, command)
+        if text is None:
+            # A command without its own entry yet still answers, with a pointer to the overview.
+            text = f"usage: {self.prog} {command} [args]\n(see `{self.prog} help`)\n"
+        sys.stderr.write(text)
+        return 0
+
+    def hint(self, command: str) -> str:
+        return f"see `{self.prog} {command} --help`"
+
     # -- dispatch ------------------------------------------------------------------------------
 
     def run(self, argv: list[str]) -> int:
@@ -238,57 +287,25 @@ class Cli:
                 self.verbose = True
             elif a == "--version":
                 return self.cmd_version([])
-            elif a in ("-h", "--help"):
-                sys.stderr.write(self.usage())
-                return 0
+            elif a in HELP_FLAGS:
+                return self.help()
             elif a.startswith("-"):
-                raise UsageError(f"unknown option {a}", "see `help`")
+                raise UsageError(f"unknown option {a}", f"see `{self.prog} --help`")
             else:
                 break
             i += 1
         if i >= len(argv):
-            raise UsageError("no command given", "see `help`")
+            raise UsageError("no command given", f"see `{self.prog} --help`")
         cmd, rest = argv[i], argv[i + 1 :]
         if cmd == "workspace":
             cmd = "ws"
-        handler = self.commands().get(cmd)
-        if handler is None:
-            module = None if self.overlayd else EXTENSIONS.get(cmd)
-            if module is None:
-                raise UsageError(f"unknown command: {cmd}", "see `help`")
-            import importlib
-
-            # Commands beyond the layer core live in their own modules, imported only when used
-            # so that path commands keep their start-up time.
-            run_ext: Callable[[Cli, str, list[str]], int] = importlib.import_module(module).main
-            return run_ext(self, cmd, rest)
-        return handler(rest)
-
-    def commands(self) -> dict[str, Callable[[list[str]], int]]:
-        return {
-            "init": self.cmd_init,
-            "layer": self.cmd_layer,
-            "ws": self.cmd_ws,
-            "materialize": self.cmd_materialize,
-            "gc": self.cmd_gc,
-            "fsck": self.cmd_fsck,
-            "version": self.cmd_version,
-            "help": self.cmd_help,
-        }
-
-    def sub(self, group: str, argv: list[str], table: dict[str, Callable[[list[str]], int]]) -> int:
-        if not argv:
-            raise UsageError(f"{group}: missing subcommand", "see `help`")
-        if argv[0] in ("-h", "--help", "help"):
-            sys.stderr.write(self.usage())
-            return 0
-        handler = table.get(argv[0])
-        if handler is None:
-            raise UsageError(f"unknown {group} subcommand: {argv[0]}", "see `help`")
-        if any(a in ("-h", "--help") for a in argv[1:]):
-            sys.stderr.write(self.usage())
-            return 0
-        return handler(argv[1:])
+        entry = command_table(self.overlayd).get(cmd)
+        if entry is None:
+            raise UsageError(f"unknown command: {cmd}", f"see `{self.prog} --help`")
+        try:
+            return dispatch(self, cmd, rest, resolve(entry))
+        except HelpRequested as h:
+            return self.help(h.command)
 
     # -- top-level commands --------------------------------------------------------------------
 
@@ -301,15 +318,23 @@ class Cli:
         return 0
 
     def cmd_help(self, argv: list[str]) -> int:
-        sys.stderr.write(self.usage())
-        return 0
+        if not argv:
+            return self.help()
+        command = " ".join(argv)
+        group = "ws" if argv[0] == "workspace" else argv[0]
+        table = command_table(self.overlayd)
+        entry = table.get(group)
+        subs = resolve(entry) if entry is not None else None
+        known = entry is not None and (
+            len(argv) == 1 or (len(argv) == 2 and isinstance(subs, dict) and argv[1] in subs)
+        )
+        if not known:
+            raise UsageError(f"help: no such command: {command}", f"see `{self.prog} help`")
+        return self.help(command)
 
     def cmd_init(self, argv: list[str]) -> int:
         from tophan.store import Store
 
-        if any(a in ("-h", "--help") for a in argv):
-            sys.stderr.write(self.usage())
-            return 0
         args = parse(argv, (0, 1, {}), "init")
         path = args.pos[0] if args.pos else self.root_path()
         Store.init(path, overlayd=self.overlayd)
@@ -359,25 +384,6 @@ class Cli:
         return 0 if report.ok else 1
 
     # -- layer ---------------------------------------------------------------------------------
-
-    def cmd_layer(self, argv: list[str]) -> int:
-        return self.sub(
-            "layer",
-            argv,
-            {
-                "create": self.layer_create,
-                "list": self.layer_list,
-                "ls": self.layer_list,
-                "rm": self.layer_rm,
-                "path": self.layer_path,
-                "info": self.layer_info,
-                "commit": self.layer_commit,
-                "import": self.layer_import,
-                "export": self.layer_export,
-                "verify": self.layer_verify,
-                "seal": self.layer_seal,
-            },
-        )
 
     def layer_create(self, argv: list[str]) -> int:
         args = parse(argv, (1, 1, {"--from": ("from", True, False)}), "layer create")
@@ -529,24 +535,6 @@ class Cli:
 
     # -- ws ------------------------------------------------------------------------------------
 
-    def cmd_ws(self, argv: list[str]) -> int:
-        return self.sub(
-            "ws",
-            argv,
-            {
-                "create": self.ws_create,
-                "list": self.ws_list,
-                "ls": self.ws_list,
-                "info": self.ws_info,
-                "path": self.ws_path,
-                "upper": self.ws_upper,
-                "mount": self.ws_mount,
-                "unmount": self.ws_unmount,
-                "umount": self.ws_unmount,
-                "rm": self.ws_rm,
-            },
-        )
-
     CREATE_FLAGS = {  # noqa: RUF012 - a constant table
         "-l": ("layers", True, True),
         "--layer": ("layers", True, True),
@@ -560,9 +548,6 @@ class Cli:
         return self._create(args, mount=not args.flag("no_mount"))
 
     def cmd_materialize(self, argv: list[str]) -> int:
-        if any(a in ("-h", "--help") for a in argv):
-            sys.stderr.write(self.usage())
-            return 0
         args = parse(argv, (1, 1, self.CREATE_FLAGS), "materialize")
         if args.flag("no_mount"):
             raise UsageError("materialize always mounts the workspace")
@@ -645,6 +630,84 @@ class Cli:
         return 0
 
 
+# A command's entry: its handler, a table of its subcommands, or (module, attribute) of either.
+LAYER_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "create": Cli.layer_create,
+    "list": Cli.layer_list,
+    "ls": Cli.layer_list,
+    "rm": Cli.layer_rm,
+    "path": Cli.layer_path,
+    "info": Cli.layer_info,
+    "commit": Cli.layer_commit,
+    "import": Cli.layer_import,
+    "export": Cli.layer_export,
+    "verify": Cli.layer_verify,
+    "seal": Cli.layer_seal,
+}
+WS_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "create": Cli.ws_create,
+    "list": Cli.ws_list,
+    "ls": Cli.ws_list,
+    "info": Cli.ws_info,
+    "path": Cli.ws_path,
+    "upper": Cli.ws_upper,
+    "mount": Cli.ws_mount,
+    "unmount": Cli.ws_unmount,
+    "umount": Cli.ws_unmount,
+    "rm": Cli.ws_rm,
+}
+COMMANDS: dict[str, Any] = {
+    "init": Cli.cmd_init,
+    "layer": LAYER_COMMANDS,
+    "ws": WS_COMMANDS,
+    "materialize": Cli.cmd_materialize,
+    "gc": Cli.cmd_gc,
+    "fsck": Cli.cmd_fsck,
+    "version": Cli.cmd_version,
+    "help": Cli.cmd_help,
+}
+
+
+def command_table(overlayd: bool) -> dict[str, Any]:
+    """Every top-level command of an entry point -> its entry (see ``resolve``)."""
+    return COMMANDS if overlayd else {**COMMANDS, **EXTENSIONS}
+
+
+def resolve(entry: Any) -> Any:
+    """A handler or a subcommand table; a ``(module, attribute)`` entry is imported now."""
+    if isinstance(entry, tuple):
+        import importlib
+
+        module, attr = entry
+        return getattr(importlib.import_module(module), attr)
+    return entry
+
+
+def dispatch(cli: Cli, command: str, argv: list[str], entry: Any) -> int:
+    """The one dispatcher: ``command [SUB] args``, where ``entry`` is the command's handler or
+    its table of subcommands. ``-h``/``--help`` (first, or among the options, which ``parse``
+    reports) print the command's own help; ``help`` as a subcommand prints the group's."""
+    if isinstance(entry, dict):
+        if not argv:
+            raise UsageError(f"{command}: missing subcommand", cli.hint(command))
+        if argv[0] in (*HELP_FLAGS, "help"):
+            return cli.help(command)
+        handler = entry.get(argv[0])
+        if handler is None:
+            raise UsageError(f"unknown {command} subcommand: {argv[0]}", cli.hint(command))
+        command, argv, entry = f"{command} {argv[0]}", argv[1:], handler
+    if argv[:1] and argv[0] in HELP_FLAGS:
+        return cli.help(command)
+    rc: int = entry(cli, argv)
+    return rc
+
+
+def run_command(cli: Cli, argv: list[str]) -> int:
+    from tophan.cli import run
+
+    return run.main(cli, "run", argv)
+
+
 def _check(name: str, kind: str) -> str:
     from tophan._internal import names
 
@@ -665,27 +728,15 @@ def _check_layer(ref: str) -> str:
 
 
 def _write_atomically(dest: str, write: Callable[[IO[bytes]], str]) -> str:
-    """Write a file by temp-file-and-rename, so a failed export leaves no partial file."""
-    d = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(d, f".{os.path.basename(dest)}.tmp-{os.getpid()}")
+    """Write an export to ``dest`` through a private temporary: a failed export leaves nothing,
+    and nothing planted at a temporary name in a shared directory is ever opened."""
+    from tophan._internal.fs import AtomicFile
+
     try:
-        with open(tmp, "wb", buffering=1 << 20) as out:
-            digest = write(out)
-        os.replace(tmp, dest)
+        with AtomicFile(dest, None, durable=True) as out:
+            return write(out)
     except OSError as e:
-        _unlink(tmp)
         raise TophanError(f"cannot write {dest}: {e.strerror}") from e
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return digest
-
-
-def _unlink(path: str) -> None:
-    import contextlib
-
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _main(prog: str, argv: list[str] | None) -> int:

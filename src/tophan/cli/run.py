@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from tophan.cli.main import APP_HEALTH_FLAGS
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
@@ -190,10 +191,8 @@ APP_HINT = "a supervised, detached container is an app: `tophan app create NAME 
 # docker run flags that only make sense for something that outlives the command: apps take them
 # (app create's own table replaces these entries), `run` refuses them with a hint.
 APP_ONLY_FLAGS = {
-    "--restart": True, "--health-cmd": True, "--health-interval": True,
-    "--health-timeout": True, "--health-retries": True, "--health-start-period": True,
-    "--health-http": True, "--health-tcp": True, "--no-healthcheck": False,
-    "--stop-signal": True, "--stop-timeout": True, "--log-opt": True,
+    "--restart": True, "--stop-signal": True, "--stop-timeout": True, "--log-opt": True,
+    **{flag: spec[1] for flag, spec in APP_HEALTH_FLAGS.items()},
 }  # fmt: skip
 FLAGS.update({k: (f"app_only{k}", v, False) for k, v in APP_ONLY_FLAGS.items()})
 

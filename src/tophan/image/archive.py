@@ -42,7 +42,7 @@ from tophan.image.spec import (
     REF_NAME,
     Descriptor,
     Platform,
-    check_config,
+    config_diff_ids,
     is_index,
     json_list,
     normalize_name,
@@ -280,12 +280,6 @@ def _detect(src: _Source) -> str:
 # -- import -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Selected:
-    names: list[str]  # names the archive gives it (already normalized), maybe empty
-    label: str
-
-
 def import_images(
     store: StoreRoot,
     source: str,
@@ -449,8 +443,7 @@ def _import_oci_image(
     config_bytes = _read_blob(src, config, "config")
     raw_config = loads(config_bytes, f"{what}: config")
     layers = [Descriptor.parse(d, f"{what}: layer {i}") for i, d in enumerate(manifest["layers"])]
-    check_config(raw_config, f"{what}: config")
-    diff_ids = _diff_ids(raw_config, len(layers), what)
+    diff_ids = config_diff_ids(raw_config, len(layers), what)
     tx.add_bytes(config_bytes, config.digest)
     tx.add_bytes(data, desc.digest)
 
@@ -476,16 +469,6 @@ def _import_oci_image(
     else:
         for d, i in pairs:
             one(d, i)
-
-
-def _diff_ids(raw_config: dict[str, Any], count: int, what: str) -> list[str]:
-    rootfs = raw_config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or len(diff_ids) != count:
-        raise IntegrityError(
-            f"{what}: config lists {len(diff_ids or [])} DiffIDs for {count} layers"
-        )
-    return [check_digest(d, "DiffID") for d in diff_ids]
 
 
 @dataclass
@@ -545,8 +528,7 @@ def _import_docker(
         if hexname and config_digest != f"sha256:{base}":
             raise IntegrityError(f"{what} does not match its name ({config_digest})")
         raw_config = loads(config_bytes, f"{what}: config")
-        check_config(raw_config, f"{what}: config")
-        diff_ids = _diff_ids(raw_config, len(entry.layers), what)
+        diff_ids = config_diff_ids(raw_config, len(entry.layers), what)
         layer_descs = []
         for rel, diff_id in zip(entry.layers, diff_ids, strict=True):
             layer_descs.append(
@@ -756,13 +738,14 @@ def _export_layout_dir(images: list[Image], ref_names: list[str], path: str) -> 
     existing = os.path.isdir(path) and os.listdir(path)
     if existing and not os.path.isfile(os.path.join(path, "oci-layout")):
         raise UsageError(f"{path} exists and is not an OCI layout", "pick a new or empty directory")
-    from tophan._internal.fs import atomic_write
+    from tophan._internal.fs import atomic_write, temp_path
 
     if existing:
         target = path
     else:
-        target = f"{path.rstrip('/')}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
-        os.makedirs(target)
+        target = temp_path(os.path.abspath(path))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.mkdir(target)  # fails on anything planted there
     try:
         store_blobs = Images(images[0].store).blobs
         for image in images:
@@ -801,14 +784,16 @@ def _copy_blob(src: str, dest: str) -> None:
     if os.path.exists(dest):
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.tmp-{os.getpid()}"
+    from tophan._internal.fs import AtomicFile, temp_path
+
+    tmp = temp_path(dest)
     try:
-        try:
-            os.link(src, tmp)  # same filesystem: share the bytes
-            with open(tmp, "rb"):
-                pass
-        except OSError:
-            shutil.copyfile(src, tmp)
+        os.link(src, tmp)  # same filesystem: share the bytes (link never follows a planted name)
+    except OSError:
+        with open(src, "rb") as f, AtomicFile(dest, 0o644) as out:
+            shutil.copyfileobj(f, out, CHUNK)
+        return
+    try:
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -888,22 +873,15 @@ def _write_plain_layer(store: StoreRoot, tar: _TarWriter, name: str, li: Any) ->
 def _write_file(dest: str, write: Callable[[IO[bytes]], None]) -> None:
     import sys
 
+    from tophan._internal.fs import AtomicFile
+
     if dest == "-":
         sys.stdout.flush()
         with os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=CHUNK) as out:
             write(out)
         return
-    d = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(d, f".{os.path.basename(dest)}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb", buffering=CHUNK) as out:
+        with AtomicFile(dest, None, durable=True) as out:
             write(out)
-        os.replace(tmp, dest)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise TophanError(f"cannot write {dest}: {e.strerror}") from e
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -29,9 +29,7 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 # Manifests, configs and indexes are read into memory; registries cap them at 4 MiB.
 MAX_DOCUMENT = 4 << 20
-_DIGEST = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-# The OCI empty descriptor's content ("{}"), used as config of artifacts without one.
-EMPTY_JSON = b"{}"
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
 class Aborted(Exception):
@@ -39,7 +37,7 @@ class Aborted(Exception):
 
 
 def is_digest(value: object) -> bool:
-    return isinstance(value, str) and _DIGEST.match(value) is not None
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def check_digest(value: object, what: str = "digest") -> str:

@@ -32,14 +32,13 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from tophan._internal import meta
-from tophan._internal.fs import rmtree, write_meta
+from tophan._internal.fs import is_temporary, rmtree, write_meta
 from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
 from tophan.image.blobs import (
     CHUNK,
     Aborted,
     Blobs,
     VerifyingReader,
-    check_digest,
     digest_of,
     dumps,
     is_digest,
@@ -51,6 +50,7 @@ from tophan.image.spec import (
     OCI_MANIFEST,
     Descriptor,
     Platform,
+    config_diff_ids,
     layer_compression,
     normalize_name,
     oci_layer_type,
@@ -760,7 +760,6 @@ class Transaction:
         self.diffids: dict[str, str] = {}  # DiffID -> layer digest
         self.refs: dict[str, dict[str, str]] = {}  # image name -> ref fields
         self.replace: set[str] = set()
-        self.committed = False
 
     def __enter__(self) -> Transaction:
         return self
@@ -1034,7 +1033,6 @@ class Transaction:
                     images.ref_path(name),
                     {**fields, "created_at": now},
                 )
-        self.committed = True
 
 
 # -- the image store --------------------------------------------------------------------------
@@ -1076,8 +1074,8 @@ class Images:
             return []
         out = []
         for entry in entries:
-            if ".tmp-" in entry:
-                continue  # atomic_write temporaries
+            if is_temporary(entry):
+                continue
             out.append(urllib.parse.unquote(entry))
         return sorted(out)
 
@@ -1150,15 +1148,9 @@ class Images:
             Descriptor.parse(d, f"image {name}: layer {i}")
             for i, d in enumerate(manifest["layers"])
         ]
-        rootfs = raw_config.get("rootfs")
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(descs):
-            raise IntegrityError(
-                f"image {name}: config lists {len(diff_ids or [])} DiffIDs for {len(descs)} layers"
-            )
+        diff_ids = config_diff_ids(raw_config, len(descs), f"image {name}")
         out = []
         for desc, diff_id in zip(descs, diff_ids, strict=True):
-            check_digest(diff_id, "DiffID")
             layer = self.layer_for_diff_id(diff_id) or diff_id
             out.append(LayerInfo(layer, diff_id, desc.digest, desc.size, desc.media_type))
         return out
@@ -1425,6 +1417,8 @@ class Images:
                     os.unlink(self.store.path("refs", "blobsources", _diffid_file(digest)))
         diffids = self.store.path("refs", "diffids")
         for entry in sorted(os.listdir(diffids)):
+            if is_temporary(entry):
+                continue
             path = os.path.join(diffids, entry)
             try:
                 layer = meta.read(path)["layer"]

@@ -47,7 +47,7 @@ from tophan.image.blobs import (
     loads,
     read_verified,
 )
-from tophan.image.images import Image, Images
+from tophan.image.images import Images
 from tophan.image.spec import (
     ACCEPT,
     DOCKER_CONFIG,
@@ -57,7 +57,7 @@ from tophan.image.spec import (
     Descriptor,
     Platform,
     Reference,
-    check_config,
+    config_diff_ids,
     is_distributable,
     is_index,
     json_list,
@@ -780,12 +780,6 @@ class Repository:
             raise IntegrityError(f"registry stored manifest {what} as {claimed}, expected {digest}")
         return digest, resp.headers.get("OCI-Subject") is not None
 
-    def delete_manifest(self, digest: str) -> None:
-        resp = self._req("DELETE", f"/v2/{self.path}/manifests/{digest}", self.push_scope)
-        resp.read()
-        if resp.status not in (200, 202, 404):
-            raise _fail(resp, f"delete {self.path}@{digest}")
-
     # -- blobs -------------------------------------------------------------------------------
 
     def blob_exists(self, digest: str) -> bool:
@@ -1467,16 +1461,8 @@ def pull(
                 tx.add_bytes(config_bytes, config.digest, what=f"config of {ref}")
                 report.blobs[config.digest] = "downloaded"
             raw_config = loads(config_bytes, f"config of {ref}")
-            check_config(raw_config, f"config of {ref}")
-            rootfs = raw_config.get("rootfs")
-            diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-            if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-                raise IntegrityError(
-                    f"{ref}: config lists {len(diff_ids or [])} DiffIDs for {len(layers)} layers"
-                )
-            pairs = {}
-            for d, diff_id in zip(layers, diff_ids, strict=True):
-                pairs[d.digest] = (d, check_digest(diff_id, "DiffID"))
+            diff_ids = config_diff_ids(raw_config, len(layers), str(ref))
+            pairs = {d.digest: (d, diff_id) for d, diff_id in zip(layers, diff_ids, strict=True)}
             lock = threading.Lock()
 
             def fetch(d: Descriptor, diff_id: str) -> None:
@@ -1536,9 +1522,3 @@ def repository_for(reference: str, options: Options | None = None) -> tuple[Repo
     """A :class:`Repository` for ``reference`` (the caller closes ``repo.client``)."""
     ref = remote_reference(reference)
     return Repository(Client(ref.domain, options), ref.path), ref
-
-
-def pull_image(store: StoreRoot, source: str, name: str | None = None, **kw: Any) -> Image:
-    """``pull`` returning the stored :class:`Image`."""
-    report = pull(store, source, name, **kw)
-    return Images(store).get(report.name)

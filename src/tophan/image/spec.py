@@ -25,7 +25,6 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
 OCI_LAYER_ZSTD = OCI_LAYER + "+zstd"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -44,8 +43,6 @@ ACCEPT = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
-
-COMPRESSIONS = ("gzip", "zstd", None)
 
 
 def layer_compression(media_type: str) -> str | None:
@@ -68,14 +65,6 @@ def layer_compression(media_type: str) -> str | None:
 
 def oci_layer_type(compression: str | None) -> str:
     return {None: OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}[compression]
-
-
-def docker_layer_type(compression: str | None) -> str:
-    if compression != "gzip":
-        raise UsageError(
-            "Docker schema 2 manifests only know gzip layers", "use an OCI manifest for zstd/tar"
-        )
-    return DOCKER_LAYER
 
 
 def is_distributable(media_type: str) -> bool:
@@ -122,12 +111,6 @@ class Descriptor:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.raw)
-
-
-def descriptor(media_type: str, digest: str, size: int, **extra: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
-    d.update({k: v for k, v in extra.items() if v})
-    return d
 
 
 def parse_manifest(doc: dict[str, Any], media_type: str | None, what: str) -> dict[str, Any]:
@@ -311,10 +294,6 @@ def normalize_name(text: str) -> str:
     return str(ref)
 
 
-def is_tag(text: str) -> bool:
-    return _TAG_ONLY.match(text) is not None
-
-
 def remote_reference(text: str) -> Reference:
     """A reference to pull or push: Docker Hub's defaults applied (``docker.io``, ``library/``),
     ``latest`` when neither tag nor digest is given."""
@@ -328,14 +307,20 @@ def remote_reference(text: str) -> Reference:
     return Reference(domain, path, tag, ref.digest)
 
 
+def config_diff_ids(raw_config: dict[str, Any], count: int, what: str) -> list[str]:
+    """The config's ``rootfs.diff_ids``, checked: one valid digest per layer of the manifest,
+    and every other field tophan reads of the right type (:func:`check_config`)."""
+    check_config(raw_config, f"{what}: config")
+    diff_ids = raw_config["rootfs"]["diff_ids"]
+    if len(diff_ids) != count:
+        raise IntegrityError(f"{what}: config lists {len(diff_ids)} DiffIDs for {count} layers")
+    return [check_digest(d, "DiffID") for d in diff_ids]
+
+
 def referrers_tag(digest: str) -> str:
     """The referrers tag schema's tag for ``digest``: ``<alg>-<hex>`` (hex cut to 64)."""
     alg, _, hexd = digest.partition(":")
     return f"{alg}-{hexd[:64]}"
-
-
-def looks_like_digest(text: str) -> bool:
-    return is_digest(text)
 
 
 # -- image configs from elsewhere ---------------------------------------------------------------
@@ -372,7 +357,8 @@ def check_config(doc: dict[str, Any], what: str) -> None:
         raise IntegrityError(f"{what}: rootfs is {_kind(rootfs)}, not an object")
     diff_ids = rootfs.get("diff_ids")
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise IntegrityError(f"{what}: rootfs.diff_ids is {_kind(diff_ids)}, not a list of digests")
+        kind = "a list of other things" if isinstance(diff_ids, list) else _kind(diff_ids)
+        raise IntegrityError(f"{what}: rootfs.diff_ids is {kind}, not a list of digests")
     for key in ("history",):
         if key in doc and not isinstance(doc[key], list | None):
             raise IntegrityError(f"{what}: {key} is {_kind(doc[key])}, not a list")

@@ -19,7 +19,7 @@ import time
 
 from tophan._internal import meta, names
 from tophan._internal.fs import rmtree, write_meta
-from tophan.errors import Exists, IntegrityError, InUse, NotFound, TophanError, UsageError
+from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -635,14 +635,6 @@ class Layers:
             ok = actual == digest
             results.append(VerifyResult(digest, by_digest.get(digest, []), ok, actual))
         return results
-
-    def require_intact(self, name: str) -> None:
-        for r in self.verify([name]):
-            if not r.ok:
-                raise IntegrityError(
-                    f"layer {name} changed on disk: expected {r.digest}, found {r.actual}",
-                    "restore it from an export or a registry",
-                )
 
 
 class _OpenDirLock:

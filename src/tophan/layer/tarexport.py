@@ -15,6 +15,7 @@ from tophan.errors import TophanError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~8 ms at start-up; annotations need no import
+    from collections.abc import Iterator
     from typing import IO, Literal
 
     XattrNs = Literal["trusted", "user"]
@@ -457,10 +458,15 @@ class Writer:
         )
 
     def walk(self, rel: bytes, opaque_key: str, in_opaque: bool = False) -> None:
-        path = self.tree + b"/" + rel if rel else self.tree
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
+        """Emit the tree below ``rel`` depth first, entries in name order. Iterative (a stack
+        of directories being listed), so a legal tree of any depth is walked."""
+        stack = [(rel, in_opaque, self._entries(rel))]
+        while stack:
+            rel, in_opaque, entries = stack[-1]
+            e = next(entries, None)
+            if e is None:
+                stack.pop()
+                continue
             child = rel + b"/" + e.name if rel else e.name
             st = e.stat(follow_symlinks=False)
             node = node_from_disk(e.path, st, opaque_key)
@@ -469,7 +475,12 @@ class Writer:
             key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else child
             self.emit(child, node, key)
             if node.kind == "d":
-                self.walk(child, opaque_key, node.opaque)
+                stack.append((child, node.opaque, self._entries(child)))
+
+    def _entries(self, rel: bytes) -> Iterator[os.DirEntry[bytes]]:
+        path = self.tree + b"/" + rel if rel else self.tree
+        with os.scandir(path) as it:
+            return iter(sorted(it, key=lambda e: e.name))
 
     def content(self, path: bytes, size: int, rel: bytes) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -46,12 +46,10 @@ class ExtractStats:
     def __init__(self) -> None:
         self.members = 0
         self.bytes = 0
-        self.owners_recorded = 0  # ownership kept in user.tophan.owner: chown was impossible
         self.xattrs_skipped: list[str] = []
         self.digest = ""  # of the canonical tar of what was extracted (the layer's DiffID)
         self.size = 0  # of that canonical tar
         self.input_digest = ""  # of the (decompressed) input, when asked for
-        self.input_size = 0
         self.absolute_names = 0  # member names (or hardlink targets) whose leading / was removed
 
 
@@ -325,7 +323,6 @@ class _Hasher(tarexport._Sink):
         self.raw_on = want_input
         self.verbatim = want_input  # both streams are one so far (hasher 0)
         self.raw_t = 0  # the input's hasher
-        self.raw_size = 0
         self.held: deque[Any] = deque()  # input not yet matched by the canonical stream
         self.held_off = 0  # into held[0]
         self.held_len = 0
@@ -444,7 +441,6 @@ class _Hasher(tarexport._Sink):
         """Input bytes, in order (those read into this sink's buffers go to ``content``)."""
         if not self.raw_on or not data:
             return
-        self.raw_size += len(data)
         if self.verbatim:
             self.held.append(data)
             self.held_len += len(data)
@@ -479,10 +475,8 @@ class _Hasher(tarexport._Sink):
         canonical = canonical and self.canon_on
         if canonical:
             self.size += n
-        if self.raw_on:
-            self.raw_size += n
-            if self.verbatim and (self.held_len or not canonical):
-                self._diverge()
+        if self.raw_on and self.verbatim and (self.held_len or not canonical):
+            self._diverge()
         targets: tuple[int, ...] = (0,) if canonical else ()
         if self.raw_on and self.raw_t not in targets:
             targets += (self.raw_t,)
@@ -524,13 +518,13 @@ class _Hasher(tarexport._Sink):
             self.close()
         return digest, self.size
 
-    def finish_input(self) -> tuple[str, int]:
-        """The input's digest and size: call after the input's end and ``finish``/``cancel``."""
+    def finish_input(self) -> str:
+        """The input's digest: call after the input's end and ``finish``/``cancel``."""
         assert not self.canon_on
         digest = self._snap(self.raw_t)
         self.raw_on = False
         self.close()
-        return digest, self.raw_size
+        return digest
 
     def close(self) -> None:
         if self.thread is not None:
@@ -710,7 +704,6 @@ class _Extractor:
                 raise
         if holds_xattrs:
             self.set_xattr(target, OWNER_XATTR, b"%d:%d" % (uid, gid), strict=True)
-            self.stats.owners_recorded += 1
             return uid, gid
         return self.euid, self.egid
 
@@ -1121,7 +1114,7 @@ def extract(
                 ex.hasher.cancel()
                 ex.stats.digest, ex.stats.size = tarexport.write_nodes(dest, ex.nodes, None)
             if hash_input:
-                ex.stats.input_digest, ex.stats.input_size = ex.hasher.finish_input()
+                ex.stats.input_digest = ex.hasher.finish_input()
             ex.hasher.close()
     except OSError as e:
         where = f" ({os.fsdecode(e.filename)[len(dest) + 1 :]})" if e.filename else ""

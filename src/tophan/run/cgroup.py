@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 import time
 
+# Re-exported: callers that parse limit flags find it here.
+from tophan._internal.units import parse_size as parse_size
 from tophan.errors import Exists, InUse, NotFound, TophanError, UsageError
 from tophan.run.devices import Rule, v1_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import Literal
 
     Mode = Literal["unified", "hybrid", "legacy"]
-else:
-    import _signal as signal  # `signal` builds enums at import: slow for a start path
 
 PARENT = "tophan"
 CPU_PERIOD = 100_000  # docker's --cpus period, in microseconds
@@ -46,7 +46,6 @@ V2_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
 V1_CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "blkio", "devices")
 NO_LIMITS = "or run with --no-limits"
 _V1_FOR = {"cpu": ("cpu", "cpuacct"), "io": ("blkio",)}  # v2 controller -> v1 hierarchies
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _IO_FLAGS = {
     "device-read-bps": "rbps",
     "device-write-bps": "wbps",
@@ -206,24 +205,6 @@ def _check_cpu_list(flag: str, value: str) -> None:
         ok = lo.isdigit() and (not dash or (hi.isdigit() and int(lo) <= int(hi)))
         if not ok:
             raise UsageError(f"--{flag} {value!r}: not a list like 0-3,5")
-
-
-def parse_size(text: str) -> int:
-    """Docker's sizes: ``1024``, ``100k``, ``512m``, ``1.5g``, ``2GiB`` (binary multiples)."""
-    s = text.strip().lower()
-    end = 0
-    while end < len(s) and (s[end].isdigit() or s[end] == "."):
-        end += 1
-    number, unit = s[:end], s[end:].lstrip(" ")
-    letter = unit[:1] if unit[:1] in _SIZE_UNITS else ""
-    rest = unit[len(letter) :]
-    if not number or number.count(".") > 1 or number[-1] == "." or rest not in ("", "b", "ib"):
-        raise UsageError(f"invalid size {text!r}", "use a number and an optional unit: 512m, 2g")
-    if rest == "ib" and not letter:  # "10ib" is no unit docker knows either
-        raise UsageError(f"invalid size {text!r}", "use a number and an optional unit: 512m, 2g")
-    if "." in number:
-        return int(float(number) * _SIZE_UNITS[letter])
-    return int(number) * _SIZE_UNITS[letter]
 
 
 def parse_limits(flags: dict[str, str | list[str]]) -> Limits:

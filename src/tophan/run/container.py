@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
+import threading
 
 from tophan._internal import libc as _libc
 from tophan._internal.root import is_privileged
@@ -35,16 +37,12 @@ from tophan.run.volumes import Volumes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
     from tophan._internal.fs import Staging
     from tophan._internal.root import StoreRoot
     from tophan.run.cgroup import Cgroup, Limits
-else:
-    # The C module: `signal` turns its constants into enums at import (~4 ms of a start).
-    import _signal as signal
 
 # Exit codes of `docker run` for failures that are not the command's own.
 RC_SETUP = 125  # the container could not be set up
@@ -344,9 +342,8 @@ def _claim_layers(store: StoreRoot, run_dir: str, digests: list[str]) -> None:
 
 def live_run_digests(store: StoreRoot) -> set[str]:
     """Layers of runs in progress (their run dirs are locked by their owners)."""
-    import fcntl
-
     from tophan._internal import meta
+    from tophan._internal.fs import try_flock
 
     out: set[str] = set()
     tmp = store.path("tmp")
@@ -358,10 +355,8 @@ def live_run_digests(store: StoreRoot) -> set[str]:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            continue  # nobody holds it: a leftover, gc's to remove
-        except OSError:
-            pass
+            if try_flock(fd, shared=True):
+                continue  # nobody holds it: a leftover, gc's to remove
         finally:
             os.close(fd)
         try:
@@ -417,8 +412,41 @@ def _has_limits(limits: Limits) -> bool:
 
 
 def _launch(ctr: Container, pass_fds: Sequence[int], stdio: tuple[int, int, int] | None) -> None:
-    # Orphans of our children (the init process, once setup exits) become our children.
-    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
+    # Orphans of our children (the init process, once setup exits) become our children: we
+    # are a child subreaper while a launch is in progress, and only then. A program using the
+    # API keeps its own rule for its orphans afterwards.
+    with _Subreaper():
+        _launch_as_subreaper(ctr, pass_fds, stdio)
+
+
+class _Subreaper:
+    """PR_SET_CHILD_SUBREAPER for the duration of the launches in progress (the attribute is
+    the process's, and threads may launch at once); restored to what it was before."""
+
+    lock = threading.Lock()
+    active = 0
+    was = False
+
+    def __enter__(self) -> None:
+        cls = _Subreaper
+        with cls.lock:
+            if cls.active == 0:
+                cls.was = _libc.child_subreaper()
+                if not cls.was:
+                    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
+            cls.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        cls = _Subreaper
+        with cls.lock:
+            cls.active -= 1
+            if cls.active == 0 and not cls.was:
+                _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 0)
+
+
+def _launch_as_subreaper(
+    ctr: Container, pass_fds: Sequence[int], stdio: tuple[int, int, int] | None
+) -> None:
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
@@ -519,11 +547,8 @@ def run(store: StoreRoot, spec: Spec, *, keep_upper: str | None = None) -> int:
 
 
 def _in_main_thread() -> bool:
-    # Signals can be waited for only in the main thread. (No `threading` import for this: on
-    # Linux the main thread's id is the process id.)
-    import _thread
-
-    return _thread.get_native_id() == os.getpid()
+    # Signals can be waited for only in the main thread.
+    return threading.current_thread() is threading.main_thread()
 
 
 def _forward(poll: Callable[[], int | None], send: Callable[[int], None]) -> None:

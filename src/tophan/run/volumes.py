@@ -8,13 +8,12 @@ crashed run releases its hold by dying.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import time
 
 from tophan._internal import meta, names
-from tophan._internal.fs import write_meta
+from tophan._internal.fs import try_flock, write_meta
 from tophan.errors import Exists, InUse, NotFound, TophanError
 
 TYPE_CHECKING = False
@@ -106,14 +105,8 @@ class Volumes:
         vol = self.get(name)
         fd = os.open(vol.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise InUse(
-                        f"volume {name} is in use by a running container", "stop it first"
-                    ) from e
-                raise
+            if not try_flock(fd):
+                raise InUse(f"volume {name} is in use by a running container", "stop it first")
             self.store.trash(vol.dir)
         finally:
             os.close(fd)
