@@ -304,6 +304,12 @@ class Apps:
         d = self._dir(name)
         if spec.run.keep_upper is not None:
             raise UsageError(f"app {name}: --keep-upper applies to `tophan run` only")
+        if spec.run.tty or spec.run.interactive:
+            # Its output goes to the log, its stdin is /dev/null: there is nobody to attach.
+            raise UsageError(
+                f"app {name}: an app has no terminal or stdin",
+                "use `tophan app exec -it` to work in it, `tophan run -it` for a session",
+            )
         spec.name, spec.created_at = name, time.time()
         App(self.store, name, d, spec).run_spec()  # every error surfaces now, not at start
         os.makedirs(self.top, 0o755, exist_ok=True)
