@@ -42,6 +42,11 @@ SPEC_VERSION = 2  # of spec.json; RunOptions has the same number (version 1: a r
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_LOG_MAX = 10 << 20
 DEFAULT_LOG_FILES = 3
+# An app's spec holds its environment (passwords, tokens) and its logs whatever it prints: both
+# are for the store's owner only, whatever the umask (chmod'ed, not left to the umask).
+PRIVATE = 0o600
+PRIVATE_DIR = 0o700
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class RestartPolicy:
@@ -275,6 +280,8 @@ class Apps:
                 doc = json.load(f)
         except FileNotFoundError as e:
             raise NotFound(f"no such app: {name}", "see `tophan app ps -a`") from e
+        except PermissionError as e:
+            raise _private(f"app {name}") from e
         except (OSError, ValueError) as e:
             raise TophanError(f"app {name}: unreadable spec.json ({e})", "recreate the app") from e
         try:
@@ -290,6 +297,8 @@ class Apps:
             entries = sorted(os.listdir(self.top))
         except FileNotFoundError:
             return []
+        except PermissionError as e:
+            raise _private("apps") from e
         out = []
         for name in entries:
             if names.is_valid(name):
@@ -312,13 +321,15 @@ class Apps:
             )
         spec.name, spec.created_at = name, time.time()
         App(self.store, name, d, spec).run_spec()  # every error surfaces now, not at start
-        os.makedirs(self.top, 0o755, exist_ok=True)
+        os.makedirs(self.top, PRIVATE_DIR, exist_ok=True)
+        os.chmod(self.top, PRIVATE_DIR)
         staging = self.store.staging("app")
         try:
-            os.mkdir(os.path.join(staging.path, "logs"), 0o755)
-            atomic_write(os.path.join(staging.path, "spec.json"), _spec_bytes(spec))
-            open(os.path.join(staging.path, "lock"), "a").close()
-            os.chmod(staging.path, 0o755)
+            os.mkdir(os.path.join(staging.path, "logs"), PRIVATE_DIR)
+            atomic_write(os.path.join(staging.path, "spec.json"), _spec_bytes(spec), PRIVATE)
+            os.close(os.open(os.path.join(staging.path, "lock"), _CREATE, PRIVATE))
+            os.chmod(os.path.join(staging.path, "logs"), PRIVATE_DIR)
+            os.chmod(staging.path, PRIVATE_DIR)
             with self.store.lock():
                 if os.path.exists(d):
                     raise Exists(f"app exists: {name}", "pick another name or `app rm` it first")
@@ -334,6 +345,7 @@ class Apps:
         app = self.get(name)
         if app.supervisor_alive():
             return app.state()
+        make_private(app)
         cleanup_leftovers(app)
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -369,7 +381,7 @@ class Apps:
             grace = DEFAULT_STOP_TIMEOUT
         if timeout is not None:
             grace = timeout
-            atomic_write(app.path("stop_timeout"), f"{grace}\n".encode())
+            atomic_write(app.path("stop_timeout"), f"{grace}\n".encode(), PRIVATE)
         pid = int(state.get("supervisor", 0))
         if pid <= 0:
             raise TophanError(f"app {name}: supervisor pid unknown", "retry in a moment")
@@ -391,6 +403,13 @@ class Apps:
         self.store.trash(app.dir)
 
 
+def _private(what: str) -> TophanError:
+    return TophanError(
+        f"{what}: permission denied: apps are private to the store's owner",
+        "run as the user who owns the store",
+    )
+
+
 def _spec_bytes(spec: AppSpec) -> bytes:
     return json.dumps(spec.to_json(), indent=1, sort_keys=True).encode() + b"\n"
 
@@ -399,7 +418,7 @@ def _write_migrated(path: str, spec: AppSpec) -> None:
     """Replace an old-format spec.json with its migrated form (atomically: a reader sees one or
     the other). A store this user may not write keeps the old form, migrated on each read."""
     try:
-        atomic_write(path, _spec_bytes(spec))
+        atomic_write(path, _spec_bytes(spec), PRIVATE)
     except OSError:
         pass
 
@@ -412,7 +431,7 @@ def _spawn_supervisor(store: StoreRoot, name: str, ready_fd: int) -> None:
     log = os.open(
         os.path.join(store.path("apps", name, "logs"), "tophand.log"),
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-        0o644,
+        PRIVATE,
     )
     try:
         # The supervisor daemonizes (forks, new session) so that it is nobody's child: this
@@ -474,9 +493,31 @@ def cleanup_leftovers(app: App) -> None:
         write_state(app, state)
 
 
+def make_private(app: App) -> None:
+    """Apps made by older versions were readable by every local user: the apps dir, the app's
+    dir and logs become 0700, its files 0600 (at each start)."""
+    import stat
+
+    for d in (os.path.dirname(app.dir), app.dir, app.path("logs")):
+        try:
+            os.chmod(d, PRIVATE_DIR)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            return  # not the owner's: starting it fails on its own, with the reason
+        for entry in os.scandir(d):
+            # Regular files only: never follow a link out of the app's dir.
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_IMODE(st.st_mode) & 0o077:
+                    os.chmod(entry.path, stat.S_IMODE(st.st_mode) & PRIVATE)
+
+
 def write_state(app: App, state: dict[str, Any]) -> None:
     state = {k: v for k, v in state.items() if k not in ("alive", "stale_status")}
-    atomic_write(app.path("state.json"), json.dumps(state, sort_keys=True).encode() + b"\n")
+    atomic_write(
+        app.path("state.json"), json.dumps(state, sort_keys=True).encode() + b"\n", PRIVATE
+    )
 
 
 # -- spec files (TOML) -------------------------------------------------------------------------
