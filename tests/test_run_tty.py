@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, busybox_full_rootfs, run_cli
+from rootless import RootlessUser, run_as_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -329,3 +330,23 @@ def test_app_exec_it(store: Path, term: list[Term]) -> None:
         assert plain.stdout.split() == ["T=unset", "/dev/null"], plain
     finally:
         subprocess.run([*base, "app", "rm", "-f", name], check=False)
+
+
+@pytest.mark.rootless
+def test_rootless_tty(rootless_user: RootlessUser, rootless_dir: Path) -> None:
+    """The pty comes from the devpts of the container's user namespace just as well."""
+    rootfs = busybox_full_rootfs(rootless_dir / "rootfs-src")
+    for dirpath, dirs, files in os.walk(rootfs):
+        for name in dirs + files:
+            os.lchown(os.path.join(dirpath, name), rootless_user.uid, rootless_user.gid)
+    os.chown(rootfs, rootless_user.uid, rootless_user.gid)
+
+    def tophan(*args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = ["tophan", "--root", str(rootless_dir / "store"), *args]
+        return run_as_user(rootless_user, argv, unshare=False, cwd=rootless_dir, input=data)
+
+    assert tophan("init").returncode == 0
+    assert tophan("layer", "create", "base", "--from", str(rootfs)).returncode == 0
+    r = tophan("run", "-it", "-l", "base", "--", "sh", "-c", "tty; cat; exit 3", data="abc\n")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.split()[:2] == ["/dev/pts/0", "abc"], r.stdout
