@@ -350,3 +350,18 @@ def test_rootless_tty(rootless_user: RootlessUser, rootless_dir: Path) -> None:
     r = tophan("run", "-it", "-l", "base", "--", "sh", "-c", "tty; cat; exit 3", data="abc\n")
     assert r.returncode == 3, r.stderr
     assert r.stdout.split()[:2] == ["/dev/pts/0", "abc"], r.stdout
+
+
+def test_run_options_keep_i_and_t_and_apps_refuse_them(store: Path) -> None:
+    from tophan._internal.root import StoreRoot
+    from tophan.app.apps import Apps, AppSpec
+    from tophan.errors import UsageError
+    from tophan.run.options import RunOptions
+
+    opts = RunOptions(layers=["base"], command=["true"])
+    opts.update({"interactive": True, "tty": True})
+    assert RunOptions.from_json(opts.to_json()) == opts
+    spec = opts.spec(StoreRoot(str(store)))
+    assert spec.tty and spec.interactive and spec.env["TERM"] == "xterm"
+    with pytest.raises(UsageError, match="no terminal or stdin"):
+        Apps(StoreRoot(str(store))).create("tterm", AppSpec(opts))

@@ -256,6 +256,8 @@ class App:
         default hostname."""
         spec = self.spec.run.spec(self.store, f"app {self.name}")
         spec.name = f"app-{self.name}-{os.urandom(4).hex()}"
+        # Nobody reads a terminal of an app's (a hand-edited spec): its output goes to the log.
+        spec.tty = spec.interactive = False
         if not self.spec.run.hostname:
             spec.hostname = self.name
         return spec
