@@ -191,8 +191,9 @@ OLD_SPEC = {
 
 def test_old_spec_is_migrated_on_first_read(env: Env) -> None:
     d = env.root / "apps/tmig"
-    (d / "logs").mkdir(parents=True)
-    (d / "lock").touch()
+    (d / "logs").mkdir(parents=True, mode=0o755)
+    (d / "lock").touch(0o644)
+    d.chmod(0o755)
     (d / "spec.json").write_text(json.dumps(OLD_SPEC, indent=1))
     # The first reader migrates: `-e NAME` takes its value from the reader's environment.
     environ = {k: v for k, v in os.environ.items() if k != "UNSET_HERE"}
@@ -214,6 +215,9 @@ def test_old_spec_is_migrated_on_first_read(env: Env) -> None:
     assert spec["health"]["kind"] == "cmd" and spec["stop_signal"] == "SIGINT"
     assert spec["stop_timeout"] == 2.0 and spec["log"] == {"max_size": 1 << 20, "max_files": 2}
     assert spec["created_at"] == OLD_SPEC["created_at"]
+    # The old app (0755 dirs, 0644 files) became private with the same write (#5).
+    assert d.stat().st_mode & 0o777 == 0o700 and (d / "logs").stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (d / "spec.json", d / "lock"))
     # ... and the migrated app runs with every option the old one had.
     env.ok("app", "start", "tmig")
     env.wait_for(lambda: env.state("tmig")["health"]["status"] == "healthy")  # type: ignore[index]

@@ -290,9 +290,12 @@ class Apps:
             spec = AppSpec.from_json(doc)
         except TophanError as e:
             raise TophanError(f"app {name}: {e.message}", e.hint or "recreate the app") from e
+        app = App(self.store, name, d, spec)
         if isinstance(doc, dict) and "version" not in doc:
+            # An older version's app: the same write makes it private.
             _write_migrated(path, spec)
-        return App(self.store, name, d, spec)
+            make_private(app)
+        return app
 
     def all(self) -> list[App]:
         try:
@@ -497,7 +500,7 @@ def cleanup_leftovers(app: App) -> None:
 
 def make_private(app: App) -> None:
     """Apps made by older versions were readable by every local user: the apps dir, the app's
-    dir and logs become 0700, its files 0600 (at each start)."""
+    dir and logs become 0700, its files 0600 (at each start, and when its spec is migrated)."""
     import stat
 
     for d in (os.path.dirname(app.dir), app.dir, app.path("logs")):
