@@ -57,6 +57,7 @@ class Term:
     def __init__(self, argv: list[str], rows: int = 24, cols: int = 80) -> None:
         self.master, slave = os.openpty()
         set_size(slave, rows, cols)
+        self.initial = termios.tcgetattr(slave)  # before anything runs on it
         env = {"PATH": os.environ["PATH"], "TERM": "outer-term", "HOME": "/root"}
         self.proc = subprocess.Popen(
             argv,
@@ -201,7 +202,7 @@ def test_tty_is_the_containers_own_at_our_size_and_follows_resizes(
         " trap 'stty size; exit 5' WINCH; echo READY; while :; do sleep 0.05; done"
     )
     t = _shell(term, [*run, "sh", "-c", script], rows=33, cols=101)
-    before = _modes(t.master)
+    before = t.initial
     head = t.expect("READY")
     assert head.split()[:4] == ["/dev/pts/0", "33", "101", "TERM=xterm"], head
     tty_nr = head.split()[5]
@@ -222,7 +223,7 @@ def test_tty_passes_input_and_gives_the_terminal_back_when_killed(
     # --init: the command is pid 2, which SIGKILL can end (pid 1 ignores it from inside).
     run = [TOPHAN, "--root", str(store), "run", "-it", "--init", "-l", "base", "--"]
     t = _shell(term, [*run, "sh", "-c", "echo READY; read x; echo got-$x; kill -9 $$"])
-    before = _modes(t.master)
+    before = t.initial
     t.expect("READY")
     t.send(b"hello\r")  # raw: the container's terminal makes the newline
     t.expect("got-hello")
@@ -313,7 +314,7 @@ def test_app_exec_it(store: Path, term: list[Term]) -> None:
         assert init.stdout.split() == ["1", "1", "0"], (init.stdout, init.stderr)
         script = "tty; stty size; echo TERM=$TERM; echo READY; read x; echo got-$x; exit 6"
         t = _shell(term, [*base, "app", "exec", "-it", name, "sh", "-c", script], rows=20)
-        before = _modes(t.master)
+        before = t.initial
         assert t.expect("READY").split() == ["/dev/pts/0", "20", "80", "TERM=xterm"]
         t.send(b"typed\r")
         t.expect("got-typed")
