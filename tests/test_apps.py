@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, busybox_full_rootfs, run_cli
+from rootless import RootlessUser, run_as_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs apps as root")
 
@@ -101,7 +102,9 @@ def env(root: Path, tmp_path: Path) -> Iterator[Env]:
         from tophan.run import cgroup
 
         if cgroup.unavailable(cgroup.Limits()) is None:
-            mine = [c for c in cgroup.list_ours() if c.startswith("app-t")]
+            # Only this test's apps: other test runs on the machine may have theirs.
+            ours = tuple(f"app-{n}-" for n in names)
+            mine = [c for c in cgroup.list_ours() if ours and c.startswith(ours)]
             assert not mine, mine
 
 
@@ -186,8 +189,9 @@ OLD_SPEC = {
 
 def test_old_spec_is_migrated_on_first_read(env: Env) -> None:
     d = env.root / "apps/tmig"
-    (d / "logs").mkdir(parents=True)
-    (d / "lock").touch()
+    (d / "logs").mkdir(parents=True, mode=0o755)
+    (d / "lock").touch(0o644)
+    d.chmod(0o755)
     (d / "spec.json").write_text(json.dumps(OLD_SPEC, indent=1))
     # The first reader migrates: `-e NAME` takes its value from the reader's environment.
     environ = {k: v for k, v in os.environ.items() if k != "UNSET_HERE"}
@@ -209,6 +213,9 @@ def test_old_spec_is_migrated_on_first_read(env: Env) -> None:
     assert spec["health"]["kind"] == "cmd" and spec["stop_signal"] == "SIGINT"
     assert spec["stop_timeout"] == 2.0 and spec["log"] == {"max_size": 1 << 20, "max_files": 2}
     assert spec["created_at"] == OLD_SPEC["created_at"]
+    # The old app (0755 dirs, 0644 files) became private with the same write (#5).
+    assert d.stat().st_mode & 0o777 == 0o700 and (d / "logs").stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (d / "spec.json", d / "lock"))
     # ... and the migrated app runs with every option the old one had.
     env.ok("app", "start", "tmig")
     env.wait_for(lambda: env.state("tmig")["health"]["status"] == "healthy")  # type: ignore[index]
@@ -390,3 +397,86 @@ def test_rm_and_start_errors(env: Env) -> None:
     env.ok("app", "create", "tbadcmd", "-l", "base", "--", "no-such-binary")
     r = env.t("app", "start", "tbadcmd")
     assert r.returncode == 127 and "no-such-binary" in r.stderr and r.stderr.count("\n") == 1
+
+
+# -- privacy (issue 8 #5) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_env(rootless_user: RootlessUser, tmp_path: Path) -> Iterator[Env]:
+    """An Env whose store another local user can reach (the store's top made 0755, as older
+    stores were): what keeps the apps private must be the apps' own modes."""
+    import shutil
+    import uuid
+
+    root = rootless_user.base / f"store-{uuid.uuid4().hex[:8]}"
+    assert run_cli("init", str(root)).rc == 0
+    root.chmod(0o755)
+    rootfs = busybox_full_rootfs(tmp_path / "rootfs")
+    assert run_cli("--root", str(root), "layer", "create", "base", "--from", str(rootfs)).rc == 0
+    e = Env(root, tmp_path)
+    try:
+        yield e
+    finally:
+        for a in json.loads(e.t("app", "ps", "-a", "--json").stdout or "[]"):
+            e.t("app", "rm", "-f", a["name"])
+        shutil.rmtree(root)
+
+
+def _modes(top: Path) -> dict[str, int]:
+    return {str(p.relative_to(top)): p.stat().st_mode & 0o777 for p in [top, *top.rglob("*")]}
+
+
+def _assert_private(app_dir: Path) -> None:
+    assert app_dir.parent.stat().st_mode & 0o777 == 0o700
+    for rel, mode in _modes(app_dir).items():
+        want = 0o700 if (app_dir / rel).is_dir() else 0o600
+        assert mode == want, (rel, oct(mode))
+
+
+def test_app_specs_state_and_logs_are_private_to_the_owner(
+    shared_env: Env, rootless_user: RootlessUser
+) -> None:
+    """#5: `-e DB_PASSWORD=...` was in a 0644 spec.json under 0755 dirs, and `app inspect` as
+    any user printed it. Now a local user can read none of spec, state, logs, nor inspect."""
+    env = shared_env
+    secret = "s3cret-" + os.urandom(4).hex()
+    cmd = ["-e", f"DB_PASSWORD={secret}", "-l", "base", "--", "sh", "-c",
+           "echo pw=$DB_PASSWORD; exec sleep 1000"]  # fmt: skip
+    # A permissive umask changes nothing.
+    created = subprocess.run(
+        [str(BIN / "tophan"), "--root", str(env.root), "app", "create", "tpriv", *cmd],
+        capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0),
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    env.ok("app", "start", "tpriv")
+    app_dir = env.root / "apps" / "tpriv"
+    env.wait_for(lambda: secret in (app_dir / "logs/app.log").read_text())
+    _assert_private(app_dir)
+    for name in ("spec.json", "state.json", "logs/app.log"):
+        r = run_as_user(rootless_user, ["cat", str(app_dir / name)], unshare=False, timeout=60)
+        assert r.returncode != 0 and secret not in r.stdout, (name, r.stdout)
+    tophan = str(rootless_user.bin / "tophan")
+    for args in (["app", "inspect", "tpriv"], ["app", "ps", "-a"], ["app", "logs", "tpriv"]):
+        r = run_as_user(
+            rootless_user, [tophan, "--root", str(env.root), *args], unshare=False, timeout=60
+        )
+        assert r.returncode != 0, (args, r.stdout)
+        assert secret not in r.stdout + r.stderr, args
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "private" in r.stderr or "ermission denied" in r.stderr, (args, r.stderr)
+
+
+def test_older_apps_become_private_at_start(shared_env: Env) -> None:
+    """Apps made before: 0755 dirs and 0644 files (the lock, the logs) are fixed at start."""
+    env = shared_env
+    env.ok("app", "create", "told", "-e", "TOKEN=t0k", "-l", "base", "--", "sleep", "1000")
+    app_dir = env.root / "apps" / "told"
+    (app_dir / "logs/app.log").write_text("old output\n")
+    for p in [app_dir.parent, app_dir, app_dir / "logs"]:
+        p.chmod(0o755)
+    for p in [app_dir / "spec.json", app_dir / "lock", app_dir / "logs/app.log"]:
+        p.chmod(0o644)
+    env.ok("app", "start", "told")
+    env.wait_for(lambda: env.state("told")["status"] == "running")
+    _assert_private(app_dir)

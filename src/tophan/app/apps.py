@@ -40,6 +40,11 @@ SPEC_VERSION = 2  # of spec.json; RunOptions has the same number (version 1: a r
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_LOG_MAX = 10 << 20
 DEFAULT_LOG_FILES = 3
+# An app's spec holds its environment (passwords, tokens) and its logs whatever it prints: both
+# are for the store's owner only, whatever the umask (chmod'ed, not left to the umask).
+PRIVATE = 0o600
+PRIVATE_DIR = 0o700
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class RestartPolicy:
@@ -239,6 +244,8 @@ class App:
         default hostname."""
         spec = self.spec.run.spec(self.store, f"app {self.name}")
         spec.name = f"app-{self.name}-{os.urandom(4).hex()}"
+        # Nobody reads a terminal of an app's (a hand-edited spec): its output goes to the log.
+        spec.tty = spec.interactive = False
         if not self.spec.run.hostname:
             spec.hostname = self.name
         return spec
@@ -263,21 +270,28 @@ class Apps:
                 doc = json.load(f)
         except FileNotFoundError as e:
             raise NotFound(f"no such app: {name}", "see `tophan app ps -a`") from e
+        except PermissionError as e:
+            raise _private(f"app {name}") from e
         except (OSError, ValueError) as e:
             raise TophanError(f"app {name}: unreadable spec.json ({e})", "recreate the app") from e
         try:
             spec = AppSpec.from_json(doc)
         except TophanError as e:
             raise TophanError(f"app {name}: {e.message}", e.hint or "recreate the app") from e
+        app = App(self.store, name, d, spec)
         if isinstance(doc, dict) and "version" not in doc:
+            # An older version's app: the same write makes it private.
             _write_migrated(path, spec)
-        return App(self.store, name, d, spec)
+            make_private(app)
+        return app
 
     def all(self) -> list[App]:
         try:
             entries = sorted(os.listdir(self.top))
         except FileNotFoundError:
             return []
+        except PermissionError as e:
+            raise _private("apps") from e
         out = []
         for name in entries:
             if names.is_valid(name):
@@ -292,15 +306,23 @@ class Apps:
         d = self._dir(name)
         if spec.run.keep_upper is not None:
             raise UsageError(f"app {name}: --keep-upper applies to `tophan run` only")
+        if spec.run.tty or spec.run.interactive:
+            # Its output goes to the log, its stdin is /dev/null: there is nobody to attach.
+            raise UsageError(
+                f"app {name}: an app has no terminal or stdin",
+                "use `tophan app exec -it` to work in it, `tophan run -it` for a session",
+            )
         spec.name, spec.created_at = name, time.time()
         App(self.store, name, d, spec).run_spec()  # every error surfaces now, not at start
-        os.makedirs(self.top, 0o755, exist_ok=True)
+        os.makedirs(self.top, PRIVATE_DIR, exist_ok=True)
+        os.chmod(self.top, PRIVATE_DIR)
         staging = self.store.staging("app")
         try:
-            os.mkdir(os.path.join(staging.path, "logs"), 0o755)
-            atomic_write(os.path.join(staging.path, "spec.json"), _spec_bytes(spec))
-            open(os.path.join(staging.path, "lock"), "a").close()
-            os.chmod(staging.path, 0o755)
+            os.mkdir(os.path.join(staging.path, "logs"), PRIVATE_DIR)
+            atomic_write(os.path.join(staging.path, "spec.json"), _spec_bytes(spec), PRIVATE)
+            os.close(os.open(os.path.join(staging.path, "lock"), _CREATE, PRIVATE))
+            os.chmod(os.path.join(staging.path, "logs"), PRIVATE_DIR)
+            os.chmod(staging.path, PRIVATE_DIR)
             with self.store.lock():
                 if os.path.exists(d):
                     raise Exists(f"app exists: {name}", "pick another name or `app rm` it first")
@@ -316,6 +338,7 @@ class Apps:
         app = self.get(name)
         if app.supervisor_alive():
             return app.state()
+        make_private(app)
         cleanup_leftovers(app)
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -351,7 +374,7 @@ class Apps:
             grace = DEFAULT_STOP_TIMEOUT
         if timeout is not None:
             grace = timeout
-            atomic_write(app.path("stop_timeout"), f"{grace}\n".encode())
+            atomic_write(app.path("stop_timeout"), f"{grace}\n".encode(), PRIVATE)
         pid = int(state.get("supervisor", 0))
         if pid <= 0:
             raise TophanError(f"app {name}: supervisor pid unknown", "retry in a moment")
@@ -373,6 +396,13 @@ class Apps:
         self.store.trash(app.dir)
 
 
+def _private(what: str) -> TophanError:
+    return TophanError(
+        f"{what}: permission denied: apps are private to the store's owner",
+        "run as the user who owns the store",
+    )
+
+
 def _spec_bytes(spec: AppSpec) -> bytes:
     return json.dumps(spec.to_json(), indent=1, sort_keys=True).encode() + b"\n"
 
@@ -381,7 +411,7 @@ def _write_migrated(path: str, spec: AppSpec) -> None:
     """Replace an old-format spec.json with its migrated form (atomically: a reader sees one or
     the other). A store this user may not write keeps the old form, migrated on each read."""
     try:
-        atomic_write(path, _spec_bytes(spec))
+        atomic_write(path, _spec_bytes(spec), PRIVATE)
     except OSError:
         pass
 
@@ -394,7 +424,7 @@ def _spawn_supervisor(store: StoreRoot, name: str, ready_fd: int) -> None:
     log = os.open(
         os.path.join(store.path("apps", name, "logs"), "tophand.log"),
         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-        0o644,
+        PRIVATE,
     )
     try:
         # The supervisor daemonizes (forks, new session) so that it is nobody's child: this
@@ -456,9 +486,31 @@ def cleanup_leftovers(app: App) -> None:
         write_state(app, state)
 
 
+def make_private(app: App) -> None:
+    """Apps made by older versions were readable by every local user: the apps dir, the app's
+    dir and logs become 0700, its files 0600 (at each start, and when its spec is migrated)."""
+    import stat
+
+    for d in (os.path.dirname(app.dir), app.dir, app.path("logs")):
+        try:
+            os.chmod(d, PRIVATE_DIR)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            return  # not the owner's: starting it fails on its own, with the reason
+        for entry in os.scandir(d):
+            # Regular files only: never follow a link out of the app's dir.
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_IMODE(st.st_mode) & 0o077:
+                    os.chmod(entry.path, stat.S_IMODE(st.st_mode) & PRIVATE)
+
+
 def write_state(app: App, state: dict[str, Any]) -> None:
     state = {k: v for k, v in state.items() if k not in ("alive", "stale_status")}
-    atomic_write(app.path("state.json"), json.dumps(state, sort_keys=True).encode() + b"\n")
+    atomic_write(
+        app.path("state.json"), json.dumps(state, sort_keys=True).encode() + b"\n", PRIVATE
+    )
 
 
 # -- spec files (TOML) -------------------------------------------------------------------------

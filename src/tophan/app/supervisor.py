@@ -48,8 +48,12 @@ class LogWriter:
         self.size = os.fstat(self.fd).st_size
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        return os.open(self.path, flags, 0o640)
+        from tophan.app.apps import PRIVATE
+
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self.path, flags, PRIVATE)
+        os.fchmod(fd, PRIVATE)  # what the app prints is its owner's (older logs were 0640)
+        return fd
 
     def write(self, data: bytes) -> None:
         while data:
@@ -524,7 +528,7 @@ def _daemonize() -> None:
 
 
 def _lock(app: App) -> int:
-    fd = os.open(app.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(app.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -307,7 +307,6 @@ def _follow(app: App, out: Any) -> None:
 
 
 def _exec(cli: Cli, argv: list[str]) -> int:
-
     from tophan.cli import run as cli_run
     from tophan.run import cgroup
     from tophan.run import container as runtime
@@ -330,11 +329,16 @@ def _exec(cli: Cli, argv: list[str]) -> int:
     for item in p.opts.get("env", []):
         set_env(given, item, os.environ)
     env = {k: v for k, v in {**spec.env, **given}.items() if v is not None}
+    tty = bool(p.opts.get("tty"))
+    if tty:
+        env.setdefault("TERM", "xterm")  # docker's rule, as for `run -t`
     spec = spec.replace(
         argv=p.command,
         env=env,
         user=p.opts.get("user", spec.user),
         workdir=p.opts.get("workdir", spec.workdir),
+        tty=tty,
+        interactive=bool(p.opts.get("interactive")),
     )
     cg = cgroup.Cgroup.open(state["cgroup"]) if state.get("cgroup") else None
     sys.stdout.flush()

@@ -305,8 +305,11 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} app logs -f --tail 20 web",
     ),
     "app exec": (
-        "[-e K=V] [-u USER] [-w DIR] NAME [--] CMD [ARG...]",
-        "Run CMD inside the running app (its namespaces, cgroup and root).",
+        "[-i] [-t] [-e K=V] [-u USER] [-w DIR] NAME [--] CMD [ARG...]",
+        "Run CMD inside the running app (its namespaces, cgroup and root), in a session of its"
+        " own: the caller's terminal never goes in.",
+        "-i, --interactive   pass stdin (else /dev/null)\n"
+        "-t, --tty           a terminal of its own (TERM=xterm), proxied to yours\n"
         "-e, --env K=V   -u, --user USER[:GROUP]   -w, --workdir DIR",
         "{prog} app exec web -- cat /etc/hostname",
     ),

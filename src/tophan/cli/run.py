@@ -36,6 +36,8 @@ process:  -e, --env K[=V]         environment (repeat); --env-file FILE
           -w, --workdir DIR       -u, --user USER[:GROUP]     --entrypoint CMD
           --ulimit NAME=SOFT[:HARD]   --hostname NAME   --name NAME
           --init                  a small init as pid 1: reaps zombies, forwards signals
+          -i, --interactive       pass your stdin (without it the container's is /dev/null)
+          -t, --tty               a terminal of its own (TERM=xterm), proxied to yours
 mounts:   -v, --volume SRC:DST[:ro]   (SRC: absolute host path, or a volume name)
           --tmpfs DST             --read-only (read-only root)
 network:  --network none|host     (none: only a loopback interface; the default)
@@ -45,8 +47,8 @@ limits:   -m, --memory SIZE       --memory-swap SIZE   --cpus N   -c, --cpu-shar
           --no-limits             run without limits where no cgroup can be had (rootless)
 security: --cap-add CAP  --cap-drop CAP  (ALL allowed)   --privileged
           --security-opt seccomp=unconfined | no-new-privileges=false
-accepted for habit's sake: --rm (always), -i (stdin is always passed), -t (your terminal is
-the container's: no pseudo-terminal is made)
+accepted for habit's sake: --rm (always). The container never holds your terminal (it
+could type into it): without -t, a terminal of yours is proxied through pipes.
 """
 
 # flag -> (key, takes a value, repeatable)
@@ -102,7 +104,7 @@ FLAGS: dict[str, tuple[str, bool, bool]] = {
 
 
 # Flags that only docker's habits need: accepted, and nothing to do.
-HABIT_KEYS = ("rm", "interactive", "tty")
+HABIT_KEYS = ("rm",)
 
 
 class Parsed:

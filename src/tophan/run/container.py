@@ -37,6 +37,7 @@ from tophan.run.volumes import Volumes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
@@ -115,9 +116,15 @@ class Spec:
         # Device nodes the container may open (the device cgroup); None: any (--privileged).
         self.devices: list[devices.Rule] | None = list(devices.DEFAULT_RULES)
         self.volumes: list[str] = []  # named volumes, held while running
+        # A pseudo-terminal of the container's own (its devpts) as stdin/out/err and
+        # controlling terminal; the caller gets the master (``Container.pty``).
+        self.tty = False
+        self.tty_size: tuple[int, int] | None = None  # rows, columns, set before the exec
+        self.interactive = False  # run()/exec_in(): our stdin goes in (else /dev/null)
         # Filled in by start()/spawn_in() in the caller: the compiled seccomp filter, so that
         # the child loads it with one syscall and never imports libseccomp.
         self.seccomp_bpf: list[bytes] | None = None
+        self.console_fd = -1  # the child's end of the socket the pty master is sent over
 
     def replace(self, **changes: object) -> Spec:
         """A copy with some fields changed (like dataclasses.replace)."""
@@ -177,11 +184,14 @@ def _check_mount_target(target: str) -> None:
 
 
 class Child:
-    """A child process of ours: signal it, poll it, reap it (exit code as a shell gives it)."""
+    """A child process of ours: signal it, poll it, reap it (exit code as a shell gives it).
+
+    ``pty`` is the master of the process's terminal (``spec.tty``), ours to read and write."""
 
     def __init__(self, pid: int = 0) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.pty: int | None = None
 
     def signal(self, sig: int) -> None:
         if self.returncode is None and self.pid:
@@ -257,6 +267,9 @@ class Container(Child):
         for fd in self.holds:
             _close_quietly(fd)
         self.holds.clear()
+        if self.pty is not None:
+            _close_quietly(self.pty)
+            self.pty = None
         if keep_upper is not None:
             _keep_upper(self.upper, keep_upper)
         self.run_dir.discard()
@@ -302,7 +315,11 @@ def start(
 ) -> Container:
     """Start ``spec``'s command; returns once it has been exec'd (or raises RunError).
 
-    ``stdio`` replaces the command's stdin, stdout and stderr (default: ours)."""
+    ``stdio`` replaces the command's stdin, stdout and stderr (default: ours). The command runs
+    in a session of its own and never gets a terminal of ours (one is replaced by /dev/null: a
+    process holding a terminal can type into it, TIOCSTI); ``run()`` proxies a terminal
+    through pipes. With ``spec.tty`` its stdio are a pseudo-terminal of its own instead, whose
+    master is ``Container.pty``."""
     spec.check()
     spec.userxattr = store.xattr_ns == "user"
     _prepare(spec, store.path("cache"))
@@ -449,6 +466,7 @@ def _launch_as_subreaper(
 ) -> None:
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    console = _console(ctr.spec)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -457,10 +475,43 @@ def _launch_as_subreaper(
     os.close(go_r)
     os.close(msg_w)
     try:
+        _close_console(ctr.spec)
         _handshake(ctr, pid, go_w, _Lines(msg_r))
+        if console is not None:
+            ctr.pty = _receive_pty(console)
     finally:
         _close_quietly(go_w)
         _close_quietly(msg_r)
+        if console is not None:
+            console.close()
+
+
+def _console(spec: Spec) -> socket.socket | None:
+    """With ``spec.tty``: a socket pair (ours returned, the child's in ``spec.console_fd``) over
+    which the container sends its terminal's master, as runc's console socket."""
+    if not spec.tty:
+        return None
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    spec.console_fd = theirs.detach()
+    return ours
+
+
+def _close_console(spec: Spec) -> None:
+    if spec.console_fd >= 0:
+        _close_quietly(spec.console_fd)
+        spec.console_fd = -1
+
+
+def _receive_pty(console: socket.socket) -> int:
+    import socket
+
+    # The child sent it before its exec, which succeeded: it is waiting in the socket.
+    _, fds, _, _ = socket.recv_fds(console, 1, 1)
+    if not fds:
+        raise RunError("the container did not hand over its terminal")
+    return fds[0]
 
 
 def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
@@ -529,18 +580,55 @@ def _close_quietly(fd: int) -> None:
 
 
 def run(store: StoreRoot, spec: Spec, *, keep_upper: str | None = None) -> int:
-    """Run to completion like ``docker run --rm``: forward signals, return the exit code."""
+    """Run to completion like ``docker run --rm``: forward signals, return the exit code.
+
+    The container's stdio are ours as docker gives them: stdin only with ``spec.interactive``
+    (else /dev/null), a terminal of ours proxied through a pipe and never handed in, and with
+    ``spec.tty`` a terminal of its own, proxied to ours (``tophan.run.stdio``)."""
+
+    def end(ctr: Child) -> None:
+        assert isinstance(ctr, Container)
+        ctr.close(keep_upper=keep_upper)
+
+    return _attached(spec, lambda stdio: start(store, spec, stdio=stdio), end)
+
+
+def _attached(
+    spec: Spec,
+    begin: Callable[[tuple[int, int, int]], Child],
+    end: Callable[[Child], None],
+) -> int:
+    """``begin`` the process with its stdio, copy and forward until it exits, ``end`` it."""
     forward = _in_main_thread()
     if forward:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
     try:
-        ctr = start(store, spec)
+        if spec.tty or any(os.isatty(fd) for fd in ((0, 1, 2) if spec.interactive else (1, 2))):
+            from tophan.run.stdio import Stdio
+
+            io = Stdio(spec)
+            try:
+                child = begin(io.child)
+                try:
+                    io.started(child)
+                    return io.wait(child, signals=forward)
+                finally:
+                    end(child)
+            finally:
+                io.close()
+        # No terminal anywhere: the fds go in as they are, nothing to copy.
+        null = -1 if spec.interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            child = begin((0 if null < 0 else null, 1, 2))
+        finally:
+            if null >= 0:
+                os.close(null)
         try:
             if forward:
-                _forward(ctr.poll, ctr.signal)
-            return ctr.wait()
+                _forward(child.poll, child.signal)
+            return child.wait()
         finally:
-            ctr.close(keep_upper=keep_upper)
+            end(child)
     finally:
         if forward:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -552,12 +640,12 @@ def _in_main_thread() -> bool:
 
 
 def _forward(poll: Callable[[], int | None], send: Callable[[int], None]) -> None:
-    # sigwaitinfo tells a signal someone sent us (forward it) from one the terminal sent to the
-    # whole foreground process group (the container got it too: do not deliver it twice).
+    # Every one, those our terminal sends its foreground group (^C) included: the container is
+    # in a session of its own, out of reach of our terminal.
     wanted = {*FORWARDED, signal.SIGCHLD}
     while poll() is None:
         info = signal.sigtimedwait(wanted, 1.0)
-        if info is None or info.si_signo == signal.SIGCHLD or info.si_code == _SI_KERNEL:
+        if info is None or info.si_signo == signal.SIGCHLD:
             continue
         send(info.si_signo)
 
@@ -589,34 +677,44 @@ def spawn_in(
     cgroup, and the spec's user, env, workdir, capabilities and seccomp filter)."""
     _prepare(spec, None)
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    console = _console(spec)
     pid = os.fork()
     if pid == 0:
         _in_child(msg_w, stdio, lambda: _join(target, spec, cgroup, msg_w))
     os.close(msg_w)
     joined = Joined(pid)
     try:
+        _close_console(spec)
         line = _Lines(msg_r).next()
+        if line:
+            joined.wait()
+            raise _failure(line, None)
+        if console is not None:
+            joined.pty = _receive_pty(console)
+    except BaseException:
+        joined.kill()
+        joined.wait()
+        raise
     finally:
         os.close(msg_r)
-    if line:
-        joined.wait()
-        raise _failure(line, None)
+        if console is not None:
+            console.close()
     return joined
 
 
 def exec_in(target: int, spec: Spec, *, cgroup: Cgroup | None = None) -> int:
-    """``spawn_in`` and wait, forwarding signals like ``run``; returns the exit code."""
-    forward = _in_main_thread()
-    if forward:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
-    try:
-        joined = spawn_in(target, spec, cgroup=cgroup)
-        if forward:
-            _forward(joined.poll, joined.signal)
-        return joined.wait()
-    finally:
-        if forward:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    """``spawn_in`` and wait, with our stdio and signals as ``run`` gives them; returns the
+    exit code."""
+
+    def end(joined: Child) -> None:
+        if joined.returncode is None:
+            joined.signal(signal.SIGKILL)
+            joined.wait()
+        if joined.pty is not None:
+            _close_quietly(joined.pty)
+            joined.pty = None
+
+    return _attached(spec, lambda stdio: spawn_in(target, spec, cgroup=cgroup, stdio=stdio), end)
 
 
 def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
@@ -647,6 +745,7 @@ def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
     if pid == 0:
         _become(spec, msg_w, ())  # raises on failure
     os.close(msg_w)
+    _close_console(spec)
     for sig in FORWARDED:
         signal.signal(sig, lambda signo, _frame: os.kill(pid, signo))
     status = waitpid(pid, 0)
@@ -662,6 +761,9 @@ def _in_child(msg_w: int, stdio: tuple[int, int, int] | None, body: Callable[[],
     one ``error CODE MESSAGE`` line. Never returns into the caller's code."""
     code = RC_SETUP
     try:
+        # Out of the caller's session at once: its terminal's signals (^C to the foreground
+        # group) are the caller's to forward, and the command will have a session of its own.
+        os.setsid()
         _use_stdio(stdio)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         code = body()
@@ -746,6 +848,10 @@ def _prepare(spec: Spec, cache_dir: str | None) -> None:
     import struct  # noqa: F401
 
     from tophan.run import security
+
+    if spec.tty:
+        import socket  # noqa: F401
+        import termios  # noqa: F401
 
     caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
     profile = "default" if spec.seccomp else None
@@ -1004,6 +1110,7 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
     uid, gid, groups, home = resolve_user(spec.user)
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": home}
     env.update(spec.env)
+    _own_session(spec, uid)
     try:
         os.makedirs(spec.workdir, 0o755, exist_ok=True)
     except OSError:
@@ -1031,6 +1138,59 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
     if init:
         _pid1(spec.argv, env, msg_w)
     _exec(spec.argv, env, msg_w)
+
+
+def _own_session(spec: Spec, uid: int) -> None:
+    """A session of our own, as runc gives: no terminal of the caller's stays ours (holding one
+    is enough to type into it with TIOCSTI, run by the caller's shell once we exit). With
+    ``spec.tty``, a terminal of our own instead: opened in the container's devpts, made our
+    controlling terminal and stdio, its master sent to the caller."""
+    import fcntl
+    import struct
+
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a session leader (setsid fails only then)
+    if not spec.tty:
+        null = -1
+        for fd in (0, 1, 2):
+            if os.isatty(fd):
+                if null < 0:
+                    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+                os.dup2(null, fd)
+        if null >= 0:
+            os.close(null)
+        return
+    import socket
+    import termios
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    # The peer from the master itself, not by its name in /dev/pts (TIOCGPTPEER, as runc).
+    slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.fchown(slave, uid, -1)  # the user's terminal, as a login gives it
+    except OSError:
+        pass  # an id this (rootless) container does not map: _set_ids says so
+    if spec.tty_size is not None:
+        rows, cols = spec.tty_size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    console = socket.socket(fileno=spec.console_fd)
+    spec.console_fd = -1
+    try:
+        socket.send_fds(console, [b"t"], [master])
+    finally:
+        console.close()
+        os.close(master)
+
+
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
 
 
 def _pid1(argv: list[str], env: dict[str, str], msg_w: int) -> NoReturn:

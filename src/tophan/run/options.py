@@ -121,6 +121,8 @@ class RunOptions:
         no_new_privileges: bool = True,
         no_limits: bool = False,  # no cgroup to be had (rootless): run without limits
         init: bool = False,  # a small init as pid 1: reaps zombies, forwards signals
+        interactive: bool = False,  # -i: our stdin goes in (else /dev/null)
+        tty: bool = False,  # -t: a pseudo-terminal of its own, proxied to ours
         keep_upper: str | None = None,  # `tophan run`: keep the writable layer's changes here
     ) -> None:
         self.image = image
@@ -145,6 +147,8 @@ class RunOptions:
         self.no_new_privileges = no_new_privileges
         self.no_limits = no_limits
         self.init = init
+        self.interactive = interactive
+        self.tty = tty
         self.keep_upper = keep_upper
 
     def __eq__(self, other: object) -> bool:
@@ -206,7 +210,7 @@ class RunOptions:
             self.entrypoint = [] if entry in ([], [""]) else entry
         elif key in ("workdir", "user", "hostname", "name", "network", "keep_upper"):
             setattr(self, key, str(value))
-        elif key in ("privileged", "read_only", "no_limits", "init"):
+        elif key in ("privileged", "read_only", "no_limits", "init", "interactive", "tty"):
             setattr(self, key, bool(value))
         else:
             raise UsageError(f"unknown run option {key!r}", "see `tophan run --help`")
@@ -268,6 +272,10 @@ class RunOptions:
         spec = runtime.Spec([layer_store.tree_path(d) for d in digests], self._argv(config, what))
         spec.digests = digests
         spec.env = self._env(config.get("Env") or [])
+        if self.tty:
+            # Docker's rule: a terminal is an xterm unless the image or -e says otherwise;
+            # without one TERM is never set (nor taken from ours).
+            spec.env.setdefault("TERM", "xterm")
         spec.workdir = self.workdir or config.get("WorkingDir") or "/"
         spec.user = self.user or config.get("User") or None
         spec.name = self.name or ""
@@ -279,6 +287,8 @@ class RunOptions:
         spec.binds, spec.volumes = self._binds(store)
         spec.no_limits = self.no_limits
         spec.init = self.init
+        spec.tty = self.tty
+        spec.interactive = self.interactive
         if self.privileged:
             spec.caps = security.resolve_caps(["ALL"], [])
             spec.seccomp = False
@@ -367,6 +377,8 @@ class RunOptions:
             "no_new_privileges": self.no_new_privileges,
             "no_limits": self.no_limits,
             "init": self.init,
+            "interactive": self.interactive,
+            "tty": self.tty,
             "keep_upper": self.keep_upper,
         }
 
@@ -421,6 +433,8 @@ class RunOptions:
             no_new_privileges=r.get("no_new_privileges", bool, True),
             no_limits=r.get("no_limits", bool, False),
             init=r.get("init", bool, False),
+            interactive=r.get("interactive", bool, False),
+            tty=r.get("tty", bool, False),
             keep_upper=r.get("keep_upper", str, None),
         )
         r.done()
