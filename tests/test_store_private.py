@@ -129,3 +129,17 @@ def test_workspaces_are_mounted_nosuid_nodev(tmp_path: Path) -> None:
         assert not {"nosuid", "nodev"} & _mount_opts(ws.mountpoint)
     finally:
         store.workspaces.unmount("w2")
+
+
+def test_ws_create_suid_dev_flag(tmp_path: Path) -> None:
+    from registry_fixture import make_layer, store_at
+
+    store = store_at(tmp_path / "s")
+    make_layer(store, "base", {"f": b"x"}, tmp_path)
+    for name, flags, want in (("a", [], True), ("b", ["--suid-dev"], False)):
+        r = run_cli("--root", str(store.root), "ws", "create", name, "-l", "base", *flags)
+        assert r.rc == 0, r.err
+        try:
+            assert ({"nosuid", "nodev"} <= _mount_opts(r.out.strip())) is want
+        finally:
+            assert run_cli("--root", str(store.root), "ws", "unmount", name).rc == 0

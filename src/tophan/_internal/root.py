@@ -105,6 +105,11 @@ class StoreRoot:
         self.overlayd = overlayd
         try:
             info = meta.read(os.path.join(self.root, "store.meta"))
+        except PermissionError as e:
+            raise TophanError(
+                f"cannot open store {root}: permission denied",
+                "a store is private to its owner: use your own (`tophan init`)",
+            ) from e
         except OSError as e:
             cmd = "overlayd init" if overlayd else "tophan init"
             raise NotFound(f"no store at {root}", f"run `{cmd}` first, or pass --root PATH") from e

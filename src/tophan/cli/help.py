@@ -135,12 +135,14 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} ws create dev -l app -l base",
     ),
     "ws create": (
-        "NAME -l TOP [-l LAYER ...] [-m PATH] [--no-mount]",
-        "Create a workspace over the layers (first -l is the top) and mount it; prints the "
-        "mountpoint.",
+        "NAME -l TOP [-l LAYER ...] [-m PATH] [--no-mount] [--suid-dev]",
+        "Create a workspace over the layers (first -l is the top) and mount it, nosuid,nodev;"
+        " prints the mountpoint.",
         "-l, --layer L     a lower layer, top first (repeat)\n"
         "-m, --mount PATH  mountpoint (default: inside the store)\n"
-        "--no-mount        create it unmounted",
+        "--no-mount        create it unmounted\n"
+        "--suid-dev        let setuid files and device nodes work through the mount (rarely"
+        " wanted: anyone who can reach the mountpoint could use them)",
         "{prog} ws create dev -l app -l base",
     ),
     "ws list": (

@@ -541,6 +541,7 @@ class Cli:
         "-m": ("mountpoint", True, False),
         "--mount": ("mountpoint", True, False),
         "--no-mount": ("no_mount", False, False),
+        "--suid-dev": ("suid_dev", False, False),
     }
 
     def ws_create(self, argv: list[str]) -> int:
@@ -564,7 +565,11 @@ class Cli:
         for layer in layers:
             _check_layer(layer)
         ws = self.store().workspaces.create(
-            name, layers, mountpoint=args.opts.get("mountpoint"), mount=mount
+            name,
+            layers,
+            mountpoint=args.opts.get("mountpoint"),
+            mount=mount,
+            suid_dev=args.flag("suid_dev"),
         )
         self.emit(f"{ws.mountpoint}\n")
         return 0
