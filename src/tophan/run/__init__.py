@@ -1,0 +1,52 @@
+"""Running: a process in a composed, isolated root (the container runtime), its hardening, cgroup
+limits, user-namespace id maps, and named volumes.
+
+Modules: ``container`` (``Spec``, ``start``, ``run``), ``security`` (capabilities, seccomp,
+no_new_privs, masked paths), ``cgroup`` (v2 and v1 limits), ``idmap``, ``volumes``.
+
+Names are imported lazily: importing one module of the package loads no other.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+
+__all__ = [
+    "Bind",
+    "Container",
+    "Limits",
+    "RunError",
+    "Spec",
+    "Volume",
+    "Volumes",
+    "run",
+    "start",
+]
+
+_LAZY = {
+    "Bind": "tophan.run.container",
+    "Container": "tophan.run.container",
+    "Limits": "tophan.run.cgroup",
+    "run": "tophan.run.container",
+    "RunError": "tophan.run.container",
+    "Spec": "tophan.run.container",
+    "start": "tophan.run.container",
+    "Volume": "tophan.run.volumes",
+    "Volumes": "tophan.run.volumes",
+}
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tophan.run.cgroup import Limits
+    from tophan.run.container import Bind, Container, RunError, Spec, run, start
+    from tophan.run.volumes import Volume, Volumes
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
