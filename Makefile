@@ -38,21 +38,22 @@ demo-deps:
 run-deps:
 	$(call apt_install,$(RUN_PACKAGES))
 
-# The runtime dependencies only (what the demo needs); $(VENV)/.dev adds the test tools.
-$(PY): pyproject.toml
+# Stamp files, not $(PY): touching the venv's python would touch the interpreter it links to.
+# .runtime: the runtime dependencies only (what the demo needs); .dev adds the test tools.
+$(VENV)/.runtime: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	$(PY) -m compileall -q src
-	touch $(PY)
+	touch $@
 
-$(VENV)/.dev: $(PY)
+$(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.dev
 
-demo: demo-deps $(PY)
+demo: demo-deps $(VENV)/.runtime
 	$(PY) demo/demo.py
 
 # A fresh venv each time (an upgrade leaves no stale files), the package built from this tree,
