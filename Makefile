@@ -1,31 +1,79 @@
 # tophan — see README.md. Targets install what they need on a fresh Debian 12 machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Layer core: busybox-static attr acl umoci tar; rootless tests: python3 python3-venv util-linux
-# passwd uidmap; running apps: libseccomp2 iproute2 runc crun podman (peers); images: skopeo
-# docker-registry; cgroup v2 VM tests: qemu-system-x86.
-DEB_PACKAGES := busybox-static attr acl umoci tar python3 python3-venv util-linux passwd uidmap \
-	libseccomp2 iproute2 runc crun podman fuse-overlayfs skopeo docker-registry qemu-system-x86
+.DEFAULT_GOAL := venv
+# `make install`: a venv of its own, and the two launchers linked onto PATH.
+PREFIX ?= /usr/local
+INSTALL_VENV ?= /opt/tophan
 
-.PHONY: deps venv demo test test-v2 lint typecheck unit bench clean
+# Debian packages, by who needs them (installed only when run as root with apt-get).
+# Running tophan: python3 python3-venv (the venv), libseccomp2 (the seccomp filter),
+# util-linux uidmap (rootless runs: unshare, newuidmap/newgidmap).
+RUN_PACKAGES := python3 python3-venv libseccomp2 util-linux uidmap
+# The demo: a busybox-static rootfs, and docker-registry to push to and pull from.
+DEMO_PACKAGES := $(RUN_PACKAGES) busybox-static docker-registry
+# The tests: layer core attr acl umoci tar; passwd (rootless test users); iproute2; peers to
+# compare with: runc crun podman fuse-overlayfs skopeo; cgroup v2 VM tests: qemu-system-x86;
+# gcc libc6-dev (static hostile programs: tests/data/*.c, overlayd's fault injectors); openssl
+# (test certificates).
+TEST_PACKAGES := $(DEMO_PACKAGES) attr acl umoci tar passwd iproute2 runc crun podman \
+	fuse-overlayfs skopeo qemu-system-x86 gcc libc6-dev openssl
+
+# $(call apt_install,PACKAGES): install those missing, as root where apt-get exists.
+define apt_install
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi; \
+	fi
+endef
+
+.PHONY: deps demo-deps run-deps venv demo install uninstall test test-v2 lint typecheck unit \
+	bench clean
 
 deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-		if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi; \
-	fi
+	$(call apt_install,$(TEST_PACKAGES))
 
-$(PY): pyproject.toml
+demo-deps:
+	$(call apt_install,$(DEMO_PACKAGES))
+
+run-deps:
+	$(call apt_install,$(RUN_PACKAGES))
+
+# Stamp files, not $(PY): touching the venv's python would touch the interpreter it links to.
+# .runtime: the runtime dependencies only (what the demo needs); .dev adds the test tools.
+$(VENV)/.runtime: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	$(PY) -m compileall -q src
-	touch $(PY)
+	touch $@
 
-venv: $(PY)
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
 
-demo: deps venv
+venv: $(VENV)/.dev
+
+demo: demo-deps $(VENV)/.runtime
 	$(PY) demo/demo.py
+
+# A fresh venv each time (an upgrade leaves no stale files), the package built from this tree,
+# compiled (start-up time), and bin/tophan, bin/overlayd linked into $(PREFIX)/bin.
+install: run-deps
+	if [ -f $(INSTALL_VENV)/pyvenv.cfg ]; then rm -rf $(INSTALL_VENV); fi
+	python3 -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INSTALL_VENV)/bin/python -m pip install -q .
+	$(INSTALL_VENV)/bin/python -m compileall -q $(INSTALL_VENV)/lib
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(abspath $(INSTALL_VENV))/bin/tophan $(PREFIX)/bin/tophan
+	ln -sf $(abspath $(INSTALL_VENV))/bin/overlayd $(PREFIX)/bin/overlayd
+	@echo "installed: $$(command -v tophan || echo $(PREFIX)/bin/tophan) ($$($(PREFIX)/bin/tophan version))"
+
+uninstall:
+	rm -f $(PREFIX)/bin/tophan $(PREFIX)/bin/overlayd
+	if [ -f $(INSTALL_VENV)/pyvenv.cfg ]; then rm -rf $(INSTALL_VENV); fi
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench demo

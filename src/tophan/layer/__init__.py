@@ -1,0 +1,45 @@
+"""Layers and workspaces: content-addressed overlayfs layer trees, the names that point at them,
+and workspaces (a stack of layers plus a writable upper dir, mounted with overlayfs).
+
+Modules: ``layers`` (the layer store), ``workspace``, ``mount`` (overlay mounts), ``commit``
+(upper dir -> layer tree), ``tarimport``/``tarexport`` (exact tar in and out, the digest).
+Everything here takes a ``tophan._internal.root.StoreRoot``; API users reach it through
+``tophan.Store`` (``store.layers``, ``store.workspaces``).
+
+Names are imported lazily: importing one module of the package loads no other.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+
+__all__ = [
+    "Layer",
+    "Layers",
+    "VerifyResult",
+    "Workspace",
+    "Workspaces",
+]
+
+_LAZY = {
+    "Layer": "tophan.layer.layers",
+    "Layers": "tophan.layer.layers",
+    "VerifyResult": "tophan.layer.layers",
+    "Workspace": "tophan.layer.workspace",
+    "Workspaces": "tophan.layer.workspace",
+}
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tophan.layer.layers import Layer, Layers, VerifyResult
+    from tophan.layer.workspace import Workspace, Workspaces
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,10 +1,59 @@
-"""Running containers: ``RunOptions`` (what to run, typed) -> ``container.Spec`` -> the runtime.
+"""Running: a process in a composed, isolated root (the container runtime), its hardening, cgroup
+limits, user-namespace id maps, and named volumes.
 
-``container`` is the runtime (namespaces, mounts, pivot, exec), ``security`` the capability and
-seccomp steps, ``cgroup`` the limits on v1 and v2, ``idmap`` rootless id maps, ``volumes`` the
-store's named volumes. Only ``options`` is imported here: it is light, the rest is not.
+Modules: ``options`` (``RunOptions``: what to run, typed; what ``tophan run`` and apps build),
+``container`` (``Spec``, ``start``, ``run``), ``security`` (capabilities, seccomp, no_new_privs,
+masked paths), ``devices`` (the device cgroup), ``stdio`` (terminals), ``cgroup`` (v2 and v1
+limits), ``idmap``, ``volumes``.
+
+Names are imported lazily: importing one module of the package loads no other.
 """
 
-from tophan.run.options import Mount, RunOptions
+from __future__ import annotations
 
-__all__ = ["Mount", "RunOptions"]
+TYPE_CHECKING = False
+
+__all__ = [
+    "Bind",
+    "Container",
+    "Limits",
+    "Mount",
+    "RunError",
+    "RunOptions",
+    "Spec",
+    "Volume",
+    "Volumes",
+    "run",
+    "start",
+]
+
+_LAZY = {
+    "Bind": "tophan.run.container",
+    "Mount": "tophan.run.options",
+    "RunOptions": "tophan.run.options",
+    "Container": "tophan.run.container",
+    "Limits": "tophan.run.cgroup",
+    "run": "tophan.run.container",
+    "RunError": "tophan.run.container",
+    "Spec": "tophan.run.container",
+    "start": "tophan.run.container",
+    "Volume": "tophan.run.volumes",
+    "Volumes": "tophan.run.volumes",
+}
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tophan.run.cgroup import Limits
+    from tophan.run.container import Bind, Container, RunError, Spec, run, start
+    from tophan.run.options import Mount, RunOptions
+    from tophan.run.volumes import Volume, Volumes
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
