@@ -16,8 +16,9 @@ PKG = SRC / "tophan"
 ARCHITECTURE = SRC.parent / "docs" / "architecture.md"
 
 # The contract, lowest first. A module may import its own unit and any unit of a lower rank, never
-# one of its own rank or higher (run resolves images, so image sits below it). A unit is a sub-package (``layer``) or a
-# top-level module (``store``); ``tophan`` is the root package's ``__init__`` and ``__main__``.
+# one of its own rank or higher (run resolves images, so image sits below it). A unit is a
+# sub-package (``layer``) or a top-level module (``store``); ``tophan`` is the root package's
+# ``__init__`` and ``__main__``.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("_internal",),
