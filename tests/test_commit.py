@@ -197,3 +197,33 @@ def test_workspace_stays_usable_and_commit_refused_while_mounted(store: Store) -
     store.workspaces.unmount("w")
     c2 = store.layers.commit("w", "c2")
     assert sorted(os.listdir(c2.path)) == ["f", "g"]
+
+
+def test_a_deep_upper_dir_commits(store: Store) -> None:
+    """Issue 8 #10: a workspace 1500 directories deep (past Python's recursion limit) commits,
+    and the layer's digest is what its tree hashes to."""
+    from tophan._internal.fs import rmtree
+
+    depth = 1500
+    ws = store.workspaces.create("deep", ["base"], mount=False)
+    try:
+        fd = os.open(ws.upper, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(depth):  # fd-relative: no path grows with the depth
+            os.mkdir("d", 0o755, dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        with open(os.open("bottom", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write(b"hi\n")
+        os.close(fd)
+        layer = store.layers.commit("deep", "deep-layer")
+        assert layer.digest == tarexport.digest_tree(layer.path, xattr_ns="trusted")
+        assert store.layers.verify(["deep-layer"])[0].ok
+    finally:
+        # pytest's own clean-up (recursive) cannot remove trees this deep: ours can
+        store.workspaces.remove("deep", force=True)
+        if store.layers.exists("deep-layer"):
+            store.layers.remove("deep-layer")
+        for leftover in ("tmp", "layers"):
+            for entry in os.listdir(store.path(leftover)):
+                rmtree(store.path(leftover, entry))

@@ -14,8 +14,6 @@ tophand as its parent-death target, and every mount lives in the container's nam
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import selectors
 import signal
@@ -528,13 +526,12 @@ def _daemonize() -> None:
 
 
 def _lock(app: App) -> int:
+    from tophan._internal.fs import try_flock
+
     fd = os.open(app.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise TophanError(f"app {app.name} already has a supervisor") from e
-        raise
+    if not try_flock(fd):
+        os.close(fd)
+        raise TophanError(f"app {app.name} already has a supervisor")
     return fd
 
 

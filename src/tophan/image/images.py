@@ -22,7 +22,6 @@ which ``gc`` removes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import threading
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from tophan._internal import meta
-from tophan._internal.fs import is_temporary, rmtree, write_meta
+from tophan._internal.fs import flock_held, is_temporary, rmtree, write_meta
 from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
 from tophan.image.blobs import (
     CHUNK,
@@ -715,7 +714,7 @@ def live_holds(store: StoreRoot) -> tuple[set[str], set[str]]:
     trees: set[str] = set()
     tmp = store.path("tmp")
     for entry in os.scandir(tmp):
-        if not entry.name.startswith("image-") or not _locked(entry.path):
+        if not entry.name.startswith("image-") or not flock_held(entry.path):
             continue
         try:
             with open(os.path.join(entry.path, HOLDS)) as f:
@@ -726,20 +725,6 @@ def live_holds(store: StoreRoot) -> tuple[set[str], set[str]]:
             kind, _, digest = line.partition(" ")
             (blobs if kind == "blob" else trees).add(digest)
     return blobs, trees
-
-
-def _locked(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 class Transaction:

@@ -28,6 +28,7 @@ CHUNK = 1 << 20
 KEEP_BUDGET = 256 << 20  # small files' content held for the digest instead of re-read
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Literal
 
     XattrNs = Literal["trusted", "user"]
@@ -55,6 +56,35 @@ def _same_content(a: bytes, b: bytes) -> bool:
                 return False
             if not x:
                 return True
+
+
+class _Dir:
+    """A directory of the upper dir being walked: its entries still to do, and what it was."""
+
+    def __init__(
+        self,
+        rel: bytes,
+        src: bytes,
+        stack: list[bytes],
+        st: os.stat_result | None,
+        lower: tuple[bytes, os.stat_result] | None,
+        xattrs: dict[bytes, bytes],
+        opaque: bool | None,
+    ) -> None:
+        self.rel = rel
+        self.src = src
+        self.stack = stack  # the lower dirs it shows, top first
+        self.st = st
+        self.lower = lower
+        self.xattrs = xattrs
+        self.opaque = opaque
+        self.kept = False
+        self.entries: Iterator[os.DirEntry[bytes]] = iter(_listdir(src))
+
+
+def _listdir(path: bytes) -> list[os.DirEntry[bytes]]:
+    with os.scandir(path) as it:
+        return list(it)  # closed now: open directories do not pile up with the depth
 
 
 class _Differ:
@@ -98,21 +128,32 @@ class _Differ:
     # -- the walk ------------------------------------------------------------------------------
 
     def walk(self, rel: bytes, stack: list[bytes]) -> bool:
-        """Copy what differs below ``rel``; True if anything was kept."""
-        kept = False
-        src_dir = self.upper + b"/" + rel if rel else self.upper
-        with os.scandir(src_dir) as it:
-            entries = list(it)
-        for e in entries:
-            child = rel + b"/" + e.name if rel else e.name
+        """Copy what differs below ``rel``; True if anything was kept.
+
+        Iterative (its own stack of directories, not Python's): an upper dir of any depth
+        commits, where recursion stopped at about a thousand levels."""
+        top = _Dir(rel, self.upper + b"/" + rel if rel else self.upper, stack, None, None, {}, None)
+        frames = [top]
+        while frames:
+            d = frames[-1]
+            e = next(d.entries, None)
+            if e is None:
+                frames.pop()
+                if frames:
+                    frames[-1].kept |= self.finish_directory(d)
+                continue
+            child = d.rel + b"/" + e.name if d.rel else e.name
             st = e.stat(follow_symlinks=False)
-            if self.entry(child, e.name, e.path, st, stack):
-                kept = True
-        return kept
+            if not stat.S_ISDIR(st.st_mode):
+                d.kept |= self.entry(child, e.name, e.path, st, d.stack)
+                continue
+            frames.append(self.start_directory(child, e.name, e.path, st, d.stack))
+        return top.kept
 
     def entry(
         self, rel: bytes, name: bytes, src: bytes, st: os.stat_result, stack: list[bytes]
     ) -> bool:
+        """A non-directory: a whiteout, a copy, or nothing when the lowers have it the same."""
         lower = self.lower_entry(stack, name)
         if _is_whiteout(st):
             if lower is None:
@@ -120,43 +161,41 @@ class _Differ:
             self.make_whiteout(rel, st, src)
             return True
         xattrs = _xattrs(src)
-        if stat.S_ISDIR(st.st_mode):
-            return self.directory(rel, name, src, st, xattrs, stack, lower)
         if lower is not None and self.identical(src, st, xattrs, *lower):
             return False
         self.copy(rel, src, st, xattrs)
         return True
 
-    def directory(
-        self,
-        rel: bytes,
-        name: bytes,
-        src: bytes,
-        st: os.stat_result,
-        xattrs: dict[bytes, bytes],
-        stack: list[bytes],
-        lower: tuple[bytes, os.stat_result] | None,
-    ) -> bool:
+    def start_directory(
+        self, rel: bytes, name: bytes, src: bytes, st: os.stat_result, stack: list[bytes]
+    ) -> _Dir:
+        """Make the directory in dest (removed again by finish_directory if nothing differs)."""
+        lower = self.lower_entry(stack, name)
+        xattrs = _xattrs(src)
         opaque = _xattrs_opaque(src, self.opaque_key)
-        dst = self.dest + b"/" + rel
-        os.mkdir(dst, 0o700)
+        os.mkdir(self.dest + b"/" + rel, 0o700)
         sub = [] if opaque else self.child_stack(stack, name)
-        children = self.walk(rel, sub)
+        return _Dir(rel, src, sub, st, lower, xattrs, opaque)
+
+    def finish_directory(self, d: _Dir) -> bool:
+        """Once its children are done: keep the directory if it or anything below differs."""
+        assert d.st is not None
+        dst = self.dest + b"/" + d.rel
         same = (
-            not opaque
-            and lower is not None
-            and stat.S_ISDIR(lower[1].st_mode)
-            and _same_meta(st, xattrs, lower[1], _xattrs(lower[0]))
+            not d.opaque
+            and d.lower is not None
+            and stat.S_ISDIR(d.lower[1].st_mode)
+            and _same_meta(d.st, d.xattrs, d.lower[1], _xattrs(d.lower[0]))
         )
-        if same and not children:
+        if same and not d.kept:
             os.rmdir(dst)
             return False
-        if opaque:
+        if d.opaque:
             os.setxattr(dst, self.opaque_key, b"y")
-        self.dirs.append((dst, st, xattrs))
-        node = _node("d", st, xattrs)
-        node.opaque = opaque
-        self.nodes[rel] = node
+        self.dirs.append((dst, d.st, d.xattrs))
+        node = _node("d", d.st, d.xattrs)
+        node.opaque = bool(d.opaque)
+        self.nodes[d.rel] = node
         return True
 
     def identical(
