@@ -17,6 +17,8 @@ Heavy modules are imported lazily so that ``import tophan`` stays cheap.
 
 from __future__ import annotations
 
+from tophan._internal import lazy
+
 TYPE_CHECKING = False
 __version__ = "0.1.0"
 
@@ -56,8 +58,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from tophan.errors import (
         ArchiveError,
         Exists,
@@ -75,10 +75,4 @@ if TYPE_CHECKING:
     from tophan.store import Store
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tophan' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _LAZY)

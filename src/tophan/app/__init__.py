@@ -9,6 +9,8 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
+from tophan._internal import lazy
+
 TYPE_CHECKING = False
 
 __all__ = [
@@ -28,16 +30,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from tophan.app.apps import App, Apps, AppSpec
     from tophan.app.health import Check, Health
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _LAZY)

@@ -10,6 +10,8 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
+from tophan._internal import lazy
+
 TYPE_CHECKING = False
 
 __all__ = [
@@ -39,8 +41,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from tophan.image.archive import export_images, import_images
     from tophan.image.blobs import Blobs
     from tophan.image.images import Healthcheck, Image, ImageConfig, Images
@@ -48,10 +48,4 @@ if TYPE_CHECKING:
     from tophan.image.spec import Platform
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _LAZY)

@@ -11,6 +11,8 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
+from tophan._internal import lazy
+
 TYPE_CHECKING = False
 
 __all__ = [
@@ -30,16 +32,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from tophan.layer.layers import Layer, Layers, VerifyResult
     from tophan.layer.workspace import Workspace, Workspaces
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _LAZY)

@@ -11,6 +11,8 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
+from tophan._internal import lazy
+
 TYPE_CHECKING = False
 
 __all__ = [
@@ -42,18 +44,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from tophan.run.cgroup import Limits
     from tophan.run.container import Bind, Container, RunError, Spec, run, start
     from tophan.run.options import Mount, RunOptions
     from tophan.run.volumes import Volume, Volumes
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy.exports(__name__, _LAZY)
