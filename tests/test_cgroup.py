@@ -36,43 +36,12 @@ import pytest
 
 from tophan.errors import Exists, NotFound, TophanError, UsageError
 from tophan.run import cgroup
-from tophan.run.cgroup import Cgroup, IoMax, Limits, parse_limits, parse_size
+from tophan.run.cgroup import Cgroup, IoMax, Limits, parse_limits
 
 MiB = 1 << 20
 
 
 # -- parsing -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("1024", 1024),
-        ("0", 0),
-        ("100k", 100 << 10),
-        ("100K", 100 << 10),
-        ("100kb", 100 << 10),
-        ("512m", 512 * MiB),
-        ("512MiB", 512 * MiB),
-        ("512 m", 512 * MiB),
-        ("1g", 1 << 30),
-        ("1.5g", 3 << 29),
-        ("2t", 2 << 40),
-        ("7b", 7),
-        (" 64M ", 64 * MiB),
-    ],
-)
-def test_parse_size(text: str, value: int) -> None:
-    assert parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "m", "-1", "1x", "1.2.3m", "1.m", "12 mbx", "1e3", "10ib"])
-def test_parse_size_errors(text: str) -> None:
-    with pytest.raises(UsageError) as e:
-        parse_size(text)
-    assert "\n" not in str(e.value)
-    assert repr(text) in str(e.value)
-    assert "512m" in str(e.value)  # the hint shows the format
 
 
 def test_parse_limits_docker_flags() -> None:
