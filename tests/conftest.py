@@ -6,7 +6,9 @@ unmounts anything still mounted below it, so a failing test cannot break the nex
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -148,3 +150,22 @@ def busybox_tar(tmp_path: Path) -> Path:
         for p in sorted(src.rglob("*")):
             tf.add(p, arcname=str(p.relative_to(src)), recursive=False)
     return out
+
+
+@contextlib.contextmanager
+def loop_device(backing: Path) -> Iterator[str]:
+    """A loop device over the file ``backing`` (skips where none can be had), detached after."""
+    if not os.path.exists("/dev/loop-control"):
+        # The v2 VM boots with few modules; only then is the loop driver loaded (busybox's
+        # modprobe where kmod is missing).
+        modprobe = ["modprobe"] if shutil.which("modprobe") else ["busybox", "modprobe"]
+        subprocess.run([*modprobe, "loop"], capture_output=True, check=False)
+    argv = ["losetup", "--find", "--show", str(backing)]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"no loop device: {p.stderr.strip()}")
+    dev = p.stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import loop_device
 from tophan.errors import Exists, NotFound, TophanError, UsageError
 from tophan.run import cgroup
 from tophan.run.cgroup import Cgroup, IoMax, Limits, parse_limits
@@ -127,21 +127,8 @@ def loop_dev(tmp_path: Path) -> Iterator[str]:
     backing = tmp_path / "disk.img"
     with open(backing, "wb") as f:
         f.truncate(16 * MiB)
-    if not os.path.exists("/dev/loop-control"):
-        # The v2 VM boots with few modules; only then is the loop driver loaded (busybox's
-        # modprobe where kmod is missing).
-        modprobe = ["modprobe"] if shutil.which("modprobe") else ["busybox", "modprobe"]
-        subprocess.run([*modprobe, "loop"], capture_output=True, check=False)
-    p = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True
-    )
-    if p.returncode != 0:
-        pytest.skip(f"no loop device: {p.stderr.strip()}")
-    dev = p.stdout.strip()
-    try:
+    with loop_device(backing) as dev:
         yield dev
-    finally:
-        subprocess.run(["losetup", "--detach", dev], check=False)
 
 
 def test_parse_limits_device_flags_merge_per_device(loop_dev: str) -> None:

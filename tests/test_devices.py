@@ -9,7 +9,6 @@ BPF program, which is also tested directly on this host's cgroup2 mount.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, busybox_full_rootfs, run_cli
+from conftest import BIN, busybox_full_rootfs, loop_device, run_cli
 from tophan.run import devices
 
 SECRET = b"TOPSECRET-" + uuid.uuid4().hex[:8].encode()
@@ -33,19 +32,8 @@ def secret_disk(tmp_path: Path) -> Iterator[str]:
         f.write(SECRET)
         f.truncate(1 << 20)
     os.chmod(backing, 0o600)
-    if not os.path.exists("/dev/loop-control"):
-        # the v2 VM boots with few modules (busybox's modprobe where kmod is missing)
-        modprobe = ["modprobe"] if shutil.which("modprobe") else ["busybox", "modprobe"]
-        subprocess.run([*modprobe, "loop"], capture_output=True, check=False)
-    argv = ["losetup", "--find", "--show", str(backing)]
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"no loop device: {p.stderr.strip()}")
-    dev = p.stdout.strip()
-    try:
+    with loop_device(backing) as dev:
         yield dev
-    finally:
-        subprocess.run(["losetup", "--detach", dev], check=False)
 
 
 @pytest.fixture
