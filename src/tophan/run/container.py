@@ -1082,13 +1082,15 @@ def _mount_cgroups(views: list[tuple[str, str]]) -> None:
     host's /sys brought along (--network host binds it) is covered first."""
     target = "/sys/fs/cgroup"
     flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+    # First a tmpfs over whatever is there: the kernel refuses (EBUSY) a cgroup2 mount right
+    # on top of the host's cgroup2 mount that a bound /sys brings.
+    _libc.mount("tmpfs", target, "tmpfs", flags, "mode=755,size=64k")
     if views == [("", "")]:
         try:
             _libc.mount("cgroup2", target, "cgroup2", flags | _libc.MS_RDONLY, None)
             return
         except OSError:
             views = []
-    _libc.mount("tmpfs", target, "tmpfs", flags, "mode=755,size=64k")
     for name, controllers in views:
         d = os.path.join(target, name)
         os.mkdir(d, 0o555)
