@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 import time
+
+from tophan._internal.signals import SIGKILL
 
 # Re-exported: callers that parse limit flags find it here.
 from tophan._internal.units import parse_size as parse_size
@@ -762,7 +763,7 @@ class Cgroup:
         try:
             for pid in self.procs():
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, SIGKILL)
                 except ProcessLookupError:
                     pass
         finally:
