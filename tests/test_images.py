@@ -310,3 +310,15 @@ def test_config_diff_ids_are_checked_in_one_place(
     assert message in str(e.value) and "\n" not in str(e.value)
     good = "sha256:" + "b" * 64
     assert config_diff_ids({"rootfs": {"diff_ids": [good]}}, 1, "x") == [good]
+
+
+def test_a_name_too_long_for_its_ref_file_is_one_line(tmp_path: Path) -> None:
+    """Issue 8 #15: a valid reference whose quoted file name exceeds NAME_MAX said only
+    "File name too long (<path>)"."""
+    store = store_at(tmp_path / "s")
+    make_layer(store, "base", {"f": b"x"}, tmp_path)
+    name = "localhost:5000/" + "/".join(["ab"] * 70) + ":v1"
+    r = run_cli("--root", str(store.root), "image", "create", name, "-l", "base")
+    assert r.rc == 2 and "image name too long" in r.err and r.err.count("\n") == 1, r.err
+    assert "File name too long" not in r.err
+    assert store.images.names() == []

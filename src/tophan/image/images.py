@@ -367,8 +367,19 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+# A name is one file in refs/images, quoted ('/' and ':' take 3 bytes): its file name, with the
+# temporary's prefix and suffix that atomic_write adds, must fit in NAME_MAX (255).
+_MAX_REF_FILE = 220
+
+
 def _ref_file(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
+    quoted = urllib.parse.quote(name, safe="")
+    if len(quoted) > _MAX_REF_FILE:
+        raise UsageError(
+            f"image name too long: {name[:48]}… ({len(name)} characters)",
+            "a name takes at most about 150 characters here (fewer with many '/' or ':')",
+        )
+    return quoted
 
 
 def _diffid_file(diff_id: str) -> str:
