@@ -847,6 +847,7 @@ def _prepare(spec: Spec, cache_dir: str | None) -> None:
     import resource  # noqa: F401
     import select  # noqa: F401
     import struct  # noqa: F401
+    import warnings  # noqa: F401  (os.execvpe imports it, through os.get_exec_path)
 
     from tophan.run import security
 
