@@ -1084,15 +1084,15 @@ def _mount_cgroups(views: list[tuple[str, str]]) -> None:
     host's /sys brought along (--network host binds it) is covered first."""
     target = "/sys/fs/cgroup"
     flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
-    # First a tmpfs over whatever is there: the kernel refuses (EBUSY) a cgroup2 mount right
-    # on top of the host's cgroup2 mount that a bound /sys brings.
+    if views == [("", "")] and _mount_cgroup2(target, flags):
+        return
     _libc.mount("tmpfs", target, "tmpfs", flags, "mode=755,size=64k")
     if views == [("", "")]:
-        try:
-            _libc.mount("cgroup2", target, "cgroup2", flags | _libc.MS_RDONLY, None)
+        # The kernel refuses (EBUSY) cgroup2 right on the host's cgroup2 mount that a bound
+        # /sys brings (--network host): on the tmpfs that covers it, it goes.
+        if _mount_cgroup2(target, flags):
             return
-        except OSError:
-            views = []
+        views = []
     for name, controllers in views:
         d = os.path.join(target, name)
         os.mkdir(d, 0o555)
@@ -1105,6 +1105,14 @@ def _mount_cgroups(views: list[tuple[str, str]]) -> None:
             if ctrl != name:
                 os.symlink(name, os.path.join(target, ctrl))  # cpu -> cpu,cpuacct, as hosts do
     _libc.mount("none", target, None, _libc.MS_REMOUNT | _libc.MS_RDONLY | flags, None)
+
+
+def _mount_cgroup2(target: str, flags: int) -> bool:
+    try:
+        _libc.mount("cgroup2", target, "cgroup2", flags | _libc.MS_RDONLY, None)
+    except OSError:
+        return False
+    return True
 
 
 def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = False) -> None:
