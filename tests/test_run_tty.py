@@ -104,11 +104,14 @@ class Term:
         rc = self.proc.wait(timeout)
         return rc, self.out[self.seen :].decode(errors="replace")
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
+    def close(self) -> bool:
+        """End it; True if it had to be killed (a killed `tophan run` leaves its cgroup)."""
+        killed = self.proc.poll() is None
+        if killed:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         os.close(self.master)
+        return killed
 
 
 def set_size(fd: int, rows: int, cols: int) -> None:
@@ -119,8 +122,23 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 def term() -> Iterator[list[Term]]:
     made: list[Term] = []
     yield made
-    for t in made:
-        t.close()
+    if any([t.close() for t in made]):
+        _prune_killed_runs()
+
+
+def _prune_killed_runs() -> None:
+    """What gc does for a SIGKILLed run, without gc's grace period (nothing else runs now)."""
+    import time
+
+    from tophan.run import cgroup
+    from tophan.run.container import prune_stale_cgroups
+
+    if cgroup.unavailable(cgroup.Limits()) is not None:
+        return
+    deadline = time.monotonic() + 10  # the container dies with its caller (parent-death signal)
+    while any(n.startswith("run-") for n in cgroup.list_ours()) and time.monotonic() < deadline:
+        prune_stale_cgroups(min_age=0)
+        time.sleep(0.05)
 
 
 def _shell(term: list[Term], command: list[str], **kw: int) -> Term:
@@ -251,7 +269,7 @@ def test_interactive_without_tty_proxies_our_terminal(store: Path, term: list[Te
     """-i from a terminal: the container reads a pipe (we copy our terminal's lines into it),
     ^D ends its input; without -i its stdin is /dev/null."""
     run = [TOPHAN, "--root", str(store), "run", "-i", "-l", "base", "--"]
-    script = "ls -l /proc/self/fd/ | grep -c pts; echo READY; cat; echo CATDONE; exit 4"
+    script = "ls -l /proc/self/fd/ 2>/dev/null | grep -c pts; echo READY; cat; echo CATDONE; exit 4"
     t = _shell(term, [*run, "sh", "-c", script])
     assert t.expect("READY").split()[-1] == "0", "a terminal of ours went in"
     t.send(b"abc\n")
