@@ -123,9 +123,3 @@ def test_v1_lines_deny_everything_first() -> None:
     assert ("devices.allow", "c 136:* rwm") in lines
     assert ("devices.allow", "b *:* m") in lines
     assert all(f == "devices.allow" for f, _ in lines[1:])
-
-
-def test_rule_for_a_device_node() -> None:
-    assert devices.rule_for("/dev/null").v1() == "c 1:3 rwm"
-    with pytest.raises(ValueError):
-        devices.rule_for("/etc/hostname")

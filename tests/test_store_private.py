@@ -100,6 +100,8 @@ def test_pulled_and_imported_layers_are_published_alike(tmp_path: Path) -> None:
 
 
 def _mount_opts(path: str) -> set[str]:
+    """The options of the topmost mount at ``path`` (empty: nothing is mounted there)."""
+    opts: set[str] = set()
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()

@@ -359,9 +359,8 @@ def check_config(doc: dict[str, Any], what: str) -> None:
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         kind = "a list of other things" if isinstance(diff_ids, list) else _kind(diff_ids)
         raise IntegrityError(f"{what}: rootfs.diff_ids is {kind}, not a list of digests")
-    for key in ("history",):
-        if key in doc and not isinstance(doc[key], list | None):
-            raise IntegrityError(f"{what}: {key} is {_kind(doc[key])}, not a list")
+    if not isinstance(doc.get("history"), list | None):
+        raise IntegrityError(f"{what}: history is {_kind(doc['history'])}, not a list")
     config = doc.get("config")
     if config is None:
         return

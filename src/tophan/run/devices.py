@@ -74,20 +74,6 @@ DEFAULT_RULES = (
 )
 
 
-def rule_for(path: str, access: str = "rwm") -> Rule:
-    """The rule that allows the device node at ``path`` (``--device``)."""
-    import stat
-
-    st = os.stat(path)
-    if stat.S_ISCHR(st.st_mode):
-        kind = "c"
-    elif stat.S_ISBLK(st.st_mode):
-        kind = "b"
-    else:
-        raise ValueError(f"{path} is not a device node")
-    return Rule(kind, os.major(st.st_rdev), os.minor(st.st_rdev), access)
-
-
 # -- cgroup v1 -----------------------------------------------------------------------------------
 
 
