@@ -22,11 +22,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-# Limits on what a Containerfile may hold. Docker refuses a physical line over 64 KiB; an
-# instruction of 1 MiB is far beyond any real one, and keeps every later use of its text
-# (history, cache keys, argv) small.
-MAX_FILE = 16 << 20
+# Limits on what a Containerfile may hold, far beyond any real one, so that absurd input is
+# refused in about a second rather than parsed for a minute. Docker refuses a physical line
+# over 64 KiB; an instruction of 1 MiB keeps every later use of its text (history, cache
+# keys, argv) small; and no image can stack anywhere near 10,000 layers.
+MAX_FILE = 4 << 20
 MAX_INSTRUCTION = 1 << 20
+MAX_INSTRUCTIONS = 10_000
 # `${A:-${B:-...}}` nests; past this depth the expression is refused (Python's own recursion
 # limit is far away: a level costs four frames).
 MAX_NESTING = 64
@@ -80,8 +82,8 @@ _SPLIT_FORMS = frozenset({"FROM", "EXPOSE", "COPY", "ADD", "VOLUME"})
 _DIRECTIVES = frozenset({"escape", "syntax", "check"})
 
 # Go's unicode.IsSpace, the whitespace of BuildKit's trimming and word splitting.
-SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
-SPACE += "\u2028\u2029\u202f\u205f\u3000"
+_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+_SPACE += "\u2028\u2029\u202f\u205f\u3000"
 _SPACE_CLASS = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # BuildKit splits an instruction from its arguments (and the old `ENV k v` form) on these.
 _BLANKS = r"[\t\v\f\r ]+"
@@ -145,7 +147,8 @@ class Instruction:
         spec = _heredoc_spec(word)
         if spec is None:
             return None
-        return next((h for h in self.heredocs if h.name == spec[0]), None)
+        # By name, the last of that name winning, as BuildKit looks them up.
+        return next((h for h in reversed(self.heredocs) if h.name == spec[0]), None)
 
 
 @dataclass
@@ -217,7 +220,7 @@ def _directives(lines: list[str], path: str) -> str:
     seen: set[str] = set()
     rx = _re(r"#[\t\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\f\r ]*=[\t\f\r ]*(.+?)[\t\f\r ]*")
     for number, line in enumerate(lines, 1):
-        m = rx.fullmatch(line.rstrip("\r\n").lstrip(SPACE))
+        m = rx.fullmatch(line.rstrip("\r\n").lstrip(_SPACE))
         key = m.group(1).lower() if m else ""
         if key not in _DIRECTIVES:
             break
@@ -261,6 +264,11 @@ class _Reader:
             if logical is None:
                 return out
             text, line = logical
+            if len(out) == MAX_INSTRUCTIONS:
+                raise UsageError(
+                    f"{self.path}:{line}: more than {MAX_INSTRUCTIONS} instructions",
+                    "split the build into several images",
+                )
             inst = _instruction(text, line, self.path, self.escape)
             if inst.keyword in _HEREDOC_FORMS and inst.json is None:
                 for name, chomp, expand in _heredoc_specs(inst.rest):
@@ -269,10 +277,14 @@ class _Reader:
 
     def _logical(self) -> tuple[str, int] | None:
         """The next instruction's text with continuations joined, and its first line."""
-        while self.i < len(self.lines):
+        lines = self.lines
+        while self.i < len(lines):
             start = self.i + 1
-            first = self.lines[self.i].rstrip("\r").lstrip(SPACE)
+            first = lines[self.i]
             self.i += 1
+            if not first or first[0] == "#":
+                continue  # the common blank and comment lines, quickly
+            first = first.rstrip("\r").lstrip(_SPACE)
             if first.startswith("#"):
                 continue  # a comment, or a parser directive already read
             body, more = _ends_continued(first, self.escape)
@@ -286,7 +298,7 @@ class _Reader:
         while more and self.i < len(self.lines):
             raw = self.lines[self.i].rstrip("\r")
             self.i += 1
-            stripped = raw.lstrip(SPACE)
+            stripped = raw.lstrip(_SPACE)
             # Docker drops comment lines and (with a warning) empty lines inside a continuation.
             if not stripped or stripped.startswith("#"):
                 continue
@@ -318,7 +330,7 @@ class _Reader:
 
 
 def _instruction(text: str, line: int, path: str, escape: str) -> Instruction:
-    s = text.strip(SPACE)
+    s = text.strip(_SPACE)
     m = _re(_BLANKS).search(s)
     word, rest = (s[: m.start()], s[m.end() :]) if m else (s, "")
     keyword = word.upper() if word.isascii() else word
@@ -337,7 +349,7 @@ def _instruction(text: str, line: int, path: str, escape: str) -> Instruction:
         )
     words, rest = _split_flags(rest)
     inst = Instruction(
-        keyword, _flags(keyword, words, where), rest.strip(SPACE), None, [], line, path
+        keyword, _flags(keyword, words, where), rest.strip(_SPACE), None, [], line, path
     )
     _CHECKS.get(keyword, _needs_arguments)(inst, escape)
     return inst
@@ -371,7 +383,7 @@ def _skip(s: str, i: int, chars: str) -> int:
 
 
 def _flag_word(line: str, i: int) -> tuple[str, int]:
-    out = []
+    out: list[str] = []
     special = _re(r"[\t\n\v\f\r '\"\\]")
     while i < len(line):
         m = special.search(line, i)
@@ -383,16 +395,24 @@ def _flag_word(line: str, i: int) -> tuple[str, int]:
         if line[i] == "\\":
             out.append(line[i + 1 : i + 2])
             i += 2
-            continue
-        quote = line[i]
-        i += 1
-        while i < len(line) and line[i] != quote:
-            if line[i] == "\\":
-                i += 1
-            out.append(line[i : i + 1])
-            i += 1
-        i += 1
+        else:
+            i = _flag_quoted(line, i + 1, line[i], out)
     return "".join(out), min(i, len(line))
+
+
+def _flag_quoted(line: str, i: int, quote: str, out: list[str]) -> int:
+    """Append the quoted text from ``i`` (``\\`` escapes even in '...'); return where it ends."""
+    special = _re("['\\\\]" if quote == "'" else '["\\\\]')
+    while True:
+        m = special.search(line, i)
+        if m is None:
+            out.append(line[i:])
+            return len(line)
+        out.append(line[i : m.start()])
+        if line[m.start()] == quote:
+            return m.end()
+        out.append(line[m.end() : m.end() + 1])
+        i = m.end() + 1
 
 
 def _flags(keyword: str, words: list[str], where: str) -> list[tuple[str, str]]:
@@ -405,6 +425,8 @@ def _flags(keyword: str, words: list[str], where: str) -> list[tuple[str, str]]:
             raise UsageError(f"{where}: {keyword} --{name} is not supported by tophan", refused)
         if name not in allowed:
             takes = ", ".join(f"--{f}" for f in allowed) if allowed else "no flags"
+            if keyword in ("RUN", "CMD", "ENTRYPOINT"):
+                takes += "; a command starting with -- needs the JSON form"
             shown = name if len(name) <= 40 else name[:40] + "…"
             raise UsageError(f"{where}: unknown flag --{shown} for {keyword}", f"{keyword} takes {takes}")
         if not eq:
@@ -499,7 +521,7 @@ def _check_volume(inst: Instruction, escape: str) -> None:
     args = arguments(inst)
     if not args:
         raise _fail(inst, "VOLUME needs a path", _USAGE["VOLUME"])
-    if any(not a.strip(SPACE) for a in args):
+    if any(not a.strip(_SPACE) for a in args):
         raise _fail(inst, "VOLUME cannot be an empty string", _USAGE["VOLUME"])
 
 
@@ -574,7 +596,7 @@ def _maybe_json(inst: Instruction, text: str) -> list[str] | None:
     As Docker: text that starts with ``[`` but is not valid JSON is the shell form; a valid
     JSON array of anything but strings is an error.
     """
-    text = text.lstrip(SPACE)
+    text = text.lstrip(_SPACE)
     if not text.startswith("["):
         return None
     import json
@@ -737,7 +759,8 @@ def _raw_words(text: str, escape: str) -> list[str]:
             if blank_ok or any(cur):
                 words.append("".join(cur))
             cur, blank_ok = [], False
-            i += 1
+            blanks = _re(f"[{_SPACE_CLASS}]+").match(text, i)
+            i = blanks.end() if blanks else i + 1
     if blank_ok or any(cur):
         words.append("".join(cur))
     return words
@@ -818,7 +841,7 @@ def key_values(
         raise ValueError(f"key_values of {inst.keyword}")
     for key, _ in out:
         if not key or (inst.keyword != "LABEL" and "=" in key):
-            raise _fail(inst, f"invalid {inst.keyword} name {key!r}", _USAGE[inst.keyword])
+            raise _fail(inst, f"invalid {inst.keyword} name {_excerpt(key)}", _USAGE[inst.keyword])
     return out
 
 
@@ -912,6 +935,9 @@ def expand(word: str, env: Mapping[str, str], escape: str = "\\", *, where: str 
     ``${V//pat/r}``; an unset variable is empty; single quotes are literal. ``where``
     (``path:line``) begins error messages.
     """
+    special = _SPECIAL.get(escape)
+    if special and not _re(special).search(word):
+        return word  # nothing to substitute, unquote or unescape: the common case, quickly
     return _Lexer(word, env, escape, where).run(None)
 
 
@@ -932,9 +958,13 @@ def expand_heredoc(
 ) -> str:
     """A heredoc body with variables substituted, as Docker does for ``COPY <<EOF``.
 
-    Quotes stay as they are; escapes are resolved.
+    Quotes stay as they are; escapes are resolved. BuildKit uses ``\\`` here whatever the
+    escape directive says, so the default is the faithful choice.
     """
     return _Lexer(content, env, escape, where, skip_quotes=True).run(None)
+
+
+_SPECIAL = {"\\": r"[$'\"\\]", "`": "[$'\"`]"}
 
 
 class _LexError(Exception):
