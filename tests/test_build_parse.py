@@ -319,6 +319,182 @@ def test_heredoc_unterminated():
     assert "<<EOF" in message
 
 
+# parser_heredoc_test.go TestParseExtractsHeredoc (without its RUN --mount and USER lines):
+# BuildKit keeps a <<- body's tabs until later; here they are gone already.
+BUILDKIT_HEREDOCS = """FROM alpine:3.6
+
+ENV NAME=me
+
+RUN ls
+
+RUN <<EMPTY
+EMPTY
+
+RUN 3<<EMPTY2
+EMPTY2
+
+RUN "<<NOHEREDOC"
+
+RUN <<INDENT
+\tfoo
+\tbar
+INDENT
+
+RUN <<-UNINDENT
+\tbaz
+\tquux
+UNINDENT
+
+RUN <<-UNINDENT2
+\tbaz
+\tquux
+\tUNINDENT2
+
+RUN <<-EXPAND
+\texpand $NAME
+EXPAND
+
+RUN <<-'NOEXPAND'
+\tdon't expand $NAME
+NOEXPAND
+
+RUN <<COPY
+echo hello world
+echo foo bar
+COPY
+
+RUN <<COMMENT
+# internal comment
+echo hello world
+echo foo bar # trailing comment
+COMMENT
+
+COPY <<FILE1 <<FILE2 /dest
+content 1
+FILE1
+content 2
+FILE2
+
+COPY <<EOF /quotes
+"foo"
+'bar'
+EOF
+
+COPY <<X <<Y /dest
+Y
+X
+X
+Y
+
+RUN <<COMPLEX python3
+print('hello world')
+COMPLEX
+
+COPY <<file.txt /dest
+hello world
+file.txt
+
+RUN <<eo'f'
+echo foo
+eof
+
+RUN <<eo\\'f
+echo foo
+eo'f
+
+RUN <<'e'o\\'f
+echo foo
+eo'f
+
+RUN <<'one two'
+echo bar
+one two
+
+RUN <<$EOF
+$EOF
+
+RUN <<  EOF
+EOF
+
+RUN <<  EOF  > foo
+EOF
+"""
+BUILDKIT_HEREDOCS_EXPECTED = [
+    [],
+    [],
+    [("EMPTY", "", True, False)],
+    [("EMPTY2", "", True, False)],
+    [],
+    [("INDENT", "\tfoo\n\tbar\n", True, False)],
+    [("UNINDENT", "baz\nquux\n", True, True)],
+    [("UNINDENT2", "baz\nquux\n", True, True)],
+    [("EXPAND", "expand $NAME\n", True, True)],
+    [("NOEXPAND", "don't expand $NAME\n", False, True)],
+    [("COPY", "echo hello world\necho foo bar\n", True, False)],
+    [("COMMENT", "# internal comment\necho hello world\necho foo bar # trailing comment\n",
+      True, False)],
+    [("FILE1", "content 1\n", True, False), ("FILE2", "content 2\n", True, False)],
+    [("EOF", "\"foo\"\n'bar'\n", True, False)],
+    [("X", "Y\n", True, False), ("Y", "X\n", True, False)],
+    [("COMPLEX", "print('hello world')\n", True, False)],
+    [("file.txt", "hello world\n", True, False)],
+    [("eof", "echo foo\n", False, False)],
+    [("eo'f", "echo foo\n", True, False)],
+    [("eo'f", "echo foo\n", False, False)],
+    [("one two", "echo bar\n", False, False)],
+    [("$EOF", "", True, False)],
+    [("EOF", "", True, False)],
+    [("EOF", "", True, False)],
+]  # fmt: skip
+
+
+def test_buildkit_heredoc_table():
+    insts = parse(BUILDKIT_HEREDOCS, "Cf").stages[0].instructions
+    got = [[(h.name, h.content, h.expand, h.chomp) for h in i.heredocs] for i in insts]
+    assert got == BUILDKIT_HEREDOCS_EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("rest", "names"),
+    [
+        # parser_heredoc_test.go TestParseHeredocHelpers and TestHeredocsFromLine.
+        ("<<EOF", ["EOF"]),
+        ("<<'EOF'", ["EOF"]),
+        ('<<"EOF"', ["EOF"]),
+        ("<<-EOF", ["EOF"]),
+        ("<<-'EOF'", ["EOF"]),
+        ('<<-"EOF"', ["EOF"]),
+        ('<<EO"F"', ["EOF"]),
+        ("<< EOF", ["EOF"]),
+        ("<<- EOF", ["EOF"]),
+        ("<< -EOF", ["-EOF"]),
+        ("4<<EOF", ["EOF"]),
+        ("<<EOF <<EOF2", ["EOF", "EOF2"]),
+        ("'<<EOF'", []),
+        ('"<<EOF"', []),
+        ("EOF", []),
+        ("<<", []),
+        ("<<-", []),
+        ("<EOF", []),
+        ("<<<EOF", []),
+        ("<<EOF sh", ["EOF"]),
+        ("<<'EOF", []),  # quotes that do not close: no heredoc on the line at all
+        ("<<EOF echo 'x", []),
+    ],
+)
+def test_heredoc_words(rest, names):
+    from tophan.build.containerfile import _heredoc_specs
+
+    assert [spec[0] for spec in _heredoc_specs(rest)] == names
+
+
+def test_run_heredoc_spaced_delimiter():
+    inst = one("RUN <<  EOF\necho spaced\nEOF\n")
+    assert shell_or_exec(inst, SH) == [*SH, "echo spaced\n"]
+    inst = one("RUN cat << EOF\n$HOME\nEOF\n")
+    assert run(shell_or_exec(inst, SH), {"HOME": "/h"}) == "/h\n"
+
+
 # --- Stages ---------------------------------------------------------------------------------
 
 

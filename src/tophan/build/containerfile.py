@@ -648,28 +648,39 @@ def is_git_url(source: str) -> bool:
 
 
 def _heredoc_specs(rest: str) -> list[tuple[str, bool, bool]]:
-    """(name, chomp, expand) of each heredoc word (``<<EOF``, ``<<-'EOF'``) in ``rest``."""
+    """(name, chomp, expand) of each heredoc word (``<<EOF``, ``<<-'EOF'``) in ``rest``.
+
+    As BuildKit's lexer: ``<<`` (or ``<<-``) and blanks after it join the next word
+    (``<< EOF``); a line whose quotes do not close has no heredocs.
+    """
+    words = _raw_words(rest, "\\")
+    if words and not _unquote(words[-1])[2]:
+        return []
     specs = []
-    for word in _raw_words(rest, "\\"):
-        spec = _heredoc_spec(word)
+    joined = ""
+    for word in words:
+        word = f"{joined} {word}" if joined else word
+        joined = word if _re(r"[0-9]*<<-?").fullmatch(word) else ""
+        spec = None if joined else _heredoc_spec(word)
         if spec:
             specs.append(spec)
     return specs
 
 
 def _heredoc_spec(word: str) -> tuple[str, bool, bool] | None:
-    # As BuildKit: an optional fd number, <<, an optional -, then one non-empty word.
-    m = _re(r"([0-9]*)<<(-?)([^<]*)").fullmatch(word)
-    if not m or not m.group(3):
+    # As BuildKit: an optional fd number, <<, an optional -, blanks, then one non-empty word.
+    m = _re(r"([0-9]*)<<(-?)[\t\n\v\f\r ]*([^<]*)").fullmatch(word)
+    if not m or len(_raw_words(m.group(3), "\\")) != 1:
         return None
-    name, quoted = _unquote(m.group(3))
+    name, quoted, _ = _unquote(m.group(3))
     if not name:
         return None
     return name, m.group(2) == "-", not quoted
 
 
-def _unquote(word: str) -> tuple[str, bool]:
-    """A raw word with quotes removed and ``\\`` escapes resolved; and whether it had quotes."""
+def _unquote(word: str) -> tuple[str, bool, bool]:
+    """A raw word with quotes removed and ``\\`` escapes resolved; whether it had quotes, and
+    whether they all closed."""
     out = []
     quoted = False
     i = 0
@@ -680,15 +691,16 @@ def _unquote(word: str) -> tuple[str, bool]:
             i += 2
         elif c == "'" or c == '"':
             quoted = True
-            j = word.find(c, i + 1)
-            j = len(word) if j < 0 else j
-            inner = word[i + 1 : j]
+            j = _quote_end(word, i, "\\")
+            if j is None:
+                return "", True, False
+            inner = word[i + 1 : j - 1]
             out.append(inner if c == "'" else _re(r'\\(["$\\])').sub(r"\1", inner))
-            i = j + 1
+            i = j
         else:
             out.append(c)
             i += 1
-    return "".join(out), quoted
+    return "".join(out), quoted, True
 
 
 # --- Stages -----------------------------------------------------------------------------------
@@ -768,16 +780,25 @@ def _raw_words(text: str, escape: str) -> list[str]:
 
 def _closing_quote(text: str, i: int, escape: str) -> int:
     """The index just past the quote closing the one at ``i`` (or the end of ``text``)."""
+    end = _quote_end(text, i, escape)
+    return len(text) if end is None else end
+
+
+def _quote_end(text: str, i: int, escape: str) -> int | None:
+    """The index just past the quote closing the one at ``i``; None if it never closes.
+
+    The escape character escapes inside double quotes, not inside single ones.
+    """
     quote = text[i]
     if quote == "'":
         j = text.find("'", i + 1)
-        return len(text) if j < 0 else j + 1
+        return None if j < 0 else j + 1
     special = _re(f'["{re.escape(escape)}]')
     i += 1
     while True:
         m = special.search(text, i)
         if m is None:
-            return len(text)
+            return None
         if text[m.start()] == '"':
             return m.end()
         i = m.start() + 2
