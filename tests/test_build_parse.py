@@ -535,6 +535,7 @@ REFUSALS = [
     ("FROM x\nWORKDIR --x=1 /a\n", 2, "unknown flag --x for WORKDIR"),
     ("FROM --plat=x y\n", 1, "unknown flag --plat"),
     ("FROM x\nHEALTHCHECK --foo=1 CMD a\n", 2, "unknown flag --foo"),
+    ("FROM x\nCMD --help\n", 2, "unknown flag --help for CMD"),  # as in Docker: JSON form
     ("FROM x\nCOPY --from a b\n", 2, "--from needs a value"),
     ("FROM x\nCOPY --from=a --from=b c d\n", 2, "given twice"),
     ("FROM x\n\n  FORM y\n", 3, "unknown instruction 'FORM'"),
