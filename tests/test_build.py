@@ -85,7 +85,7 @@ def test_build_runs_copies_and_configures(env: Env) -> None:
     assert len(info["layers"]) == 4  # base, RUN, COPY, WORKDIR's directory
     assert env.run("app:1") == "hello\n"
     assert env.run("app:1", "cat", "/srv/app.txt") == "the app\n"
-    assert env.run("app:1", "pwd") == "/srv/work\n"
+    assert env.run("app:1", "sh", "-c", "pwd") == "/srv/work\n"
     history = info["image_config"]["history"]
     assert [h.get("empty_layer", False) for h in history[-7:]] == [
         True, False, False, False, True, True, True,
