@@ -250,6 +250,15 @@ def test_layer_flag_keeps_the_four_layer_model(env: Env) -> None:
     assert env.run("four", "sh", "-c", "cat /rt/lib /app/app.conf; ls /base.txt || true") == (
         "rt\nconf\n"
     )
+    # built again: the same layers keep their names, the same image digest
+    flags = ["--layer", "base=l-base", "--layer", "runtime=l-runtime", "--layer", "app=l-app"]
+    again = env.build(ctx, "-t", "four", *flags, "--layer", "config=l-config")
+    assert "Using cache" in again.out
+    assert env.inspect("four")["digest"] == info["digest"]
+    # a changed app is refused as an existing name with other content, not silently renamed
+    (ctx / "app.sh").write_text("echo v2\n")
+    r = env.t("build", "-t", "four", *flags, str(ctx))
+    assert r.rc != 0 and "layer exists: l-app, with other content" in r.err
 
 
 def test_context_from_stdin(env: Env) -> None:

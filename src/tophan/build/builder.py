@@ -730,10 +730,11 @@ class Builder:
             clamp_times(tree, timestamp)
             return None
 
-        layer = layers.create_from(name, fill, {"built_from_stage": st.stage.name or ""})
-        self.layer_digests[st.stage.name or str(st.stage.index)] = layer.digest
-        st.stack = [*st.stack[: st.base_count], layer.digest]
-        self.out.line(f"--> layer {name} {layer.digest}")
+        source = {"built_from_stage": st.stage.name or str(st.stage.index)}
+        digest = layers.build_tree(fill, name=name, source=source)
+        self.layer_digests[st.stage.name or str(st.stage.index)] = digest
+        st.stack = [*st.stack[: st.base_count], digest]
+        self.out.line(f"--> layer {name} {digest}")
 
     def _commit(self, st: _State) -> Image:
         from tophan.image.images import Images, new_config
