@@ -548,8 +548,14 @@ class Layers:
                     write_meta(os.path.join(staging.path, "meta"), {"digest": digest, "size": size})
                     os.rename(staging.path, final)
                 if name is not None and named is None:
-                    ref = {"name": name, "digest": digest, "created_at": int(time.time())}
-                    write_meta(self._ref_path(name), {**ref, "size": size, **(source or {})})
+                    ref: dict[str, str | int | list[str]] = {
+                        "name": name,
+                        "digest": digest,
+                        "created_at": int(time.time()),
+                        "size": size,
+                        **(source or {}),
+                    }
+                    write_meta(self._ref_path(name), ref)
                 if keep is not None:
                     keep(digest)
             return digest
