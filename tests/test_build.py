@@ -369,3 +369,38 @@ def test_ctrl_c_during_run_leaves_nothing_mounted_or_running(env: Env) -> None:
     sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
     assert sleepers.stdout == ""
     assert [n for n in os.listdir(env.root / "tmp") if not n.startswith("trash-")] == []
+
+
+def test_add_url_with_checksum(env: Env) -> None:
+    import hashlib
+    import http.server
+    import threading
+
+    body = b"downloaded content\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/files/data.txt"
+        good = "sha256:" + hashlib.sha256(body).hexdigest()
+        ctx = env.context(f"FROM busybox\nADD --checksum={good} {url} /dl/\n")
+        env.build(ctx, "-t", "dl")
+        out = env.run("dl", "sh", "-c", "cat /dl/data.txt; stat -c %a /dl/data.txt")
+        assert out == "downloaded content\n600\n"
+        bad = "sha256:" + "0" * 64
+        ctx = env.context(f"FROM busybox\nADD --checksum={bad} {url} /dl/\n")
+        r = env.t("build", "-t", "dl-bad", str(ctx))
+        assert r.rc != 0 and good.removeprefix("sha256:") in r.err and "Traceback" not in r.err
+    finally:
+        server.shutdown()
+        server.server_close()
