@@ -58,6 +58,10 @@ def _user_files(work: Path) -> None:
     (work / "rootfs.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
     (work / "conf/etc").mkdir(parents=True)
     (work / "conf/etc/motd").write_text("made with tophan\n")
+    (work / "Containerfile").write_text(
+        "FROM scratch AS base\nADD rootfs.tar /\n"
+        'FROM base AS app\nCOPY conf/ /\nCMD ["cat", "/etc/motd"]\n'
+    )
     # An OCI archive from elsewhere (another store here, podman save or skopeo in real life).
     other = work / "other-store"
     for args in (
