@@ -1,4 +1,5 @@
-"""Files and trees on disk: atomic writes, tree removal, file locks, staging directories.
+"""Files and trees on disk: atomic writes, tree removal, file locks, staging directories, and
+a stream handed from a writer to a reader through a pipe.
 
 Every file that readers may see appears by one rename; see docs/store.md.
 """
@@ -13,7 +14,10 @@ from tophan._internal import meta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from collections.abc import Callable
+    from typing import IO, BinaryIO, TypeVar
+
+    T = TypeVar("T")
 
 
 # Temporaries carry this mark: it holds a character no name may have, so listings of names
@@ -317,3 +321,32 @@ class Staging:
     def discard(self) -> None:
         self.close()
         rmtree(self.path)
+
+
+def through_pipe(write: Callable[[IO[bytes]], None], read: Callable[[IO[bytes]], T]) -> T:
+    """``read`` what ``write`` produces (in a thread), through a pipe: a tar stream never lands
+    on disk. The reader's error wins; else a writer's error is raised after the reader is done."""
+    import threading
+
+    r, w = os.pipe()
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        with open(w, "wb", buffering=1 << 20) as out:
+            try:
+                write(out)
+            except BaseException as e:  # reported below, in the caller's thread
+                errors.append(e)
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    try:
+        with open(r, "rb", buffering=1 << 20) as src:
+            result = read(src)
+            while src.read(1 << 20):  # let the writer finish if the reader stopped early
+                pass
+    finally:
+        t.join()  # (closing our end above has ended a writer blocked on a full pipe)
+    if errors:
+        raise errors[0]
+    return result

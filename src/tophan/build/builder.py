@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 import time
 from typing import cast
 
@@ -664,10 +663,11 @@ class Builder:
     def _layer_from_tar(
         self, write: Callable[[IO[bytes]], None], key: str
     ) -> tuple[str | None, str]:
+        from tophan._internal.fs import through_pipe
         from tophan.layer import tarimport
 
         def fill(tree: str) -> tuple[str, int]:
-            stats = _extract_stream(
+            stats = through_pipe(
                 write,
                 lambda src: tarimport.extract(
                     src, tree, xattr_ns=self.store.xattr_ns, privileged=self.store.privileged
@@ -839,29 +839,3 @@ def clamp_times(tree: str, t: int) -> None:
         for name in files + dirs:
             os.utime(os.path.join(root, name), ns=ns, follow_symlinks=False)
     os.utime(tree, ns=ns)
-
-
-def _extract_stream(write: Callable[[IO[bytes]], None], read: Callable[[IO[bytes]], Any]) -> Any:
-    """``read`` what ``write`` produces, through a pipe (the tar is never on disk)."""
-    r, w = os.pipe()
-    errors: list[BaseException] = []
-
-    def produce() -> None:
-        with open(w, "wb", buffering=1 << 20) as out:
-            try:
-                write(out)
-            except BaseException as e:  # reported by the consumer below
-                errors.append(e)
-
-    t = threading.Thread(target=produce, daemon=True)
-    t.start()
-    try:
-        with open(r, "rb", buffering=1 << 20) as src:
-            result = read(src)
-            while src.read(1 << 20):  # let the writer finish if the reader stopped early
-                pass
-    finally:
-        t.join()
-    if errors:
-        raise errors[0]
-    return result

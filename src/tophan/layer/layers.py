@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import IO, Any
 
-    from tophan._internal.fs import Staging
     from tophan._internal.root import StoreRoot
     from tophan.layer.workspace import Workspaces
 
@@ -443,31 +442,18 @@ class Layers:
 
     def import_dir(self, path: str, name: str) -> Layer:
         """Import an existing directory tree (copied through the canonical tar, so exact)."""
-        import threading
-
+        from tophan._internal.fs import through_pipe
         from tophan.layer import tarexport
 
         if not os.path.isdir(path):
             raise NotFound(f"no such directory: {path}")
-        r, w = os.pipe()
-        errors: list[BaseException] = []
 
-        def produce() -> None:
-            with open(w, "wb", buffering=1 << 20) as out:
-                try:
-                    tarexport.write_tar(path, out, xattr_ns=self.store.xattr_ns)
-                except BaseException as e:  # reported by the consumer below
-                    errors.append(e)
+        def produce(out: IO[bytes]) -> None:
+            tarexport.write_tar(path, out, xattr_ns=self.store.xattr_ns)
 
-        t = threading.Thread(target=produce, daemon=True)
-        t.start()
-        try:
-            with open(r, "rb", buffering=1 << 20) as src:
-                return self.import_tar(src, name, label=os.path.abspath(path))
-        finally:
-            t.join()
-            if errors:
-                raise errors[0]
+        return through_pipe(
+            produce, lambda src: self.import_tar(src, name, label=os.path.abspath(path))
+        )
 
     def commit(self, ws_name: str, name: str) -> Layer:
         """Turn a workspace's upper dir into a new layer (refuses while it is mounted)."""
@@ -498,20 +484,13 @@ class Layers:
     ) -> Layer:
         """A new layer ``name`` that ``fill(tree)`` writes into an empty staging dir (returning
         its digest and tar size, or None to have them computed); ``source`` goes in its ref."""
-        from tophan.layer import tarexport
-
         names.check(name, "layer")
-        if self.exists(name):
+        if self.exists(name):  # (checked again under the lock, when it is published)
             raise Exists(f"layer exists: {name}", "pick another name or `layer rm` it first")
-        staging = self.store.staging("layer")
-        try:
-            tree = os.path.join(staging.path, TREE)
-            os.mkdir(tree, 0o755)
-            known = fill(tree)
-            digest, size = known or tarexport.write_tar(tree, None, xattr_ns=self.store.xattr_ns)
-            return self._publish(staging, name, digest, size, source)
-        finally:
-            staging.discard()
+        self.build_tree(fill, name=name, source=source, fresh=True)
+        layer = self._named(name)
+        assert isinstance(layer, Layer)
+        return layer
 
     def build_tree(
         self,
@@ -520,12 +499,14 @@ class Layers:
         *,
         name: str | None = None,
         source: dict[str, Any] | None = None,
+        fresh: bool = False,
     ) -> str:
         """A new layer: ``fill(tree)`` writes it (returning its digest and tar size, or None to
         have them computed). Published under the store lock, where ``keep(digest)`` records
         what holds an unnamed one (a build's cache: gc, which decides under the same lock,
         never sees it unreferenced) and ``name`` is given to it — or kept, if it already names
-        this very content (a rebuild). Returns its digest (an identical tree is reused)."""
+        this very content (a rebuild), unless ``fresh``. Returns its digest (an identical tree
+        is reused)."""
         from tophan.layer import tarexport
 
         if name is not None:
@@ -539,6 +520,10 @@ class Layers:
             final = self.store.path("layers", digest.split(":", 1)[1])
             with self.store.lock():
                 named = self._read_ref(name) if name is not None else None
+                if named is not None and fresh:
+                    raise Exists(
+                        f"layer exists: {name}", "pick another name or `layer rm` it first"
+                    )
                 if named is not None and named.get("digest") != digest:
                     raise Exists(
                         f"layer exists: {name}, with other content",
@@ -561,28 +546,6 @@ class Layers:
             return digest
         finally:
             staging.discard()
-
-    def _publish(
-        self, staging: Staging, name: str, digest: str, size: int, source: dict[str, Any]
-    ) -> Layer:
-        hexd = digest.split(":", 1)[1]
-        final = self.store.path("layers", hexd)
-        created = int(time.time())
-        ref: dict[str, str | int | list[str]] = {
-            "name": name,
-            "digest": digest,
-            "created_at": created,
-            "size": size,
-            **source,
-        }
-        with self.store.lock():
-            if self.exists(name):
-                raise Exists(f"layer exists: {name}", "pick another name or `layer rm` it first")
-            if not os.path.isdir(final):
-                write_meta(os.path.join(staging.path, "meta"), {"digest": digest, "size": size})
-                os.rename(staging.path, final)
-            write_meta(self._ref_path(name), ref)
-        return Layer(name, digest, created, size, self.tree_path(digest), source)
 
     # -- exporting -----------------------------------------------------------------------------
 
