@@ -24,7 +24,15 @@ import os
 import time
 
 from tophan._internal import meta
-from tophan._internal.fs import FileLock, Staging, atomic_write, rmtree, try_flock, write_meta
+from tophan._internal.fs import (
+    FileLock,
+    Staging,
+    atomic_write,
+    flock_held,
+    rmtree,
+    try_flock,
+    write_meta,
+)
 from tophan.errors import NotFound, TophanError
 
 # typing is imported for the type checker only: it costs a path command's start-up ~2 ms.
@@ -171,6 +179,21 @@ class StoreRoot:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Staging(path, fd)
+
+    def staging_lines(self, kind: str, name: str) -> list[str]:
+        """The lines of file ``name`` in the live staging dirs of ``kind``: what transactions
+        and builds in progress hold. A crashed one's dir is no longer locked, and its holds
+        no longer count."""
+        out: list[str] = []
+        for entry in os.scandir(self.path("tmp")):
+            if not entry.name.startswith(f"{kind}-") or not flock_held(entry.path):
+                continue
+            try:
+                with open(os.path.join(entry.path, name)) as f:
+                    out += [line for line in f.read().splitlines() if line]
+            except OSError:
+                continue
+        return out
 
     def hide(self, path: str) -> str | None:
         """Make ``path`` vanish at once by renaming it into tmp/; returns where it went.

@@ -17,7 +17,7 @@ import hashlib
 import os
 
 from tophan._internal import meta
-from tophan._internal.fs import atomic_write, flock_held
+from tophan._internal.fs import atomic_write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,13 +113,5 @@ def referenced_layers(store: StoreRoot) -> set[str]:
             continue
         if layer:
             out.add(layer)
-    tmp = store.path("tmp")
-    for entry in os.scandir(tmp):
-        if not entry.name.startswith("build-") or not flock_held(entry.path):
-            continue
-        try:
-            with open(os.path.join(entry.path, HOLDS)) as f:
-                out.update(line for line in f.read().splitlines() if line)
-        except OSError:
-            continue
+    out.update(store.staging_lines("build", HOLDS))
     return out

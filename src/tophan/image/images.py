@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from tophan._internal import meta
-from tophan._internal.fs import flock_held, is_temporary, rmtree, write_meta
+from tophan._internal.fs import is_temporary, rmtree, write_meta
 from tophan.errors import Exists, IntegrityError, NotFound, TophanError, UsageError
 from tophan.image.blobs import (
     CHUNK,
@@ -748,22 +748,12 @@ HOLDS = "holds"  # in a transaction's staging dir: "blob|tree DIGEST" lines it b
 
 
 def live_holds(store: StoreRoot) -> tuple[set[str], set[str]]:
-    """(blobs, trees) that transactions in progress build on (their staging dirs are locked by
-    their owners; a crashed one's is not, and its holds no longer count)."""
+    """(blobs, trees) that transactions in progress build on."""
     blobs: set[str] = set()
     trees: set[str] = set()
-    tmp = store.path("tmp")
-    for entry in os.scandir(tmp):
-        if not entry.name.startswith("image-") or not flock_held(entry.path):
-            continue
-        try:
-            with open(os.path.join(entry.path, HOLDS)) as f:
-                lines = f.read().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            kind, _, digest = line.partition(" ")
-            (blobs if kind == "blob" else trees).add(digest)
+    for line in store.staging_lines("image", HOLDS):
+        kind, _, digest = line.partition(" ")
+        (blobs if kind == "blob" else trees).add(digest)
     return blobs, trees
 
 
