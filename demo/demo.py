@@ -1,10 +1,13 @@
 """`make demo`: tophan end to end through the real CLI, on the local embedded store.
 
-1. layers: a busybox-static base (imported tar), an app layer made in a workspace and
-   committed, a config layer from a directory;
-2. an image of the three (OCI manifest + config, with an HTTP health check);
-3. an app from it — busybox httpd — with memory and pids limits: `app ps` until healthy, the page
-   fetched from inside its network namespace, its logs, then stopped: nothing left mounted;
+1. `tophan build`: a Containerfile of four stages — base OS (a busybox-static rootfs tar),
+   runtime, app, config — kept as four named layers (`--layer STAGE=NAME`), the image made of
+   them; built again, every step comes from the cache and the digest is the same;
+2. (as a non-root user, where build needs root: the layers made by hand instead — an imported
+   tar, a workspace committed, a directory — and an image of them);
+3. an app from it — busybox httpd — with memory and pids limits and the image's HEALTHCHECK:
+   `app ps` until healthy, the page fetched from inside its network namespace, then stopped:
+   nothing left mounted;
 4. the image pushed to a local OCI registry (Debian's docker-registry) and pulled into a second,
    empty store, where it runs again.
 
@@ -76,11 +79,64 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(store)], check=True)
     work = Path(tempfile.mkdtemp(prefix="tophan-demo-"))
     try:
-        layers(work)
+        if PRIVILEGED:
+            build(work)
+        else:
+            layers(work)
+            image()
         app()
         registry(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+CONTAINERFILE = """\
+# base: the OS
+FROM scratch AS base
+ADD base.tar /
+
+# runtime: what the app needs to run
+FROM base AS runtime
+RUN mkdir -p /srv/bin && printf '#!/bin/sh\\nexec httpd -f -p "$BIND" -c /etc/httpd.conf\\n' \\
+      > /srv/bin/serve && chmod 0755 /srv/bin/serve
+
+# app: the application itself
+FROM runtime AS app
+COPY www/ /www/
+
+# config: this deployment's settings
+FROM app AS config
+COPY httpd.conf /etc/httpd.conf
+ENV BIND=127.0.0.1:8080
+EXPOSE 8080
+HEALTHCHECK --interval=500ms CMD wget -q -O /dev/null http://127.0.0.1:8080/health
+CMD ["/srv/bin/serve"]
+"""
+
+
+def build(work: Path) -> None:
+    ctx = work / "context"
+    (ctx / "www").mkdir(parents=True)
+    shutil.move(build_base_tar(work), ctx / "base.tar")
+    (ctx / "www/index.html").write_text("<h1>hello from a tophan app</h1>\n")
+    (ctx / "www/health").write_text("ok\n")
+    (ctx / "httpd.conf").write_text("H:/www\n")
+    (ctx / "Containerfile").write_text(CONTAINERFILE)
+    print("1. build: a Containerfile of four stages, each kept as one named layer")
+    for line in CONTAINERFILE.splitlines():
+        print(f"    | {line}")
+    tophan("init", str(STORE))
+    layer_flags = [f"--layer={s}={s}" for s in ("base", "runtime", "app", "config")]
+    tophan("build", "-t", "web", *layer_flags, str(ctx))
+    tophan("layer", "list")
+    print("   built again: every step from the cache, the same image digest")
+    first = json.loads(tophan("image", "inspect", "web", quiet=True))["digest"]
+    out = tophan("build", "-t", "web", *layer_flags, str(ctx), quiet=True)
+    again = json.loads(tophan("image", "inspect", "web", quiet=True))["digest"]
+    print(f"    {out.count('Using cache')} steps from the cache; same digest: {first == again}")
+    if first != again:
+        sys.exit("demo failed: a cached rebuild changed the image")
+    tophan("image", "list")
 
 
 def layers(work: Path) -> None:
@@ -103,16 +159,19 @@ def layers(work: Path) -> None:
     tophan("layer", "list")
 
 
-def app() -> None:
+def image() -> None:
     print("2. an image of config + app + base: an OCI manifest and config in the store")
     tophan("image", "create", "web", "-l", "config", "-l", "app", "-l", "base",
            "--cmd", '["httpd", "-f", "-p", "127.0.0.1:8080", "-c", "/etc/httpd.conf"]',
-           "--port", "8080/tcp")  # fmt: skip
+           "--port", "8080/tcp", "--health-cmd", "wget -q -O /dev/null http://127.0.0.1:8080/health",
+           "--health-interval", "0.5s")  # fmt: skip
     tophan("image", "list")
+
+
+def app() -> None:
     limits = ["-m", "32m", "--pids-limit", "64"] if PRIVILEGED else ["--no-limits"]
-    print(f"3. an app from it, with {' '.join(limits)} and an HTTP health check; no network")
-    tophan("app", "create", "web", *limits, "--health-http", "http://127.0.0.1:8080/health",
-           "--health-interval", "0.5s", "--restart", "on-failure:3", "--stop-timeout", "2s",
+    print(f"3. an app from it, with {' '.join(limits)} and the image's health check; no network")
+    tophan("app", "create", "web", *limits, "--restart", "on-failure:3", "--stop-timeout", "2s",
            "web")  # fmt: skip
     tophan("app", "start", "web")
     tophan("app", "ps")

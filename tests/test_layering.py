@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("layer",),
     ("image",),
     ("run",),
-    ("app",),
+    ("app", "build"),
     ("references",),
     ("store",),
     ("maintenance",),

@@ -1,6 +1,7 @@
 """What still uses a layer: the one rule that spans every package.
 
-A layer tree is needed while a layer name, a workspace, an image, an app or a live run uses it.
+A layer tree is needed while a layer name, a workspace, an image, an app, a live run, the build
+cache or a build in progress uses it.
 Each package knows its own holders; this module asks them all, and the store façade passes the
 answer down to ``Layers`` and ``Images`` (which cannot import the packages above them).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 
 from tophan.app.apps import Apps
+from tophan.build.cache import referenced_layers as build_layers
 from tophan.image.images import Images
 from tophan.layer.layers import Layers, is_digest_ref
 from tophan.run.container import live_run_digests
@@ -21,10 +23,10 @@ if TYPE_CHECKING:
 
 def layers(store: StoreRoot) -> set[str]:
     """Layer digests something still needs: names, workspaces, live runs, images, apps that
-    name a layer by digest."""
+    name a layer by digest, the build cache and builds in progress."""
     images = Images(store).referenced()[1]
     named = Layers(store).referenced_digests()
-    return named | live_run_digests(store) | images | _app_digests(store)
+    return named | live_run_digests(store) | images | _app_digests(store) | build_layers(store)
 
 
 def _app_digests(store: StoreRoot) -> set[str]:

@@ -180,6 +180,29 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "--no-mount           never cross-mount blobs from other repositories",
         "{prog} push web registry.example.com/team/web:1.0",
     ),
+    "build": (
+        "[-t NAME[:TAG]]... [-f FILE] [flags] CONTEXT|-",
+        "Build an image from a Containerfile (else Dockerfile) in CONTEXT (- : a tar on stdin).",
+        "-t, --tag NAME       name the image (repeat for more names)\n"
+        "-f, --file FILE      the Containerfile (default CONTEXT/Containerfile, Dockerfile)\n"
+        "--build-arg K=V      a build argument (K alone: from the environment)\n"
+        "--target STAGE       build up to this stage\n"
+        "--no-cache           run every step again (the cache is still filled)\n"
+        "--network host|none  RUN's network (default host)\n"
+        "--layer STAGE=NAME   keep a stage's own steps as one named layer\n"
+        "--timestamp N        every time in the image is N (also $SOURCE_DATE_EPOCH)\n"
+        "--platform linux/amd64  the only platform built\n"
+        "-q, --quiet          print only the image digest;  --iidfile F  write it to F\n"
+        "--tls-verify=false  --cert-dir DIR   for FROM images pulled on demand\n"
+        "`build prune`: drop the build cache and the layers only it kept",
+        "{prog} build -t web:1.0 .",
+    ),
+    "build prune": (
+        "",
+        "Drop the build cache, then remove the layers only it kept.",
+        "",
+        "{prog} build prune",
+    ),
     "pull": (
         "REF [NAME] [registry flags] [--platform OS/ARCH]",
         "Pull an image from a registry and name it NAME (default: REF); prints the name.",

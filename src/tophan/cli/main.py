@@ -90,6 +90,7 @@ EXTENSIONS = {
     "image": ("tophan.cli.image", "IMAGE_COMMANDS"),
     "push": ("tophan.cli.image", "push"),
     "pull": ("tophan.cli.image", "pull"),
+    "build": ("tophan.cli.build", "build"),
 }
 HELP_FLAGS = ("-h", "--help")
 

@@ -363,8 +363,37 @@ class Image:
 def now_rfc3339() -> str:
     """The creation time we write: ``$SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    t = int(epoch) if epoch and epoch.isdigit() else int(time.time())
+    return rfc3339(int(epoch) if epoch and epoch.isdigit() else int(time.time()))
+
+
+def rfc3339(t: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _with_rootfs(raw: dict[str, Any], diff_ids: list[str]) -> dict[str, Any]:
+    """``raw`` with its ``rootfs``, placed before ``history`` as Docker and we always wrote it
+    (the bytes, hence the digest, of an image made twice from the same inputs stay the same)."""
+    out = {k: v for k, v in raw.items() if k not in ("rootfs", "history")}
+    out["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    if "history" in raw:
+        out["history"] = raw["history"]
+    return out
+
+
+def new_config(
+    config: ImageConfig, platform: Platform, created: str, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """An OCI image config without ``rootfs`` (:meth:`Images.assemble` adds it)."""
+    raw: dict[str, Any] = {
+        "created": created,
+        "architecture": platform.architecture,
+        "os": platform.os,
+    }
+    if platform.variant:
+        raw["variant"] = platform.variant
+    raw["config"] = config.as_oci()
+    raw["history"] = history
+    return raw
 
 
 # A name is one file in refs/images, quoted ('/' and ':' take 3 bytes): its file name, with the
@@ -1218,49 +1247,65 @@ class Images:
         if platform is None:
             platform = base_image.platform if base_image else Platform.host()
         stamp = created or now_rfc3339()
+        stack: list[LayerInfo | str] = list(base_image.layer_infos) if base_image else []
+        stack += [la.digest for la in named]
+        history: list[dict[str, Any]] = []
+        if base_image is not None:
+            base_history = base_image.raw_config.get("history")
+            if isinstance(base_history, list):
+                history.extend(base_history)
+        history += [
+            {"created": stamp, "created_by": f"tophan image create (layer {la.name})"}
+            for la in named
+        ]
+        raw_config = new_config(config, platform, stamp, history)
+        source = f"created from {base_image.name}" if base_image else "created"
+        return self.assemble(
+            name,
+            stack,
+            raw_config,
+            compression=compression,
+            annotations=annotations,
+            source=source,
+            replace_existing=replace_existing,
+            jobs=jobs,
+        )
 
+    def assemble(
+        self,
+        name: str,
+        stack: Sequence[LayerInfo | str],
+        raw_config: dict[str, Any],
+        *,
+        compression: str | None = DEFAULT_COMPRESSION,
+        annotations: dict[str, str] | None = None,
+        source: str = "created",
+        replace_existing: bool = False,
+        jobs: int = 2,
+    ) -> Image:
+        """Image ``name`` from a stack bottom→top and a config (``rootfs`` is filled in here).
+
+        A ``LayerInfo`` (a base image's layer) keeps its blob as it is; a layer digest gets a
+        blob another image already carries with ``compression``, else one compressed now.
+        The same inputs give the same manifest digest (what reproducible builds rely on)."""
+        name = normalize_name(name)
         with self.transaction() as tx:
             known = self.known_blobs()
-            new_layers = self._layer_blobs(tx, named, compression, known, jobs)
+            digests = [x for x in stack if isinstance(x, str)]
+            staged = iter(self._layer_blobs(tx, digests, compression, known, jobs))
             layer_descs: list[dict[str, Any]] = []
             diff_ids: list[str] = []
-            history: list[dict[str, Any]] = []
-            if base_image is not None:
-                for li in base_image.layer_infos:
+            for item in stack:
+                if isinstance(item, LayerInfo):
                     # keep the base's blobs as they are; only the media type family changes
-                    layer_descs.append(
-                        {
-                            "mediaType": oci_layer_type(li.compression),
-                            "digest": li.blob,
-                            "size": li.blob_size,
-                        }
-                    )
-                    diff_ids.append(li.diff_id)
-                base_history = base_image.raw_config.get("history")
-                if isinstance(base_history, list):
-                    history.extend(base_history)
-            for layer, staged in zip(named, new_layers, strict=True):
-                layer_descs.append(
-                    {
-                        "mediaType": staged.media_type,
-                        "digest": staged.blob,
-                        "size": staged.blob_size,
-                    }
-                )
-                diff_ids.append(staged.diff_id)
-                history.append(
-                    {"created": stamp, "created_by": f"tophan image create (layer {layer.name})"}
-                )
-            raw_config: dict[str, Any] = {
-                "created": stamp,
-                "architecture": platform.architecture,
-                "os": platform.os,
-            }
-            if platform.variant:
-                raw_config["variant"] = platform.variant
-            raw_config["config"] = config.as_oci()
-            raw_config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-            raw_config["history"] = history
+                    desc = (oci_layer_type(item.compression), item.blob, item.blob_size)
+                    diff_ids.append(item.diff_id)
+                else:
+                    one = next(staged)
+                    desc = (one.media_type, one.blob, one.blob_size)
+                    diff_ids.append(one.diff_id)
+                layer_descs.append({"mediaType": desc[0], "digest": desc[1], "size": desc[2]})
+            raw_config = _with_rootfs(raw_config, diff_ids)
             config_bytes = dumps(raw_config)
             config_digest = tx.add_bytes(config_bytes)
             manifest: dict[str, Any] = {
@@ -1276,7 +1321,6 @@ class Images:
             if annotations:
                 manifest["annotations"] = dict(sorted(annotations.items()))
             manifest_digest = tx.add_bytes(dumps(manifest))
-            source = f"created from {base_image.name}" if base_image else "created"
             tx.set_ref(name, manifest_digest, source=source, replace_existing=replace_existing)
             tx.commit()
         return self.get(name)
@@ -1293,25 +1337,25 @@ class Images:
     def _layer_blobs(
         self,
         tx: Transaction,
-        named: list[Any],
+        digests: list[str],
         compression: str | None,
         known: dict[tuple[str, str | None], LayerInfo],
         jobs: int,
     ) -> list[StagedLayer]:
         from concurrent.futures import ThreadPoolExecutor
 
-        def one(layer: Any) -> StagedLayer:
-            hit = known.get((layer.digest, compression))
+        def one(digest: str) -> StagedLayer:
+            hit = known.get((digest, compression))
             if hit is not None:
                 # (a blob from a Docker schema 2 image gets the OCI name of its media type)
                 media_type = oci_layer_type(hit.compression)
-                return StagedLayer(hit.blob, hit.blob_size, media_type, hit.diff_id, layer.digest)
-            return self._compress_layer(tx, layer.digest, compression)
+                return StagedLayer(hit.blob, hit.blob_size, media_type, hit.diff_id, digest)
+            return self._compress_layer(tx, digest, compression)
 
-        unique = list({la.digest: la for la in named}.values())
+        unique = list(dict.fromkeys(digests))
         with ThreadPoolExecutor(max(1, min(jobs, len(unique) or 1))) as pool:
-            done = dict(zip([la.digest for la in unique], pool.map(one, unique), strict=True))
-        return [done[la.digest] for la in named]
+            done = dict(zip(unique, pool.map(one, unique), strict=True))
+        return [done[d] for d in digests]
 
     def _compress_layer(self, tx: Transaction, digest: str, compression: str | None) -> StagedLayer:
         from tophan.layer import tarexport

@@ -436,7 +436,7 @@ class Layers:
             absolute = stats.absolute_names
             return stats.digest, stats.size
 
-        layer = self._build(name, fill, {"imported_from": label} if label else {})
+        layer = self.create_from(name, fill, {"imported_from": label} if label else {})
         if absolute and warn is not None:  # once, and only for an import that succeeded
             warn("removed leading '/' from member names")
         return layer
@@ -491,11 +491,13 @@ class Layers:
                 "parents": list(ws.lowers),
                 "parent_digests": digests,
             }
-            return self._build(name, fill, source)
+            return self.create_from(name, fill, source)
 
-    def _build(
+    def create_from(
         self, name: str, fill: Callable[[str], tuple[str, int] | None], source: dict[str, Any]
     ) -> Layer:
+        """A new layer ``name`` that ``fill(tree)`` writes into an empty staging dir (returning
+        its digest and tar size, or None to have them computed); ``source`` goes in its ref."""
         from tophan.layer import tarexport
 
         names.check(name, "layer")
@@ -508,6 +510,31 @@ class Layers:
             known = fill(tree)
             digest, size = known or tarexport.write_tar(tree, None, xattr_ns=self.store.xattr_ns)
             return self._publish(staging, name, digest, size, source)
+        finally:
+            staging.discard()
+
+    def build_tree(
+        self, fill: Callable[[str], tuple[str, int] | None], keep: Callable[[str], None]
+    ) -> str:
+        """A new unnamed layer: ``fill(tree)`` writes it (returning its digest and tar size,
+        or None to have them computed). Published under the store lock, where ``keep(digest)``
+        records what holds it (a build's cache): gc, which decides under the same lock, never
+        sees it unreferenced. Returns its digest (an existing identical tree is reused)."""
+        from tophan.layer import tarexport
+
+        staging = self.store.staging("layer")
+        try:
+            tree = os.path.join(staging.path, TREE)
+            os.mkdir(tree, 0o755)
+            known = fill(tree)
+            digest, size = known or tarexport.write_tar(tree, None, xattr_ns=self.store.xattr_ns)
+            final = self.store.path("layers", digest.split(":", 1)[1])
+            with self.store.lock():
+                if not os.path.isdir(final):
+                    write_meta(os.path.join(staging.path, "meta"), {"digest": digest, "size": size})
+                    os.rename(staging.path, final)
+                keep(digest)
+            return digest
         finally:
             staging.discard()
 
