@@ -35,14 +35,16 @@ exec buildah "$@"
 
 
 class Buildah:
-    """A buildah whose whole state (vfs storage, run root, config, temp files) lives under
-    ``top``; ``cleanup()`` removes it and checks that nothing stays mounted there.
+    """A buildah whose whole state (storage, run root, config, temp files) lives under ``top``;
+    ``cleanup()`` removes it and checks that nothing stays mounted there.
 
-    ``private=False`` runs buildah directly, for a caller that is already in a mount namespace
-    of its own where /var/tmp and /var/lib/containers are covered (bench/build.py: no
-    per-command unshare in the timings)."""
+    ``driver``: the storage driver (vfs keeps plain directories and needs no mounts;
+    bench/build.py also measures overlay, buildah's default as root). ``private=False`` runs
+    buildah directly, for a caller that is already in a mount namespace of its own where
+    /var/tmp and /var/lib/containers are covered (bench/build.py: no unshare in the timings).
+    """
 
-    def __init__(self, top: Path, private: bool = True) -> None:
+    def __init__(self, top: Path, private: bool = True, driver: str = "vfs") -> None:
         self.top = top
         self.root = top / "buildah-root"
         self.runroot = top / "buildah-run"
@@ -56,7 +58,8 @@ class Buildah:
         # fresh machine) changes nothing: vfs storage here, no registry ever consulted for a
         # short name, any image accepted (we only move local images), temp files here.
         (conf / "storage.conf").write_text(
-            f'[storage]\ndriver = "vfs"\nrunroot = "{self.runroot}"\ngraphroot = "{self.root}"\n'
+            f'[storage]\ndriver = "{driver}"\n'
+            f'runroot = "{self.runroot}"\ngraphroot = "{self.root}"\n'
         )
         (conf / "registries.conf").write_text(
             'unqualified-search-registries = []\nshort-name-mode = "permissive"\n'
@@ -80,7 +83,7 @@ class Buildah:
             *(wrap if private else []),
             "buildah",
             *("--root", str(self.root), "--runroot", str(self.runroot)),
-            *("--storage-driver", "vfs"),
+            *("--storage-driver", driver),
         ]
 
     def run(self, *args: str, quiet: bool = False) -> str:
@@ -282,6 +285,9 @@ class Rules:
     ``added``: paths the reference tree lacks where Docker makes them, with what Docker makes:
     the reference gets them (and must still lack them: the allow-list is about what the
     reference does today, so a change there is noticed too).
+    ``below``: for every entry strictly below a path, fields whose value Docker gives and the
+    reference does not: ``{path: {field: value}}`` (at least one entry there must differ in
+    the reference, for the same reason).
     ``mtime_before``: a non-directory's mtime is compared when either side's is older than
     this (it came from the context, an archive or the base, where both must keep it); newer
     ones were made by the build itself at different moments. Directory mtimes are never
@@ -291,6 +297,7 @@ class Rules:
     ignore: frozenset[str] = frozenset()
     optional_empty_dirs: frozenset[str] = frozenset()
     added: Mapping[str, Entry] = field(default_factory=dict)
+    below: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     mtime_before: int = 0
 
 
@@ -313,13 +320,24 @@ def compare(
         return any(path == p or path.startswith(p + "/") for p in rules.ignore)
 
     diffs: list[str] = []
+    # The reference as Docker would have it: allow-listed paths are shown as "Docker's".
     ref = dict(ref)
+    docker = f"Docker's (allow-listed, {ref_name} differs)"
+    names_of = {p: ref_name for p in ref}
     for path, entry in rules.added.items():
         if path in ref:
             diffs.append(
                 f"/{path}: allow-list says {ref_name} lacks it, it has {ref[path].describe()}"
             )
-        ref[path] = entry
+        ref[path], names_of[path] = entry, docker
+    for top, fields in rules.below.items():
+        inside = [p for p in ref if p.startswith(top + "/")]
+        if not any(getattr(ref[p], k) != v for p in inside for k, v in fields.items()):
+            diffs.append(
+                f"/{top}/: allow-list says {ref_name} differs from Docker below, it does not"
+            )
+        for p in inside:
+            ref[p], names_of[p] = replace(ref[p], **fields), docker  # type: ignore[arg-type]
     for path in sorted(set(ref) | set(ours)):
         if ignored(path):
             continue
@@ -328,8 +346,9 @@ def compare(
             e is None or (e.kind == "dir" and e.empty) for e in (a, b)
         ):
             continue
+        a_name = names_of.get(path, ref_name)
         if a is None or b is None:
-            where, e = (our_name, b) if a is None else (ref_name, a)
+            where, e = (our_name, b) if a is None else (a_name, a)
             assert e is not None
             diffs.append(f"/{path}: only in {where} ({e.describe()})")
             continue
@@ -337,10 +356,10 @@ def compare(
             va, vb = getattr(a, name), getattr(b, name)
             if va != vb:
                 diffs.append(
-                    f"/{path}: {name}: {ref_name} {_show(name, va)}, {our_name} {_show(name, vb)}"
+                    f"/{path}: {name}: {a_name} {_show(name, va)}, {our_name} {_show(name, vb)}"
                 )
         if a.kind != "dir" and min(a.mtime, b.mtime) < rules.mtime_before and a.mtime != b.mtime:
-            diffs.append(f"/{path}: mtime: {ref_name} {a.mtime}, {our_name} {b.mtime}")
+            diffs.append(f"/{path}: mtime: {a_name} {a.mtime}, {our_name} {b.mtime}")
     return diffs
 
 
