@@ -7,10 +7,16 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from conftest import Result, busybox_rootfs, run_cli
+
+if TYPE_CHECKING:
+    from registry_fixture import Registry
+
+pytest_plugins = ["registry_fixture"]  # its fixtures: registry
 
 
 class Env:
@@ -85,7 +91,7 @@ def test_build_runs_copies_and_configures(env: Env) -> None:
     assert len(info["layers"]) == 4  # base, RUN, COPY, WORKDIR's directory
     assert env.run("app:1") == "hello\n"
     assert env.run("app:1", "cat", "/srv/app.txt") == "the app\n"
-    assert env.run("app:1", "pwd") == "/srv/work\n"
+    assert env.run("app:1", "sh", "-c", "pwd") == "/srv/work\n"
     history = info["image_config"]["history"]
     assert [h.get("empty_layer", False) for h in history[-7:]] == [
         True, False, False, False, True, True, True,
@@ -250,6 +256,15 @@ def test_layer_flag_keeps_the_four_layer_model(env: Env) -> None:
     assert env.run("four", "sh", "-c", "cat /rt/lib /app/app.conf; ls /base.txt || true") == (
         "rt\nconf\n"
     )
+    # built again: the same layers keep their names, the same image digest
+    flags = ["--layer", "base=l-base", "--layer", "runtime=l-runtime", "--layer", "app=l-app"]
+    again = env.build(ctx, "-t", "four", *flags, "--layer", "config=l-config")
+    assert "Using cache" in again.out
+    assert env.inspect("four")["digest"] == info["digest"]
+    # a changed app is refused as an existing name with other content, not silently renamed
+    (ctx / "app.sh").write_text("echo v2\n")
+    r = env.t("build", "-t", "four", *flags, str(ctx))
+    assert r.rc != 0 and "layer exists: l-app, with other content" in r.err
 
 
 def test_context_from_stdin(env: Env) -> None:
@@ -296,3 +311,61 @@ def test_prune_drops_the_cache_and_gc_its_layers(env: Env) -> None:
     r = env.ok("build", "prune")
     assert "1 cache entries" in r.out or "cache entries" in r.out
     assert len(os.listdir(env.root / "layers")) == len(before) - 1
+
+
+def test_from_an_image_pulled_on_demand_and_copy_from_an_image(
+    env: Env, registry: Registry
+) -> None:
+    ref = registry.ref("lib/busybox:1")
+    env.ok("push", "--quiet", "--tls-verify=false", "busybox", ref)
+    env.ok("image", "rm", "busybox")
+    ctx = env.context(f"FROM {ref}\nCOPY --from={ref} /etc/passwd /copied-passwd\n")
+    r = env.build(ctx, "-t", "pulled", "--tls-verify=false")
+    assert f"pulling {ref}" in r.out
+    assert env.run("pulled", "cat", "/copied-passwd").startswith("root:x:0:0:")
+    # without a registry to pull from: one line naming the Containerfile's line
+    ctx = env.context("FROM 127.0.0.1:9/none/such:1\n")
+    r = env.t("build", "--tls-verify=false", str(ctx))
+    assert r.rc != 0 and "Containerfile:1: image 127.0.0.1:9/none/such:1" in r.err
+    assert "Traceback" not in r.err
+
+
+def test_quiet_prints_only_the_digest_and_iidfile(env: Env) -> None:
+    ctx = env.context("FROM busybox\nRUN echo noisy\n")
+    iid = env.tmp / "iid"
+    r = env.build(ctx, "-t", "q", "-q", "--iidfile", str(iid))
+    assert r.out == iid.read_text() + "\n"
+    assert r.out.startswith("sha256:") and "noisy" not in r.out + r.err
+
+
+def test_ctrl_c_during_run_leaves_nothing_mounted_or_running(env: Env) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ctx = env.context("FROM busybox\nRUN echo started > /tmp/x && sleep 300\n")
+    tophan = str(Path(sys.executable).parent / "tophan")
+    p = subprocess.Popen(
+        [tophan, "--root", str(env.root), "build", str(ctx)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if b"STEP 2/2" in line:
+                break
+        time.sleep(1)
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode != 0
+    assert b"Traceback" not in err
+    with open("/proc/self/mountinfo") as f:
+        assert str(env.root) not in f.read()
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    assert sleepers.stdout == ""
+    assert [n for n in os.listdir(env.root / "tmp") if not n.startswith("trash-")] == []

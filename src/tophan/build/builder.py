@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+from typing import cast
 
 from tophan.build import cache as cache_mod
 from tophan.build import containerfile as cf
@@ -24,7 +25,7 @@ from tophan.errors import TophanError, UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import IO, Any
+    from typing import IO, Any, BinaryIO
 
     from tophan._internal.fs import Staging
     from tophan._internal.root import StoreRoot
@@ -46,6 +47,7 @@ _PLATFORM_ARGS = {
 }
 # Files the runtime provides to RUN by bind mounts: never part of a layer (Docker's rule).
 _ETC_MOUNTS = ("hosts", "hostname", "resolv.conf")
+_MOUNT_DIRS = ("proc", "sys", "dev")
 _CONFIG_ONLY = {
     "ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "STOPSIGNAL", "CMD", "ENTRYPOINT", "SHELL",
     "HEALTHCHECK", "MAINTAINER", "ARG",
@@ -533,7 +535,7 @@ class Builder:
             )
             err.rc = rc
             raise err
-        _drop_etc_mounts(upper, lowers)
+        _drop_mount_points(upper, lowers)
         return self._commit_upper(upper, lowers, key)
 
     def _stdio(self) -> tuple[int, int, int]:
@@ -546,6 +548,11 @@ class Builder:
         assert self.work is not None
         self._n += 1
         return os.path.join(self.work.path, f"{kind}-{self._n}")
+
+    def _mkdir(self, kind: str) -> str:
+        path = self._path(kind)
+        os.mkdir(path, 0o700)
+        return path
 
     def _commit_upper(self, upper: str, lowers: list[str], key: str) -> tuple[str | None, str]:
         from tophan.layer import commit
@@ -588,12 +595,23 @@ class Builder:
         from tophan.build import copy
 
         env = st.env()
-        words = inst.json if inst.json is not None else cf.expand_words(inst.rest, env)
-        if inst.json is not None:
-            words = [cf.expand(w, env, self.file.escape) for w in words]
+        if inst.heredocs:
+            raise UsageError(
+                f"{inst.where()}: {inst.keyword} <<EOF is not supported yet",
+                "put the file in the context, or write it with RUN <<EOF",
+            )
+        words = [
+            cf.expand(w, env, self.file.escape, where=inst.where()) for w in cf.arguments(inst)
+        ]
         if len(words) < 2:
             raise UsageError(f"{inst.where()}: {inst.keyword} needs a source and a destination")
         srcs, dest = words[:-1], words[-1]
+        for src in srcs:
+            if inst.keyword == "ADD" and cf.is_git_url(src):
+                raise UsageError(
+                    f"{inst.where()}: ADD of a git repository ({src}) is not supported",
+                    "clone it into the context and COPY it",
+                )
         source = self._copy_source(st, inst)
         flags = {n: cf.expand(inst.flag(n) or "", env) for n in ("chown", "chmod", "checksum")}
         with copy.plan(
@@ -607,14 +625,14 @@ class Builder:
             add=inst.keyword == "ADD",
             checksum=flags["checksum"] or None,
             where=inst.where(),
-            staging_dir=self._path("copy"),
+            staging_dir=self._mkdir("copy"),
         ) as plan:
             text = f"{inst.keyword} {_flags_text(inst, flags)}{json.dumps(words)}"
             key = cache_mod.key(st.key, text, plan.digest)
             created_by = f"/bin/sh -c #(nop) {inst.keyword} {plan.digest} in {dest}"
 
             def write(out: IO[bytes]) -> None:
-                plan.write(out, mtime=self.opts.timestamp)
+                plan.write(cast("BinaryIO", out), mtime=self.opts.timestamp)
 
             self._layer_step(st, inst, key, created_by, lambda: self._layer_from_tar(write, key))
 
@@ -712,10 +730,11 @@ class Builder:
             clamp_times(tree, timestamp)
             return None
 
-        layer = layers.create_from(name, fill, {"built_from_stage": st.stage.name or ""})
-        self.layer_digests[st.stage.name or str(st.stage.index)] = layer.digest
-        st.stack = [*st.stack[: st.base_count], layer.digest]
-        self.out.line(f"--> layer {name} {layer.digest}")
+        source = {"built_from_stage": st.stage.name or str(st.stage.index)}
+        digest = layers.build_tree(fill, name=name, source=source)
+        self.layer_digests[st.stage.name or str(st.stage.index)] = digest
+        st.stack = [*st.stack[: st.base_count], digest]
+        self.out.line(f"--> layer {name} {digest}")
 
     def _commit(self, st: _State) -> Image:
         from tophan.image.images import Images, new_config
@@ -731,9 +750,7 @@ class Builder:
         tags = self.opts.tags or []
         name = tags[0] if tags else f"localhost/tophan-build:{os.urandom(6).hex()}"
         self.out.line(f"COMMIT {name}")
-        image = images.assemble(
-            name, st.stack, raw, source="built", replace_existing=True
-        )
+        image = images.assemble(name, st.stack, raw, source="built", replace_existing=True)
         for tag in tags[1:]:
             images.assemble(tag, st.stack, raw, source="built", replace_existing=True)
         self.out.line(f"--> {image.digest}")
@@ -778,9 +795,18 @@ def _flags_text(inst: cf.Instruction, values: dict[str, str]) -> str:
     return "".join(f"--{k}={v} " for k, v in sorted(values.items()) if v)
 
 
-def _drop_etc_mounts(upper: str, lowers: list[str]) -> None:
-    """Remove the empty files the runtime made in the upper dir to bind /etc/hosts,
-    /etc/hostname and /etc/resolv.conf over (when the image had none): not the build's."""
+def _drop_mount_points(upper: str, lowers: list[str]) -> None:
+    """Remove what the runtime made in the upper dir only to mount over, where the image had
+    nothing: /proc, /sys, /dev (empty dirs) and the empty /etc/hosts, /etc/hostname and
+    /etc/resolv.conf it binds. They are the runtime's, not the build's (Docker's rule)."""
+    for name in _MOUNT_DIRS:
+        path = os.path.join(upper, name)
+        if any(os.path.lexists(os.path.join(lo, name)) for lo in lowers):
+            continue
+        try:
+            os.rmdir(path)  # only if empty: a RUN that wrote there keeps what it wrote
+        except OSError:
+            pass
     etc = os.path.join(upper, "etc")
     if not os.path.isdir(etc) or os.path.islink(etc):
         return
@@ -815,9 +841,7 @@ def clamp_times(tree: str, t: int) -> None:
     os.utime(tree, ns=ns)
 
 
-def _extract_stream(
-    write: Callable[[IO[bytes]], None], read: Callable[[IO[bytes]], Any]
-) -> Any:
+def _extract_stream(write: Callable[[IO[bytes]], None], read: Callable[[IO[bytes]], Any]) -> Any:
     """``read`` what ``write`` produces, through a pipe (the tar is never on disk)."""
     r, w = os.pipe()
     errors: list[BaseException] = []

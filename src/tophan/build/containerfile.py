@@ -428,7 +428,9 @@ def _flags(keyword: str, words: list[str], where: str) -> list[tuple[str, str]]:
             if keyword in ("RUN", "CMD", "ENTRYPOINT"):
                 takes += "; a command starting with -- needs the JSON form"
             shown = name if len(name) <= 40 else name[:40] + "…"
-            raise UsageError(f"{where}: unknown flag --{shown} for {keyword}", f"{keyword} takes {takes}")
+            raise UsageError(
+                f"{where}: unknown flag --{shown} for {keyword}", f"{keyword} takes {takes}"
+            )
         if not eq:
             raise UsageError(f"{where}: the flag --{name} needs a value", f"write --{name}=VALUE")
         if any(n == name for n, _ in out):

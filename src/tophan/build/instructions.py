@@ -1,8 +1,8 @@
 """What the instructions that change only the image config do to it (Docker's semantics).
 
-``apply`` returns a new :class:`ImageConfig` (they are immutable) for ENV, LABEL, MAINTAINER, USER, EXPOSE,
-VOLUME, STOPSIGNAL, CMD, ENTRYPOINT, SHELL and HEALTHCHECK, with the instruction as it
-took effect (after substitution): what the history records and the cache key hashes.
+``apply`` returns a new :class:`ImageConfig` (they are immutable) for ENV, LABEL, MAINTAINER,
+USER, EXPOSE, VOLUME, STOPSIGNAL, CMD, ENTRYPOINT, SHELL and HEALTHCHECK, with the instruction as
+it took effect (after substitution): what the history records and the cache key hashes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def apply(
 ) -> tuple[ImageConfig, str]:
     kw = inst.keyword
     if kw in ("ENV", "LABEL"):
-        pairs = [(k, v or "") for k, v in cf.key_values(inst, env, escape, where=inst.where())]
+        pairs = [(k, v or "") for k, v in cf.key_values(inst, env, escape)]
         text = f"{kw} " + " ".join(f"{k}={_quote(v)}" for k, v in pairs)
         if kw == "ENV":
             return config.with_env([f"{k}={v}" for k, v in pairs]), text
@@ -92,16 +92,14 @@ def _quote(value: str) -> str:
 
 
 def _one_word(inst: cf.Instruction, env: Mapping[str, str], escape: str) -> str:
-    words = cf.expand_words(inst.rest, env, escape)
-    if len(words) != 1:
-        raise UsageError(f"{inst.where()}: {inst.keyword} takes exactly one argument")
-    return str(words[0])
+    word = cf.expand(inst.rest, env, escape, where=inst.where())
+    if not word:
+        raise UsageError(f"{inst.where()}: {inst.keyword} needs an argument")
+    return word
 
 
 def _list_or_words(inst: cf.Instruction, env: Mapping[str, str], escape: str) -> list[str]:
-    if inst.json is not None:
-        return [str(cf.expand(w, env, escape)) for w in inst.json]
-    return [str(w) for w in cf.expand_words(inst.rest, env, escape)]
+    return [cf.expand(w, env, escape, where=inst.where()) for w in cf.arguments(inst)]
 
 
 def _port(text: str, inst: cf.Instruction) -> str:
@@ -115,21 +113,11 @@ def _port(text: str, inst: cf.Instruction) -> str:
 
 
 def _healthcheck(config: ImageConfig, inst: cf.Instruction) -> tuple[ImageConfig, str]:
-    from tophan._internal.units import parse_duration_ns
     from tophan.image.images import Healthcheck
 
-    kind, _, rest = inst.rest.strip().partition(" ")
-    if kind.upper() == "NONE":
-        if inst.flags or rest.strip():
-            raise UsageError(f"{inst.where()}: HEALTHCHECK NONE takes no arguments")
+    test = cf.healthcheck_test(inst)
+    if test == ["NONE"]:
         return replace(config, healthcheck=Healthcheck(["NONE"])), "HEALTHCHECK NONE"
-    if kind.upper() != "CMD" or not rest.strip():
-        raise UsageError(
-            f"{inst.where()}: HEALTHCHECK needs CMD and a command, or NONE",
-            "e.g. HEALTHCHECK --interval=5s CMD wget -q -O- http://localhost/",
-        )
-    parsed = cf.parse(f"FROM scratch\nCMD {rest}\n", inst.path).stages[0].instructions[0]
-    test = ["CMD", *parsed.json] if parsed.json is not None else ["CMD-SHELL", rest.strip()]
     numbers: dict[str, int] = {}
     for name, value in inst.flags:
         what = f"{inst.where()}: HEALTHCHECK --{name}"
@@ -138,7 +126,7 @@ def _healthcheck(config: ImageConfig, inst: cf.Instruction) -> tuple[ImageConfig
                 raise UsageError(f"{what}: {value!r} is not a number")
             numbers["retries"] = int(value)
         else:
-            numbers[_HEALTH_FLAGS[name]] = parse_duration_ns(value, what)
+            numbers[_HEALTH_FLAGS[name]] = cf.duration_ns(value, where=inst.where())
     check = Healthcheck(test, **numbers)
     text = f"HEALTHCHECK {json.dumps(check.as_oci(), sort_keys=True)}"
     return replace(config, healthcheck=check), text
@@ -146,10 +134,10 @@ def _healthcheck(config: ImageConfig, inst: cf.Instruction) -> tuple[ImageConfig
 
 def workdir(current: str, inst: cf.Instruction, env: Mapping[str, str], escape: str) -> str:
     """WORKDIR's new directory: relative paths go on from the current one."""
-    words = cf.expand_words(inst.rest, env, escape)
-    if len(words) != 1:
-        raise UsageError(f"{inst.where()}: WORKDIR takes exactly one path")
-    return posixpath.normpath(posixpath.join(current or "/", words[0]))
+    path = cf.expand(inst.rest, env, escape, where=inst.where())
+    if not path:
+        raise UsageError(f"{inst.where()}: WORKDIR needs a path")
+    return posixpath.normpath(posixpath.join(current or "/", path))
 
 
 def mkdir_tar(out: IO[bytes], tree: Tree, path: str, mtime: int) -> None:

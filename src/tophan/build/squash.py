@@ -83,7 +83,7 @@ def _top(stack: list[str], rel: str) -> tuple[str, os.stat_result] | None:
 def _child_stack(stack: list[str], rel: str, opaque: str) -> tuple[list[str], bool]:
     """The layers a merged dir ``rel`` shows (top first), and whether they hide the base: an
     opaque dir, a whiteout or a non-directory among them ends the view below."""
-    out = []
+    out: list[str] = []
     for d in stack:
         path = os.path.join(d, rel)
         try:

@@ -73,6 +73,7 @@ names: {name_rule}.
 
 MORE_USAGE = """
 images, containers and apps (each has --help):
+  build [-t NAME] [flags] CONTEXT     an image from a Containerfile (cached; `build prune`)
   image create|list|inspect|rm|tag|import|export   OCI images from layers; archives and layouts
   push NAME [REF] / pull REF [NAME]   OCI distribution: any registry
   run [opts] IMAGE|-l L... [--] CMD   run CMD isolated, like `docker run --rm`

@@ -514,14 +514,22 @@ class Layers:
             staging.discard()
 
     def build_tree(
-        self, fill: Callable[[str], tuple[str, int] | None], keep: Callable[[str], None]
+        self,
+        fill: Callable[[str], tuple[str, int] | None],
+        keep: Callable[[str], None] | None = None,
+        *,
+        name: str | None = None,
+        source: dict[str, Any] | None = None,
     ) -> str:
-        """A new unnamed layer: ``fill(tree)`` writes it (returning its digest and tar size,
-        or None to have them computed). Published under the store lock, where ``keep(digest)``
-        records what holds it (a build's cache): gc, which decides under the same lock, never
-        sees it unreferenced. Returns its digest (an existing identical tree is reused)."""
+        """A new layer: ``fill(tree)`` writes it (returning its digest and tar size, or None to
+        have them computed). Published under the store lock, where ``keep(digest)`` records
+        what holds an unnamed one (a build's cache: gc, which decides under the same lock,
+        never sees it unreferenced) and ``name`` is given to it — or kept, if it already names
+        this very content (a rebuild). Returns its digest (an identical tree is reused)."""
         from tophan.layer import tarexport
 
+        if name is not None:
+            names.check(name, "layer")
         staging = self.store.staging("layer")
         try:
             tree = os.path.join(staging.path, TREE)
@@ -530,10 +538,26 @@ class Layers:
             digest, size = known or tarexport.write_tar(tree, None, xattr_ns=self.store.xattr_ns)
             final = self.store.path("layers", digest.split(":", 1)[1])
             with self.store.lock():
+                named = self._read_ref(name) if name is not None else None
+                if named is not None and named.get("digest") != digest:
+                    raise Exists(
+                        f"layer exists: {name}, with other content",
+                        f"`layer rm {name}` first, or keep the stage as another layer name",
+                    )
                 if not os.path.isdir(final):
                     write_meta(os.path.join(staging.path, "meta"), {"digest": digest, "size": size})
                     os.rename(staging.path, final)
-                keep(digest)
+                if name is not None and named is None:
+                    ref: dict[str, str | int | list[str]] = {
+                        "name": name,
+                        "digest": digest,
+                        "created_at": int(time.time()),
+                        "size": size,
+                        **(source or {}),
+                    }
+                    write_meta(self._ref_path(name), ref)
+                if keep is not None:
+                    keep(digest)
             return digest
         finally:
             staging.discard()
