@@ -148,6 +148,9 @@ def make_context(ctx: Path) -> None:
     (files / "sub/deeper/g").write_text("deeper\n")
     (files / "link").symlink_to("plain.txt")
     (files / "empty").mkdir()
+    (files / "zero.txt").write_bytes(b"")
+    (files / "hl1").write_text("hard-linked in the context\n")
+    os.link(files / "hl1", files / "hl2")
     (files / "with space.txt").write_text("space\n")
     (files / "ünï.txt").write_text("unicode\n")
     long = files / "long" / ("d" * 120) / ("f" * 150)
@@ -179,6 +182,7 @@ def archive() -> bytes:
         member("d/s", tarfile.SYMTYPE, 0o777, linkname="a")
         member("d/suid", tarfile.REGTYPE, 0o4755, b"#!/bin/sh\n", uid=0, gid=0)
         member("d/x", tarfile.REGTYPE, 0o640, b"x\n", pax_headers={"SCHILY.xattr.user.o": "tar"})
+        member("d/null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3, uid=0, gid=0)
         member("d/big-ids", tarfile.REGTYPE, 0o600, b"ids\n", uid=70000, gid=70001)
         member("d/" + "n" * 130, tarfile.REGTYPE, 0o644, b"long\n")
     return buf.getvalue()
@@ -277,6 +281,9 @@ def test_reference_tree_exercises_the_containerfile(trees: Trees) -> None:
     assert t["plain/other.txt"].kind == "file"
     assert t["added-chown/d/a"].uid == 1234  # buildah keeps the archive's owners (see RULES)
     assert t["chmod-dir/f"].mode == 0o700
+    assert (t["added/d/null"].kind, t["added/d/null"].data) == ("char", "1:3")
+    assert t["byname/zero.txt"].size == 0
+    assert t["byname/hl1"].links == ("byname/hl2",)  # a hard link within one COPY is kept
 
 
 def test_same_root_tree(trees: Trees) -> None:
