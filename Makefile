@@ -13,11 +13,12 @@ RUN_PACKAGES := python3 python3-venv libseccomp2 util-linux uidmap
 # The demo: a busybox-static rootfs, and docker-registry to push to and pull from.
 DEMO_PACKAGES := $(RUN_PACKAGES) busybox-static docker-registry
 # The tests: layer core attr acl umoci tar; passwd (rootless test users); iproute2; peers to
-# compare with: runc crun podman fuse-overlayfs skopeo; cgroup v2 VM tests: qemu-system-x86;
-# gcc libc6-dev (static hostile programs: tests/data/*.c, overlayd's fault injectors); openssl
-# (test certificates); mmdebstrap (a Debian base for the slow build test).
+# compare with: runc crun podman fuse-overlayfs skopeo, and buildah (`tophan build`'s peer:
+# tests/test_build_peer.py, bench/build.py); cgroup v2 VM tests: qemu-system-x86; gcc libc6-dev
+# (static hostile programs: tests/data/*.c, overlayd's fault injectors); openssl (test
+# certificates); mmdebstrap (a Debian base for the slow build test).
 TEST_PACKAGES := $(DEMO_PACKAGES) attr acl umoci tar passwd iproute2 runc crun podman \
-	fuse-overlayfs skopeo qemu-system-x86 gcc libc6-dev openssl mmdebstrap
+	fuse-overlayfs skopeo buildah qemu-system-x86 gcc libc6-dev openssl mmdebstrap
 
 # $(call apt_install,PACKAGES): install those missing, as root where apt-get exists.
 define apt_install
