@@ -17,7 +17,7 @@ Heavy modules are imported lazily so that ``import tophan`` stays cheap.
 
 from __future__ import annotations
 
-from tophan._internal import lazy
+from tophan._internal import exports
 
 TYPE_CHECKING = False
 __version__ = "0.1.0"
@@ -75,4 +75,4 @@ if TYPE_CHECKING:
     from tophan.store import Store
 
 
-__getattr__ = lazy.exports(__name__, _LAZY)
+__getattr__ = exports(__name__, _LAZY)

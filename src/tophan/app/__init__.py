@@ -9,7 +9,7 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
-from tophan._internal import lazy
+from tophan._internal import exports
 
 TYPE_CHECKING = False
 
@@ -34,4 +34,4 @@ if TYPE_CHECKING:
     from tophan.app.health import Check, Health
 
 
-__getattr__ = lazy.exports(__name__, _LAZY)
+__getattr__ = exports(__name__, _LAZY)

@@ -11,7 +11,7 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
-from tophan._internal import lazy
+from tophan._internal import exports
 
 TYPE_CHECKING = False
 
@@ -50,4 +50,4 @@ if TYPE_CHECKING:
     from tophan.run.volumes import Volume, Volumes
 
 
-__getattr__ = lazy.exports(__name__, _LAZY)
+__getattr__ = exports(__name__, _LAZY)

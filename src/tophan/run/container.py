@@ -33,7 +33,6 @@ from tophan._internal.root import is_privileged
 from tophan.errors import TophanError, UsageError
 from tophan.layer.layers import Layers
 from tophan.run import devices
-from tophan.run.volumes import Volumes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -335,7 +334,10 @@ def start(
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
         _claim_layers(store, run_dir.path, spec.digests)
-        ctr.holds = [Volumes(store).hold(v) for v in spec.volumes]
+        if spec.volumes:
+            from tophan.run.volumes import Volumes
+
+            ctr.holds = [Volumes(store).hold(v) for v in spec.volumes]
         _launch(ctr, pass_fds, stdio)
     except BaseException:
         ctr.close()
