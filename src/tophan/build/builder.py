@@ -340,6 +340,11 @@ class Builder:
             st.created = image.created
             self._hold_all(st.digests())
         st.base_count = len(st.stack)
+        if "PATH" not in st.config.env_dict():
+            # Docker's rule (BuildKit and the classic builder): an image always has a PATH
+            from tophan.run.container import DEFAULT_PATH
+
+            st.config = st.config.with_env([f"PATH={DEFAULT_PATH}"])
 
     def _image(self, ref: str, inst: cf.Instruction) -> Image:
         """An image of the store, else pulled from its registry (as docker build does)."""
@@ -695,9 +700,10 @@ class Builder:
         if found is not None:
             raise UsageError(f"{inst.where()}: WORKDIR {path} exists and is not a directory")
         mtime = self.opts.timestamp if self.opts.timestamp is not None else int(time.time())
+        owner = self._user_ids(st, tree, inst)
 
         def write(out: IO[bytes]) -> None:
-            instructions.mkdir_tar(out, tree, resolved, mtime)
+            instructions.mkdir_tar(out, tree, resolved, mtime, owner)
 
         self._layer_step(
             st,
@@ -706,6 +712,20 @@ class Builder:
             f"/bin/sh -c #(nop) WORKDIR {path}",
             lambda: self._layer_from_tar(write, key),
         )
+
+    def _user_ids(self, st: _State, tree: Tree, inst: cf.Instruction) -> tuple[int, int]:
+        """The USER's ids, from the stage's own /etc/passwd and /etc/group (BuildKit makes a
+        WORKDIR as the USER)."""
+        from tophan.build.copy import parse_chown
+
+        if not st.config.user:
+            return 0, 0
+        try:
+            return parse_chown(st.config.user, tree)
+        except TophanError as e:
+            raise UsageError(
+                f"{inst.where()}: WORKDIR as USER {st.config.user}: {e.message}", e.hint
+            ) from e
 
     # -- the result ----------------------------------------------------------------------------
 

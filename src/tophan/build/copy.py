@@ -736,10 +736,10 @@ class _Planner:
         tree = self.source.tree
         d = self.view.resolve(dest_path, follow_last=True)
         if stat.S_ISDIR(found.st.st_mode):
-            # dest itself stands for the source directory: --chmod and its mtime apply when we
-            # create it (fsutil's prepareTargetDir + copyFileTimestamp); else it keeps its own.
-            mode = self.mode if self.mode is not None else DIR_MODE
-            self.dest_dir(d, mode, found.st.st_mtime_ns)
+            # dest itself stands for the source directory: created 0755 (fsutil's
+            # prepareTargetDir MkdirAll(dest, 0755); --chmod applies to what goes inside, as
+            # buildah and Docker give it), with the source's mtime; an existing one keeps its own.
+            self.dest_dir(d, DIR_MODE, found.st.st_mtime_ns)
             self.copy_dir(found.resolved, d)
             return
         if self.add and self.is_archive(found):

@@ -140,9 +140,11 @@ def workdir(current: str, inst: cf.Instruction, env: Mapping[str, str], escape: 
     return posixpath.normpath(posixpath.join(current or "/", path))
 
 
-def mkdir_tar(out: IO[bytes], tree: Tree, path: str, mtime: int) -> None:
+def mkdir_tar(
+    out: IO[bytes], tree: Tree, path: str, mtime: int, owner: tuple[int, int] = (0, 0)
+) -> None:
     """A layer that makes directory ``path`` (already resolved in ``tree``): its missing
-    components 0755 root-owned, the existing ones as they are (a diff shows its parents)."""
+    components 0755 and ``owner``'s, the existing ones as they are (a diff shows its parents)."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         rel = ""
         for part in [p for p in path.split("/") if p]:
@@ -151,7 +153,8 @@ def mkdir_tar(out: IO[bytes], tree: Tree, path: str, mtime: int) -> None:
             info.type = tarfile.DIRTYPE
             st = tree.lstat(rel)
             if st is None:
-                info.mode, info.uid, info.gid, info.mtime = 0o755, 0, 0, mtime
+                info.mode, info.mtime = 0o755, mtime
+                info.uid, info.gid = owner
             else:
                 info.mode = st.st_mode & 0o7777
                 info.uid, info.gid = tree.owner(rel)
