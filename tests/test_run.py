@@ -301,6 +301,8 @@ def test_keep_upper_then_commit_as_a_layer(stack: Stack, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     assert (keep / "etc/app.conf").read_text() == "data\n"
     assert os.stat(keep / "bin/ls", follow_symlinks=False).st_rdev == 0  # a whiteout
+    # what the runtime mounted over is not the command's: no stubs kept
+    assert not (keep / "etc/hosts").exists() and not (keep / "proc").exists()
 
 
 def test_dev_proc_sys(stack: Stack) -> None:

@@ -10,7 +10,7 @@ Names are imported lazily: importing one module of the package loads no other.
 
 from __future__ import annotations
 
-from tophan._internal import lazy
+from tophan._internal import exports
 
 TYPE_CHECKING = False
 
@@ -22,4 +22,4 @@ if TYPE_CHECKING:
     from tophan.build.builder import BuildError, BuildOptions, BuildResult, Output, build
 
 
-__getattr__ = lazy.exports(__name__, _LAZY)
+__getattr__ = exports(__name__, _LAZY)

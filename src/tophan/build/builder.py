@@ -44,9 +44,6 @@ _PLATFORM_ARGS = {
     "BUILDARCH": "amd64",
     "BUILDVARIANT": "",
 }
-# Files the runtime provides to RUN by bind mounts: never part of a layer (Docker's rule).
-_ETC_MOUNTS = ("hosts", "hostname", "resolv.conf")
-_MOUNT_DIRS = ("proc", "sys", "dev")
 _CONFIG_ONLY = {
     "ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "STOPSIGNAL", "CMD", "ENTRYPOINT", "SHELL",
     "HEALTHCHECK", "MAINTAINER", "ARG",
@@ -429,23 +426,24 @@ class Builder:
         """A step without a layer: cached only for its creation time (so a rebuild's config,
         hence its digest, is the same)."""
         st.key = cache_mod.key(st.key, text, self._args_seen(st))
-        created = self._cached_or_new(st.key, None)[1]
+        created = self._created(st.key)
         if changes_config:
             st.history.append(
                 {"created": created, "created_by": f"/bin/sh -c #(nop) {text}", "empty_layer": True}
             )
             st.created = created
 
-    def _cached_or_new(self, key: str, layer: str | None) -> tuple[str | None, str]:
+    def _created(self, key: str) -> str:
+        """A metadata step's creation time: the cached one, else now (recorded)."""
         c = self._cache()
         if not self.opts.no_cache:
             entry = c.get(key)
-            if entry is not None and entry.layer == layer:
-                return entry.layer, entry.created
+            if entry is not None and entry.layer is None:
+                return entry.created
         created = self._now()
         with self.store.lock():
-            c.put(key, layer, created)
-        return layer, created
+            c.put(key, None, created)
+        return created
 
     def _now(self) -> str:
         from tophan.image.images import now_rfc3339, rfc3339
@@ -511,9 +509,7 @@ class Builder:
             )
         spec = runtime.Spec(lowers, argv)
         spec.digests = digests
-        env = {**st.args, **st.config.env_dict()}
-        env.setdefault("PATH", runtime.DEFAULT_PATH)
-        spec.env = env
+        spec.env = st.env()  # (a PATH is always there: _from sets Docker's default)
         spec.workdir = st.config.working_dir or "/"
         spec.user = st.config.user or None
         spec.hostname = "tophan-build"
@@ -539,7 +535,6 @@ class Builder:
             )
             err.rc = rc
             raise err
-        _drop_mount_points(upper, lowers)
         return self._commit_upper(upper, lowers, key)
 
     def _stdio(self) -> tuple[int, int, int]:
@@ -631,7 +626,7 @@ class Builder:
             where=inst.where(),
             staging_dir=self._mkdir("copy"),
         ) as plan:
-            text = f"{inst.keyword} {_flags_text(inst, flags)}{json.dumps(words)}"
+            text = f"{inst.keyword} {_flags_text(flags)}{json.dumps(words)}"
             key = cache_mod.key(st.key, text, plan.digest)
             created_by = f"/bin/sh -c #(nop) {inst.keyword} {plan.digest} in {dest}"
 
@@ -810,46 +805,9 @@ def _short(text: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _flags_text(inst: cf.Instruction, values: dict[str, str]) -> str:
+def _flags_text(values: dict[str, str]) -> str:
     """The flags that change a COPY's result, after substitution, for its cache key."""
     return "".join(f"--{k}={v} " for k, v in sorted(values.items()) if v)
-
-
-def _drop_mount_points(upper: str, lowers: list[str]) -> None:
-    """Remove what the runtime made in the upper dir only to mount over, where the image had
-    nothing: /proc, /sys, /dev (empty dirs) and the empty /etc/hosts, /etc/hostname and
-    /etc/resolv.conf it binds. They are the runtime's, not the build's (Docker's rule)."""
-    for name in _MOUNT_DIRS:
-        path = os.path.join(upper, name)
-        if any(os.path.lexists(os.path.join(lo, name)) for lo in lowers):
-            continue
-        try:
-            os.rmdir(path)  # only if empty: a RUN that wrote there keeps what it wrote
-        except OSError:
-            pass
-    etc = os.path.join(upper, "etc")
-    if not os.path.isdir(etc) or os.path.islink(etc):
-        return
-    removed = False
-    for name in _ETC_MOUNTS:
-        path = os.path.join(etc, name)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        in_lower = any(os.path.lexists(os.path.join(lo, "etc", name)) for lo in lowers)
-        if stat.S_ISREG(st.st_mode) and st.st_size == 0 and not in_lower:
-            os.unlink(path)
-            removed = True
-    if removed and not os.listdir(etc):
-        # /etc itself was copied up only to hold them: give it back the lower's times
-        for lo in lowers:
-            try:
-                lst = os.lstat(os.path.join(lo, "etc"))
-            except FileNotFoundError:
-                continue
-            os.utime(etc, ns=(lst.st_atime_ns, lst.st_mtime_ns), follow_symlinks=False)
-            break
 
 
 def clamp_times(tree: str, t: int) -> None:

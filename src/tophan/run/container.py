@@ -61,6 +61,9 @@ FORWARDED = (
     signal.SIGWINCH,
     signal.SIGCONT,
 )
+# Mount points a kept upper dir never carries (see _drop_mount_stubs).
+_STUB_DIRS = ("proc", "sys", "dev")
+_ETC_FILES = ("hosts", "hostname", "resolv.conf")
 # The devices a container gets: bind mounts of the host's nodes (see _mount_dev).
 _DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
@@ -270,6 +273,7 @@ class Container(Child):
             _close_quietly(self.pty)
             self.pty = None
         if keep_upper is not None:
+            _drop_mount_stubs(self.upper, self.spec.lowers)
             _keep_upper(self.upper, keep_upper)
         self.run_dir.discard()
 
@@ -278,6 +282,44 @@ def exit_code(status: int) -> int:
     """Shell convention: the exit status, or 128+N for a signal."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _drop_mount_stubs(upper: str, lowers: list[str]) -> None:
+    """Remove what we made in the upper dir only to mount over, where the image had nothing:
+    /proc, /sys, /dev (empty dirs) and the empty /etc/hosts, /etc/hostname, /etc/resolv.conf
+    that _write_etc binds. They are the runtime's, not the command's: a kept upper dir (a
+    build's step, `run --keep-upper`) never carries them (Docker's rule)."""
+    for name in _STUB_DIRS:
+        path = os.path.join(upper, name)
+        if any(os.path.lexists(os.path.join(lo, name)) for lo in lowers):
+            continue
+        try:
+            os.rmdir(path)  # only if empty: a RUN that wrote there keeps what it wrote
+        except OSError:
+            pass
+    etc = os.path.join(upper, "etc")
+    if not os.path.isdir(etc) or os.path.islink(etc):
+        return
+    removed = False
+    for name in _ETC_FILES:
+        path = os.path.join(etc, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        in_lower = any(os.path.lexists(os.path.join(lo, "etc", name)) for lo in lowers)
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0 and not in_lower:
+            os.unlink(path)
+            removed = True
+    if removed and not os.listdir(etc):
+        # /etc itself was copied up only to hold them: give it back the lower's times
+        for lo in lowers:
+            try:
+                lst = os.lstat(os.path.join(lo, "etc"))
+            except FileNotFoundError:
+                continue
+            os.utime(etc, ns=(lst.st_atime_ns, lst.st_mtime_ns), follow_symlinks=False)
+            break
 
 
 def _keep_upper(upper: str, dest: str) -> None:
