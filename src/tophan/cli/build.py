@@ -29,6 +29,8 @@ FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--iidfile": ("iidfile", True, False),
     "--tls-verify": ("tls_verify", True, False),
     "--cert-dir": ("cert_dir", True, False),
+    "--creds": ("creds", True, False),
+    "--authfile": ("authfile", True, False),
 }
 
 
@@ -64,6 +66,7 @@ def _report(cli: Cli, digest: str, steps: int, cached: int, quiet: bool, o: dict
 
 def _options(o: dict[str, Any], context: str) -> Any:
     from tophan.build.builder import BuildOptions
+    from tophan.cli.image import registry_options
 
     build_args = {}
     for item in o.get("build_arg", []):
@@ -92,7 +95,7 @@ def _options(o: dict[str, Any], context: str) -> Any:
         layers=layers,
         timestamp=_timestamp(o.get("timestamp")),
         platform=o.get("platform"),
-        registry=_registry(o),
+        registry=registry_options(o),  # (the flags pull takes, for FROM pulled on demand)
     )
 
 
@@ -104,19 +107,6 @@ def _timestamp(value: str | None) -> int | None:
     if not value.isdigit():
         raise UsageError(f"invalid timestamp {value!r}", "give seconds since the epoch, e.g. 0")
     return int(value)
-
-
-def _registry(o: dict[str, Any]) -> Any:
-    from tophan.image.registry import Options
-
-    opts = Options()
-    verify = str(o.get("tls_verify", "true")).lower()
-    if verify not in ("true", "false", "1", "0"):
-        raise UsageError(f"invalid --tls-verify={verify}", "use --tls-verify=false or =true")
-    opts.tls_verify = verify in ("true", "1")
-    if "cert_dir" in o:
-        opts.cert_dir = o["cert_dir"]
-    return opts
 
 
 def prune(cli: Cli, argv: list[str]) -> int:

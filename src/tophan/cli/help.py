@@ -193,7 +193,8 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "--timestamp N        every time in the image is N (also $SOURCE_DATE_EPOCH)\n"
         "--platform linux/amd64  the only platform built\n"
         "-q, --quiet          print only the image digest;  --iidfile F  write it to F\n"
-        "--tls-verify=false  --cert-dir DIR   for FROM images pulled on demand\n"
+        "--tls-verify=false  --cert-dir DIR  --creds U:P  --authfile F   for FROM images\n"
+        "                     pulled on demand\n"
         "`build prune`: drop the build cache and the layers only it kept",
         "{prog} build -t web:1.0 .",
     ),

@@ -310,7 +310,7 @@ def _export(cli: Cli, argv: list[str]) -> int:
 # -- registries -------------------------------------------------------------------------------
 
 
-def _options(o: dict[str, Any]) -> Options:
+def registry_options(o: dict[str, Any]) -> Options:
     from tophan.image.registry import Options
     from tophan.image.spec import Platform
 
@@ -372,7 +372,9 @@ def push(cli: Cli, argv: list[str]) -> int:
         cli,
         args,
         "push",
-        lambda bars: registry.push(store, name, dest, options=_options(args.opts), progress=bars),
+        lambda bars: registry.push(
+            store, name, dest, options=registry_options(args.opts), progress=bars
+        ),
         lambda report: str(report.digest),
     )
 
@@ -390,7 +392,7 @@ def pull(cli: Cli, argv: list[str]) -> int:
         args,
         "pull",
         lambda bars: registry.pull(
-            store, args.pos[0], name, options=_options(args.opts), progress=bars
+            store, args.pos[0], name, options=registry_options(args.opts), progress=bars
         ),
         lambda report: str(report.name),
     )
@@ -443,7 +445,7 @@ def _tags(cli: Cli, argv: list[str]) -> int:
 
     argv = _registry_argv(argv)
     args = parse(argv, (1, 1, REGISTRY_FLAGS), "image tags")
-    tags = registry.list_tags(args.pos[0], _options(args.opts))
+    tags = registry.list_tags(args.pos[0], registry_options(args.opts))
     if args.flag("json"):
         cli.emit_json(tags)
     else:
@@ -458,7 +460,7 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
     argv = _registry_argv(argv)
     flags = {**REGISTRY_FLAGS, "--artifact-type": ("artifact_type", True, False)}
     args = parse(argv, (1, 1, flags), "image referrers")
-    repo, ref = registry.repository_for(args.pos[0], _options(args.opts))
+    repo, ref = registry.repository_for(args.pos[0], registry_options(args.opts))
     try:
         digest = ref.digest if is_digest(ref.digest) else repo.head_manifest(ref.reference)
         if digest is None:
