@@ -321,7 +321,6 @@ def start(
     master is ``Container.pty``."""
     spec.check()
     spec.userxattr = store.xattr_ns == "user"
-    _prepare(spec, store.path("cache"))
     run_dir = store.staging("run")
     try:
         cgroup = _make_cgroup(spec, os.path.basename(run_dir.path))
@@ -330,6 +329,8 @@ def start(
         raise
     ctr = Container(spec, run_dir, cgroup)
     try:
+        # After the cgroup: the wait for its move (warm_up_moves) passes meanwhile.
+        _prepare(spec, store.path("cache"))
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
@@ -400,7 +401,10 @@ def _make_cgroup(spec: Spec, run_name: str) -> Cgroup | None:
     # attaching a v2 device program needs it).
     rules = spec.devices if is_privileged() else None
     # One-shot runs name their cgroup after their run dir, so gc can tell whose it was.
-    return cgroup.Cgroup.create(spec.name or run_name, limits, rules)
+    cg = cgroup.Cgroup.create(spec.name or run_name, limits, rules)
+    # Only now: the warm-up holds the cgroup file system's lock while it waits.
+    cgroup.warm_up_moves()
+    return cg
 
 
 def prune_stale_cgroups(min_age: float = 60.0) -> list[str]:
@@ -844,13 +848,15 @@ def _setup_process(
 
 def _prepare(spec: Spec, cache_dir: str | None) -> None:
     """In the caller, before forking: compile the seccomp filter and import what the child
-    needs after pivot_root (the host's module and library paths vanish then)."""
+    needs after pivot_root (the host's module and library paths vanish then), and what it
+    needs before: imported here once, not again in every container's init (~1 ms each)."""
     import fcntl  # noqa: F401
     import resource  # noqa: F401
     import select  # noqa: F401
     import struct  # noqa: F401
     import warnings  # noqa: F401  (os.execvpe imports it, through os.get_exec_path)
 
+    from tophan.layer import mount  # noqa: F401  (the init mounts the root with it)
     from tophan.run import security
 
     if spec.tty:
