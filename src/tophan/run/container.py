@@ -542,7 +542,10 @@ def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
             ctr.kill_all()
             ctr.wait()
             raise
-    os.write(go_w, b"c")
+    try:
+        os.write(go_w, b"c")
+    except BrokenPipeError:
+        pass  # the init failed before it needed the cgroup: its message says why
     line = msgs.next()  # EOF: exec succeeded (the pipe is close-on-exec)
     if line:
         ctr.wait()
@@ -750,7 +753,7 @@ def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
     os.chdir("/")
     pid = os.fork()
     if pid == 0:
-        _become(spec, msg_w, ())  # raises on failure
+        _become(spec, _user_and_session(spec), msg_w, ())  # raises on failure
     os.close(msg_w)
     _close_console(spec)
     for sig in FORWARDED:
@@ -1073,6 +1076,9 @@ def _init_container(
     if spec.network == "none":
         _loopback_up()
     _set_rlimits(spec.rlimits)
+    # What needs neither the cgroup nor a change of privileges is done while the caller is
+    # still moving us into the cgroup.
+    user = _user_and_session(spec)
     # Now in our cgroup (the caller says "c"): its namespace makes that cgroup our root.
     if os.read(go_r, 1) != b"c":
         raise _Exit(RC_SETUP)
@@ -1082,7 +1088,7 @@ def _init_container(
     except OSError:
         views = []  # kernels without cgroup namespaces still run containers (blind to limits)
     _mount_cgroups(views)
-    _become(spec, msg_w, pass_fds, init=spec.init)
+    _become(spec, user, msg_w, pass_fds, init=spec.init)
 
 
 def _mount_cgroups(views: list[tuple[str, str]]) -> None:
@@ -1123,10 +1129,19 @@ def _mount_cgroup2(target: str, flags: int) -> bool:
     return True
 
 
-def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = False) -> None:
-    """Switch to the spec's user, drop privileges, and exec its command (in the container)."""
-    from tophan.run import security
+class _User:
+    """Who the command runs as (from the container's /etc) and its environment."""
 
+    def __init__(self, uid: int, gid: int, groups: list[int], env: dict[str, str]) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.env = env
+
+
+def _user_and_session(spec: Spec) -> _User:
+    """In the container, before :func:`_become`: the spec's user and environment, a session
+    of our own (``_own_session``), and the working directory made if missing."""
     uid, gid, groups, home = resolve_user(spec.user)
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": home}
     env.update(spec.env)
@@ -1135,6 +1150,16 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
         os.makedirs(spec.workdir, 0o755, exist_ok=True)
     except OSError:
         pass
+    return _User(uid, gid, groups, env)
+
+
+def _become(
+    spec: Spec, user: _User, msg_w: int, pass_fds: Sequence[int], *, init: bool = False
+) -> None:
+    """Switch to ``user``, drop privileges, and exec the spec's command (in the container)."""
+    from tophan.run import security
+
+    uid = user.uid
     caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
     security.drop_bounding(caps)
     if spec.no_new_privs:
@@ -1144,7 +1169,7 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
     if spec.seccomp_bpf:
         security.load_bpf(spec.seccomp_bpf)
     _libc.prctl(_libc.PR_SET_KEEPCAPS, 1)
-    _set_ids(uid, gid, groups)
+    _set_ids(uid, user.gid, user.groups)
     # Credential changes reset the parent-death signal: set it again.
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     security.set_caps(caps, uid)
@@ -1156,8 +1181,8 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores them; exec would keep that
     if init:
-        _pid1(spec.argv, env, msg_w)
-    _exec(spec.argv, env, msg_w)
+        _pid1(spec.argv, user.env, msg_w)
+    _exec(spec.argv, user.env, msg_w)
 
 
 def _own_session(spec: Spec, uid: int) -> None:
