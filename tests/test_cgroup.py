@@ -579,6 +579,38 @@ def test_v1_refuses_swap_limit_without_swap_accounting(
     assert reason is not None and "pids not mounted" in reason
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_warm_up_moves_writes_its_thread_where_it_already_is(
+    version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread writes its own id into its own cgroup's tasks (v1) or cgroup.threads (v2);
+    # here the hierarchy is a plain directory standing in for the mount.
+    controller, name = ("pids", "tasks") if version == "v1" else ("", "cgroup.threads")
+    own = [
+        path
+        for _, controllers, path in (
+            line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()
+        )
+        if controller in controllers.split(",")
+    ]
+    if not own:
+        pytest.skip(f"this process is in no {version} {controller or 'unified'} hierarchy")
+    target = tmp_path / own[0].strip("/") / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("")
+    if version == "v1":
+        host = cgroup.Host("legacy", v1={"pids": str(tmp_path)})
+    else:
+        host = cgroup.Host("unified", v2_top=str(tmp_path), v2_mount=str(tmp_path))
+    monkeypatch.setattr(cgroup, "_HOST", host)
+    cgroup.warm_up_moves()
+    deadline = time.monotonic() + 10
+    while not target.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tid = int(target.read_text())
+    assert tid != os.getpid()  # the thread's own id: no other thread of ours is moved
+
+
 def test_names_are_checked() -> None:
     for bad in ("", "../x", "a/b", ".hidden", "x" * 129, "spaced name"):
         with pytest.raises(UsageError, match="invalid cgroup name"):
@@ -807,6 +839,22 @@ def test_kernel_refuses_a_cpuset_the_host_lacks() -> None:
         Cgroup.create(name, Limits(cpuset_cpus="4095"))
     assert "\n" not in str(e.value)
     assert name not in cgroup.list_ours()  # nothing left behind
+
+
+@real
+def test_warm_up_moves_moves_nothing() -> None:
+    # Its thread moves itself into the cgroup it already is in: the process and every thread
+    # of it stay where they were, and the thread ends by itself.
+    def where() -> dict[str, str]:
+        tasks = os.listdir("/proc/self/task")
+        return {t: Path(f"/proc/self/task/{t}/cgroup").read_text() for t in tasks}
+
+    before = where()
+    cgroup.warm_up_moves()
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/task")) > len(before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert where() == before
 
 
 @real

@@ -171,6 +171,8 @@ def test_every_failure_before_the_command_is_125_and_one_line(stack: Stack) -> N
         (["--bogus", "-l", "base", "--", "true"], "--bogus"),
         (["-e", "A=1", "--restart", "always", "-l", "base", "--", "true"], "apps"),
         (["-d", "-l", "base", "--", "true"], "app create"),
+        # The init fails before it needs its cgroup (the caller's "go on" meets a closed pipe).
+        (["--tmpfs", "/bin/busybox/x", "-l", "base", "--", "true"], "Not a directory"),
     ):
         r = stack.run(*args)
         assert r.returncode == 125, (args, r)

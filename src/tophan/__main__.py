@@ -1,5 +1,3 @@
-import sys
+from tophan.cli.main import launch
 
-from tophan.cli.main import main
-
-sys.exit(main())
+launch()

@@ -776,13 +776,13 @@ def _load_restart(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> Non
 
 
 def _load_log(w: _Where, spec: dict[str, Any], table: dict[str, Any]) -> None:
-    from tophan.run import cgroup
+    from tophan._internal.units import parse_size
 
     out = {}
     for key, value in table.items():
         if key == "max_size":
             try:
-                out["max_size"] = cgroup.parse_size(str(value))
+                out["max_size"] = parse_size(str(value))
             except TophanError as e:
                 raise w.error("log.max_size", e.message, e.hint) from e
         elif key == "max_files":

@@ -1,6 +1,6 @@
 """The command line: parse, call the library, print. Nothing outside this package imports it
-(tests/test_layering.py); ``bin/tophan``, ``bin/overlayd`` and ``python -m tophan`` start it
-through ``tophan.cli.main.main`` and ``overlayd_main``.
+(tests/test_layering.py); ``bin/tophan`` and ``python -m tophan`` start it through
+``tophan.cli.main.launch``, ``bin/overlayd`` through ``overlayd_main``.
 
 Modules: ``main`` (dispatch, shared option parsing, store/layer/ws commands), ``run``
 (``tophan run``), ``app`` (``tophan app``, ``tophan volume``), ``image`` (``tophan image``,

@@ -66,8 +66,8 @@ _NOT_RUN = {"rm", "interactive", "tty", "detach"}
 
 
 def _app_flags(spec: AppSpec, o: dict[str, Any]) -> None:
+    from tophan._internal.units import parse_size
     from tophan.app import apps, health
-    from tophan.run import cgroup
 
     if "restart" in o:
         spec.restart = apps.RestartPolicy.parse(o["restart"], "--restart")
@@ -96,7 +96,7 @@ def _app_flags(spec: AppSpec, o: dict[str, Any]) -> None:
     for item in o.get("log_opt", []):
         key, _, value = item.partition("=")
         if key == "max-size":
-            spec.log.max_size = cgroup.parse_size(value)
+            spec.log.max_size = parse_size(value)
         elif key == "max-file" and value.isdigit() and int(value) >= 1:
             spec.log.max_files = int(value)
         else:

@@ -19,7 +19,7 @@ from tophan.errors import TophanError, UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import IO, Any
+    from typing import IO, Any, NoReturn
 
     from tophan.store import Store
 
@@ -196,6 +196,10 @@ class Cli:
         self.verbose = False
         self._store: Store | None = None
         self.out = sys.stdout
+        # Set by a command that leaves nothing for the interpreter's teardown to do (`run`:
+        # its container reaped, its cgroup and run dir removed): the launcher then ends the
+        # process at once (``launch``).
+        self.exit_now = False
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -746,8 +750,8 @@ def _write_atomically(dest: str, write: Callable[[IO[bytes]], str]) -> str:
         raise TophanError(f"cannot write {dest}: {e.strerror}") from e
 
 
-def _main(prog: str, argv: list[str] | None) -> int:
-    cli = Cli(prog)
+def _main(cli: Cli, argv: list[str] | None) -> int:
+    prog = cli.prog
     buf = _Buffered()
     cli.out = buf
     try:
@@ -788,8 +792,25 @@ class _Buffered:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _main("tophan", argv)
+    return _main(Cli("tophan"), argv)
 
 
 def overlayd_main(argv: list[str] | None = None) -> int:
-    return _main("overlayd", argv)
+    return _main(Cli("overlayd"), argv)
+
+
+def launch() -> NoReturn:
+    """``bin/tophan``: ``main``, then exit with its code.
+
+    After a command that set ``Cli.exit_now`` the process ends without the interpreter's
+    teardown (every module's objects freed, a last full garbage collection): ~4.5 ms of a
+    ~45 ms `tophan run` on the 2-core test VM, and nothing is left for it to do."""
+    cli = Cli("tophan")
+    rc = _main(cli, None)
+    if cli.exit_now:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(rc)
+    sys.exit(rc)

@@ -226,7 +226,9 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
     # nothing we buffered interleaves with its output.
     sys.stdout.flush()
     try:
-        return runtime.run(store, spec, keep_upper=opts.keep_upper)
+        rc = runtime.run(store, spec, keep_upper=opts.keep_upper)
+        cli.exit_now = True  # nothing is left for the interpreter's teardown (Cli.exit_now)
+        return rc
     except TophanError as e:
         # Docker's contract: 125 for every failure before the command starts (126/127 are the
         # command's own: it cannot be run / is not found).

@@ -363,7 +363,6 @@ def start(
     master is ``Container.pty``."""
     spec.check()
     spec.userxattr = store.xattr_ns == "user"
-    _prepare(spec, store.path("cache"))
     run_dir = store.staging("run")
     try:
         cgroup = _make_cgroup(spec, os.path.basename(run_dir.path))
@@ -372,6 +371,8 @@ def start(
         raise
     ctr = Container(spec, run_dir, cgroup)
     try:
+        # After the cgroup: the wait for its move (warm_up_moves) passes meanwhile.
+        _prepare(spec, store.path("cache"))
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(run_dir.path, sub), 0o755)
         os.chmod(run_dir.path, 0o755)
@@ -442,7 +443,10 @@ def _make_cgroup(spec: Spec, run_name: str) -> Cgroup | None:
     # attaching a v2 device program needs it).
     rules = spec.devices if is_privileged() else None
     # One-shot runs name their cgroup after their run dir, so gc can tell whose it was.
-    return cgroup.Cgroup.create(spec.name or run_name, limits, rules)
+    cg = cgroup.Cgroup.create(spec.name or run_name, limits, rules)
+    # Only now: the warm-up holds the cgroup file system's lock while it waits.
+    cgroup.warm_up_moves()
+    return cg
 
 
 def prune_stale_cgroups(min_age: float = 60.0) -> list[str]:
@@ -580,7 +584,10 @@ def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
             ctr.kill_all()
             ctr.wait()
             raise
-    os.write(go_w, b"c")
+    try:
+        os.write(go_w, b"c")
+    except BrokenPipeError:
+        pass  # the init failed before it needed the cgroup: its message says why
     line = msgs.next()  # EOF: exec succeeded (the pipe is close-on-exec)
     if line:
         ctr.wait()
@@ -788,7 +795,7 @@ def _join(target: int, spec: Spec, cgroup: Cgroup | None, msg_w: int) -> int:
     os.chdir("/")
     pid = os.fork()
     if pid == 0:
-        _become(spec, msg_w, ())  # raises on failure
+        _become(spec, _user_and_session(spec), msg_w, ())  # raises on failure
     os.close(msg_w)
     _close_console(spec)
     for sig in FORWARDED:
@@ -886,13 +893,15 @@ def _setup_process(
 
 def _prepare(spec: Spec, cache_dir: str | None) -> None:
     """In the caller, before forking: compile the seccomp filter and import what the child
-    needs after pivot_root (the host's module and library paths vanish then)."""
+    needs after pivot_root (the host's module and library paths vanish then), and what it
+    needs before: imported here once, not again in every container's init (~1 ms each)."""
     import fcntl  # noqa: F401
     import resource  # noqa: F401
     import select  # noqa: F401
     import struct  # noqa: F401
     import warnings  # noqa: F401  (os.execvpe imports it, through os.get_exec_path)
 
+    from tophan.layer import mount  # noqa: F401  (the init mounts the root with it)
     from tophan.run import security
 
     if spec.tty:
@@ -1109,6 +1118,9 @@ def _init_container(
     if spec.network == "none":
         _loopback_up()
     _set_rlimits(spec.rlimits)
+    # What needs neither the cgroup nor a change of privileges is done while the caller is
+    # still moving us into the cgroup.
+    user = _user_and_session(spec)
     # Now in our cgroup (the caller says "c"): its namespace makes that cgroup our root.
     if os.read(go_r, 1) != b"c":
         raise _Exit(RC_SETUP)
@@ -1118,7 +1130,7 @@ def _init_container(
     except OSError:
         views = []  # kernels without cgroup namespaces still run containers (blind to limits)
     _mount_cgroups(views)
-    _become(spec, msg_w, pass_fds, init=spec.init)
+    _become(spec, user, msg_w, pass_fds, init=spec.init)
 
 
 def _mount_cgroups(views: list[tuple[str, str]]) -> None:
@@ -1159,10 +1171,19 @@ def _mount_cgroup2(target: str, flags: int) -> bool:
     return True
 
 
-def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = False) -> None:
-    """Switch to the spec's user, drop privileges, and exec its command (in the container)."""
-    from tophan.run import security
+class _User:
+    """Who the command runs as (from the container's /etc) and its environment."""
 
+    def __init__(self, uid: int, gid: int, groups: list[int], env: dict[str, str]) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.env = env
+
+
+def _user_and_session(spec: Spec) -> _User:
+    """In the container, before :func:`_become`: the spec's user and environment, a session
+    of our own (``_own_session``), and the working directory made if missing."""
     uid, gid, groups, home = resolve_user(spec.user)
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": home}
     env.update(spec.env)
@@ -1171,6 +1192,16 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
         os.makedirs(spec.workdir, 0o755, exist_ok=True)
     except OSError:
         pass
+    return _User(uid, gid, groups, env)
+
+
+def _become(
+    spec: Spec, user: _User, msg_w: int, pass_fds: Sequence[int], *, init: bool = False
+) -> None:
+    """Switch to ``user``, drop privileges, and exec the spec's command (in the container)."""
+    from tophan.run import security
+
+    uid = user.uid
     caps = spec.caps if spec.caps is not None else security.DEFAULT_CAPS
     security.drop_bounding(caps)
     if spec.no_new_privs:
@@ -1180,7 +1211,7 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
     if spec.seccomp_bpf:
         security.load_bpf(spec.seccomp_bpf)
     _libc.prctl(_libc.PR_SET_KEEPCAPS, 1)
-    _set_ids(uid, gid, groups)
+    _set_ids(uid, user.gid, user.groups)
     # Credential changes reset the parent-death signal: set it again.
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     security.set_caps(caps, uid)
@@ -1192,8 +1223,8 @@ def _become(spec: Spec, msg_w: int, pass_fds: Sequence[int], *, init: bool = Fal
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores them; exec would keep that
     if init:
-        _pid1(spec.argv, env, msg_w)
-    _exec(spec.argv, env, msg_w)
+        _pid1(spec.argv, user.env, msg_w)
+    _exec(spec.argv, user.env, msg_w)
 
 
 def _own_session(spec: Spec, uid: int) -> None:

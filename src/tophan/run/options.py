@@ -333,12 +333,13 @@ class RunOptions:
     def _binds(self, store: StoreRoot) -> tuple[list[Bind], list[str]]:
         """The mounts, and the named volumes among them (held while the container runs)."""
         from tophan.run.container import Bind
-        from tophan.run.volumes import Volumes
 
         out, volumes = [], []
         for m in self.volumes:
             src = m.source
             if m.is_volume:
+                from tophan.run.volumes import Volumes
+
                 volumes.append(src)
                 src = Volumes(store).ensure(src).data
             elif not os.path.exists(src):
