@@ -313,6 +313,20 @@ def _unmount_below(base: Path) -> None:
             subprocess.run(["umount", "-l", path], check=False, capture_output=True)
 
 
+def _drop_subids(name: str) -> None:
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = Path(path).read_text().splitlines(keepends=True)
+        except FileNotFoundError:
+            continue
+        kept = [line for line in lines if line.split(":", 1)[0] != name]
+        if kept != lines:
+            tmp = Path(f"{path}.tophan-test-{uuid.uuid4().hex[:8]}")
+            tmp.write_text("".join(kept))
+            tmp.chmod(0o644)
+            os.replace(tmp, path)
+
+
 def _remove_user(name: str, uid: int | None, base: Path) -> list[str]:
     problems = []
     if uid is not None:
@@ -320,6 +334,8 @@ def _remove_user(name: str, uid: int | None, base: Path) -> list[str]:
             kill_user_processes(uid)
         except RuntimeError as e:
             problems.append(str(e))
+        # userdel leaves the user's subordinate ids behind: drop them first.
+        _drop_subids(name)
         p = subprocess.run(["userdel", name], capture_output=True, text=True)
         if p.returncode != 0:
             problems.append(f"userdel {name}: {p.stderr.strip()}")
@@ -333,12 +349,37 @@ def _remove_user(name: str, uid: int | None, base: Path) -> list[str]:
     return problems
 
 
+SUBID_COUNT = 65536
+
+
+def _free_subid_start() -> int:
+    """A subordinate id range no entry of /etc/subuid or /etc/subgid overlaps (and above any
+    real uid), so users made by concurrent test runs never share ids."""
+    taken: list[tuple[int, int]] = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                taken.append((int(fields[1]), int(fields[1]) + int(fields[2])))
+    while True:
+        start = (uuid.uuid4().int % 20000 + 100) * SUBID_COUNT  # 6.5M .. 1.3G
+        if all(start + SUBID_COUNT <= a or start >= b for a, b in taken):
+            return start
+
+
 @contextmanager
-def rootless_user_context() -> Iterator[RootlessUser]:
-    """A fresh unprivileged user with everything it needs; all of it removed on exit."""
+def rootless_user_context(*, subids: bool = False) -> Iterator[RootlessUser]:
+    """A fresh unprivileged user with everything it needs; all of it removed on exit.
+    ``subids``: give it a range of subordinate uids and gids (``newuidmap`` maps them)."""
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
+    if subids and not (shutil.which("newuidmap") and shutil.which("usermod")):
+        pytest.skip("subordinate ids need newuidmap (Debian's uidmap) and usermod")
     name = f"tph{uuid.uuid4().hex[:10]}"
     base = Path(tempfile.mkdtemp(prefix=f"tophan-rootless-{name}-", dir="/tmp"))
     base.chmod(0o755)
@@ -354,6 +395,14 @@ def rootless_user_context() -> Iterator[RootlessUser]:
         )  # fmt: skip
         pw = pwd.getpwnam(name)
         uid = pw.pw_uid
+        if subids:
+            first = _free_subid_start()
+            ids = f"{first}-{first + SUBID_COUNT - 1}"
+            subprocess.run(
+                ["usermod", "--add-subuids", ids, "--add-subgids", ids, name],
+                check=True,
+                capture_output=True,
+            )
         python, bindir = _make_venv(base)
         home = _user_mkdir(base / "home", (pw.pw_uid, pw.pw_gid))
         _user_mkdir(home / "tmp", (pw.pw_uid, pw.pw_gid), 0o700)
@@ -386,6 +435,13 @@ def _checked(user: RootlessUser) -> RootlessUser:
 def rootless_user() -> Iterator[RootlessUser]:
     """One unprivileged user for the session (skips where that cannot be made)."""
     with rootless_user_context() as user:
+        yield user
+
+
+@pytest.fixture(scope="session")
+def subid_user() -> Iterator[RootlessUser]:
+    """One unprivileged user with 65536 subordinate uids and gids, for the session."""
+    with rootless_user_context(subids=True) as user:
         yield user
 
 

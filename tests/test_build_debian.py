@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from rootless import RootlessUser, _user_mkdir, kill_user_processes, run_as_user
 
 pytestmark = pytest.mark.slow
 MIRROR = "deb.debian.org"
@@ -73,3 +74,54 @@ def test_apt_get_install_in_a_debian_base(debian_tar: Path, tmp_path: Path) -> N
     apt_layer = Path(info["layers"][-2]["path"])
     lists = apt_layer / "var/lib/apt/lists"
     assert not lists.exists() or not any(p.is_file() for p in lists.rglob("*"))
+
+
+def test_rootless_apt_get_install(debian_tar: Path, subid_user: RootlessUser) -> None:
+    """The same as an unprivileged user with subordinate ids: apt drops to _apt to fetch,
+    useradd and su switch users, and the image records their owners."""
+    import os
+    import tarfile
+    import uuid
+
+    work = _user_mkdir(subid_user.base / "work" / uuid.uuid4().hex[:12], subid_user)
+    try:
+        # Without its device nodes (mmdebstrap puts /dev/null & co. in the tar; registries'
+        # Debian images have none): a rootless import refuses them, saying so.
+        tar = work / "bookworm.tar"
+        with tarfile.open(debian_tar) as src, tarfile.open(tar, "w") as dst:
+            for m in src:
+                if not (m.ischr() or m.isblk()):
+                    dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        os.chown(tar, subid_user.uid, subid_user.gid)
+        ctx = _user_mkdir(work / "ctx", subid_user)
+        (ctx / "Containerfile").write_text(
+            "FROM debian:12\n"
+            "RUN apt-get update && apt-get install -y --no-install-recommends hello \\\n"
+            "    && rm -rf /var/lib/apt/lists/*\n"
+            "RUN useradd -m -u 1234 app && su app -c 'echo mine > ~/f'\n"
+            'CMD ["hello"]\n'
+        )
+        os.chown(ctx / "Containerfile", subid_user.uid, subid_user.gid)
+
+        def ok(*args: str) -> str:
+            r = run_as_user(
+                subid_user, ["tophan", "--root", str(work / "store"), *args], unshare=False,
+                cwd=work, timeout=900,
+            )  # fmt: skip
+            assert r.returncode == 0, (args, r.stdout[-3000:], r.stderr)
+            return r.stdout
+
+        ok("init")
+        ok("layer", "import", str(tar), "debian")
+        ok("image", "create", "debian:12", "-l", "debian", "--cmd", '["bash"]')
+        out = ok("build", "-t", "hello", str(ctx))
+        assert "Setting up hello" in out
+        assert ok("run", "hello") == "Hello, world!\n"
+        info = json.loads(ok("image", "inspect", "hello"))
+        ok("layer", "export", info["layers"][-1]["digest"], str(work / "top.tar"))
+        with tarfile.open(work / "top.tar") as tf:
+            owners = {m.name.rstrip("/"): (m.uid, m.gid) for m in tf.getmembers()}
+        assert owners["home/app"] == (1234, 1234) and owners["home/app/f"] == (1234, 1234)
+        assert list((work / "store/tmp").iterdir()) == []
+    finally:
+        kill_user_processes(subid_user.uid)

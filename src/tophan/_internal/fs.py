@@ -132,7 +132,8 @@ def write_meta(path: str, items: dict[str, str | int | list[str]]) -> None:
 
 
 def rmtree(path: str) -> None:
-    """Remove a tree we own, even one with read-only directories (layers keep exact modes).
+    """Remove a tree we own, even one with read-only directories (layers keep exact modes), or
+    one a rootless container of ours left (owned by our subordinate ids).
 
     Iterative and relative to directory fds (openat/unlinkat): no recursion and no path-length
     limit, so a legal layer 10000 directories deep goes like any other; a symlink is never
@@ -147,6 +148,16 @@ def rmtree(path: str) -> None:
     try:
         if not _remove_nondir(top, name):
             _remove_dir(top, name)
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+        from tophan._internal import userns
+
+        if not userns.has_subordinate_ids():
+            raise
+        # What a rootless container's other users made (their ids are subordinate ids of
+        # ours): removable as root of a namespace that maps them.
+        userns.call_mapped(rmtree, path)
     finally:
         os.close(top)
 

@@ -167,26 +167,36 @@ class Builder:
         self.layer_digests: dict[str, str] = {}
         self.work: Staging | None = None
         self._n = 0
+        # Rootless with subordinate ids: RUN's containers have several users, whose files only
+        # a namespace with the same map can commit (_commit_upper).
+        self.mapped = False
 
     # -- the whole build -----------------------------------------------------------------------
+
+    def _check_rootless(self) -> None:
+        if self.store.privileged:
+            return
+        from tophan._internal import userns
+
+        self.mapped = os.geteuid() != 0 and userns.has_subordinate_ids()
+        if not self.mapped and os.geteuid() != 0:
+            self.out.warn(
+                "rootless without subordinate ids: RUN steps have root only (no other user"
+                " or group: apt-get, useradd, chown to another id fail); add a range for you"
+                " to /etc/subuid and /etc/subgid (Debian's uidmap package maps it)"
+            )
 
     def build(self) -> BuildResult:
         from tophan.build.ignore import Ignore
 
         opts = self.opts
-        if not self.store.privileged:
-            # A RUN's upper dir holds files of the container's other uids (subordinate ids):
-            # unreadable to us outside the user namespace, so not committable from here yet.
-            raise UsageError(
-                "tophan build needs root for now: rootless builds are not supported yet",
-                "build as root, or build elsewhere and pull the image",
-            )
         if opts.network not in _NETWORKS:
             raise UsageError(f"unknown network {opts.network!r}", "use --network host or none")
         if opts.platform not in (None, "linux/amd64"):
             raise UsageError(f"cannot build for {opts.platform}", "only linux/amd64 is supported")
         if not os.path.isdir(opts.context):
             raise UsageError(f"build context {opts.context} is not a directory")
+        self._check_rootless()
         path = find_containerfile(opts.context, opts.file)
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             self.file = cf.parse(f.read(), os.path.basename(path))
@@ -556,8 +566,21 @@ class Builder:
     def _commit_upper(self, upper: str, lowers: list[str], key: str) -> tuple[str | None, str]:
         from tophan.layer import commit
 
+        def diff(tree: str) -> tuple[str, int]:
+            return commit.diff_upper(
+                upper, lowers, tree, xattr_ns=self.store.xattr_ns, privileged=self.store.privileged
+            )
+
         def fill(tree: str) -> tuple[str, int] | None:
-            known = commit.diff_upper(upper, lowers, tree, xattr_ns=self.store.xattr_ns)
+            if self.mapped:
+                from tophan._internal import userns
+
+                # The upper dir holds files of the container's other users (our subordinate
+                # ids): readable, with the owners the container saw, only as root of a
+                # namespace that maps them as the container's did.
+                known = userns.call_mapped(diff, tree)
+            else:
+                known = diff(tree)
             if self.opts.timestamp is None:
                 return known
             clamp_times(tree, self.opts.timestamp)
@@ -739,7 +762,14 @@ class Builder:
         timestamp = self.opts.timestamp
 
         def fill(tree: str) -> tuple[str, int] | None:
-            known = squash.squash(trees, base_trees, tree, scratch, xattr_ns=self.store.xattr_ns)
+            known = squash.squash(
+                trees,
+                base_trees,
+                tree,
+                scratch,
+                xattr_ns=self.store.xattr_ns,
+                privileged=self.store.privileged,
+            )
             if timestamp is None:
                 return known
             clamp_times(tree, timestamp)

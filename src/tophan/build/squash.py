@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 
 
 def squash(
-    layers: list[str], base: list[str], dest: str, scratch: str, *, xattr_ns: XattrNs
+    layers: list[str],
+    base: list[str],
+    dest: str,
+    scratch: str,
+    *,
+    xattr_ns: XattrNs,
+    privileged: bool,
 ) -> tuple[str, int]:
     """Write into the empty dir ``dest`` one layer equal to ``layers`` (top first) on top of
     ``base`` (top first); ``scratch`` is a new dir for the merged upper. Returns the digest and
@@ -31,7 +37,7 @@ def squash(
     os.mkdir(scratch, 0o700)
     try:
         _merge(layers, scratch, opaque)
-        return commit.diff_upper(scratch, base, dest, xattr_ns=xattr_ns)
+        return commit.diff_upper(scratch, base, dest, xattr_ns=xattr_ns, privileged=privileged)
     finally:
         rmtree(scratch)
 

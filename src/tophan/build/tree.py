@@ -23,7 +23,7 @@ import os
 import stat
 
 from tophan.errors import TophanError
-from tophan.layer.tarexport import OWNER_XATTR, filtered_xattrs
+from tophan.layer.tarexport import OWNER_XATTR, filtered_xattrs, stored_owner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -261,6 +261,7 @@ class Tree:
                 return int(uid), int(gid)
             except (OSError, ValueError):
                 pass
+            return stored_owner(st)
         return st.st_uid, st.st_gid
 
     def xattrs(self, path: str) -> dict[str, bytes]:

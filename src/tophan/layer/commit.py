@@ -21,7 +21,14 @@ import os
 import stat
 
 from tophan.errors import TophanError
-from tophan.layer.tarexport import Node, NoGC, take_owner, write_nodes
+from tophan.layer.tarexport import (
+    OWNER_XATTR,
+    Node,
+    NoGC,
+    parse_owner,
+    stored_owner,
+    write_nodes,
+)
 from tophan.layer.tarexport import filtered_xattrs as _xattrs
 
 CHUNK = 1 << 20
@@ -88,12 +95,16 @@ def _listdir(path: bytes) -> list[os.DirEntry[bytes]]:
 
 
 class _Differ:
-    def __init__(self, upper: bytes, dest: bytes, xattr_ns: XattrNs) -> None:
+    def __init__(self, upper: bytes, dest: bytes, xattr_ns: XattrNs, record: bool) -> None:
         self.upper = upper
+        # Unprivileged (a rootless store): owners are recorded, never applied (see ownership)
+        self.record = record
         self.dest = dest
         self.opaque_key = f"{xattr_ns}.overlay.opaque"
         self.links: dict[tuple[int, int], bytes] = {}
-        self.dirs: list[tuple[bytes, os.stat_result, dict[bytes, bytes]]] = []
+        self.dirs: list[
+            tuple[bytes, os.stat_result, dict[bytes, bytes], tuple[int, int] | None]
+        ] = []
         # what the canonical tar of dest will say, so the digest needs no second pass
         self.nodes: dict[bytes, Node] = {}
         self.kept = 0
@@ -163,7 +174,7 @@ class _Differ:
         xattrs = _xattrs(src)
         if lower is not None and self.identical(src, st, xattrs, *lower):
             return False
-        self.copy(rel, src, st, xattrs)
+        self.copy(rel, src, st, *self.ownership(st, xattrs))
         return True
 
     def start_directory(
@@ -185,15 +196,16 @@ class _Differ:
             not d.opaque
             and d.lower is not None
             and stat.S_ISDIR(d.lower[1].st_mode)
-            and _same_meta(d.st, d.xattrs, d.lower[1], _xattrs(d.lower[0]))
+            and self.same_meta(d.st, d.xattrs, d.lower[1], _xattrs(d.lower[0]))
         )
         if same and not d.kept:
             os.rmdir(dst)
             return False
         if d.opaque:
             os.setxattr(dst, self.opaque_key, b"y")
-        self.dirs.append((dst, d.st, d.xattrs))
-        node = _node("d", d.st, d.xattrs)
+        xattrs, owner = self.ownership(d.st, d.xattrs)
+        self.dirs.append((dst, d.st, xattrs, owner))
+        node = _node("d", d.st, xattrs, owner)
         node.opaque = bool(d.opaque)
         self.nodes[d.rel] = node
         return True
@@ -208,7 +220,7 @@ class _Differ:
     ) -> bool:
         if stat.S_IFMT(st.st_mode) != stat.S_IFMT(lst.st_mode):
             return False
-        if not _same_meta(st, xattrs, lst, _xattrs(lpath)):
+        if not self.same_meta(st, xattrs, lst, _xattrs(lpath)):
             return False
         if stat.S_ISLNK(st.st_mode):
             return os.readlink(src) == os.readlink(lpath)
@@ -218,16 +230,66 @@ class _Differ:
             return st.st_size == lst.st_size and _same_content(src, lpath)
         return True
 
+    def ownership(
+        self, st: os.stat_result, xattrs: dict[bytes, bytes]
+    ) -> tuple[dict[bytes, bytes], tuple[int, int] | None]:
+        """The xattrs to write and the owner to chown to (None: leave the file ours).
+
+        Privileged, owners are applied. Recorded (a rootless store): the new tree stays the
+        user's, and an owner other than root goes to user.tophan.owner where the file can
+        hold it (regular files, directories; elsewhere it is lost: root's, as in tarimport). An
+        upper file that still has the root owner of a lower's file (copied up, not chowned)
+        keeps the owner that lower recorded; one chowned in the container has a real owner,
+        which wins."""
+        if not self.record:
+            return xattrs, (st.st_uid, st.st_gid)
+        out = dict(xattrs)
+        owner = self.effective_owner(st, out)
+        if owner != (0, 0) and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            out[OWNER_XATTR] = b"%d:%d" % owner
+        return out, None
+
+    @staticmethod
+    def effective_owner(st: os.stat_result, xattrs: dict[bytes, bytes]) -> tuple[int, int]:
+        """The owner a file means (its user.tophan.owner is popped from ``xattrs``)."""
+        recorded = parse_owner(xattrs.pop(OWNER_XATTR, None))
+        own = stored_owner(st)
+        return recorded if recorded is not None and own == (0, 0) else own
+
+    def same_meta(
+        self,
+        a: os.stat_result,
+        ax: dict[bytes, bytes],
+        b: os.stat_result,
+        bx: dict[bytes, bytes],
+    ) -> bool:
+        if not self.record:
+            return _same_meta(a, ax, b, bx)
+        ax, bx = dict(ax), dict(bx)
+        return (
+            a.st_mode == b.st_mode
+            and a.st_mtime_ns == b.st_mtime_ns
+            and self.effective_owner(a, ax) == self.effective_owner(b, bx)
+            and ax == bx
+        )
+
     # -- writing -------------------------------------------------------------------------------
 
     def make_whiteout(self, rel: bytes, st: os.stat_result, src: bytes) -> None:
         dst = self.dest + b"/" + rel
         os.mknod(dst, stat.S_IFCHR | 0o600, 0)
-        xattrs = _xattrs(src)
-        self.meta(dst, st, xattrs, None)
-        self.nodes[rel] = _node("w", st, xattrs)
+        xattrs, owner = self.ownership(st, _xattrs(src))
+        self.meta(dst, st, xattrs, None, owner)
+        self.nodes[rel] = _node("w", st, xattrs, owner)
 
-    def copy(self, rel: bytes, src: bytes, st: os.stat_result, xattrs: dict[bytes, bytes]) -> None:
+    def copy(
+        self,
+        rel: bytes,
+        src: bytes,
+        st: os.stat_result,
+        xattrs: dict[bytes, bytes],
+        owner: tuple[int, int] | None,
+    ) -> None:
         dst = self.dest + b"/" + rel
         m = st.st_mode
         if stat.S_ISREG(m):
@@ -239,25 +301,31 @@ class _Differ:
                     self.nodes[rel] = self.nodes[first]  # one Node object: one inode
                     return
                 self.links[key] = rel
-            data = self.copy_file(src, dst, st, xattrs)
-            self.nodes[rel] = _node("f", st, xattrs, size=st.st_size, data=data)
+            data = self.copy_file(src, dst, st, xattrs, owner)
+            self.nodes[rel] = _node("f", st, xattrs, owner, size=st.st_size, data=data)
         elif stat.S_ISLNK(m):
             target = os.readlink(src)
             os.symlink(target, dst)
-            self.meta(dst, st, xattrs, None, link=True)
-            self.nodes[rel] = _node("l", st, xattrs, link=target)
+            self.meta(dst, st, xattrs, None, owner, link=True)
+            self.nodes[rel] = _node("l", st, xattrs, owner, link=target)
         elif stat.S_ISFIFO(m):
             os.mkfifo(dst, 0o600)
-            self.meta(dst, st, xattrs, None)
-            self.nodes[rel] = _node("p", st, xattrs)
+            self.meta(dst, st, xattrs, None, owner)
+            self.nodes[rel] = _node("p", st, xattrs, owner)
         elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
             os.mknod(dst, stat.S_IFMT(m) | 0o600, st.st_rdev)
-            self.meta(dst, st, xattrs, None)
-            self.nodes[rel] = _node("c" if stat.S_ISCHR(m) else "b", st, xattrs, rdev=st.st_rdev)
+            self.meta(dst, st, xattrs, None, owner)
+            kind = "c" if stat.S_ISCHR(m) else "b"
+            self.nodes[rel] = _node(kind, st, xattrs, owner, rdev=st.st_rdev)
         # sockets are not layer content
 
     def copy_file(
-        self, src: bytes, dst: bytes, st: os.stat_result, xattrs: dict[bytes, bytes]
+        self,
+        src: bytes,
+        dst: bytes,
+        st: os.stat_result,
+        xattrs: dict[bytes, bytes],
+        owner: tuple[int, int] | None,
     ) -> bytes | None:
         """Copy content and metadata; small files' content is returned for the digest."""
         data = None
@@ -278,7 +346,7 @@ class _Differ:
                         if n == 0:
                             break
                         left -= n
-                self.meta(dst, st, xattrs, fout)
+                self.meta(dst, st, xattrs, fout, owner)
             finally:
                 os.close(fout)
         finally:
@@ -291,15 +359,18 @@ class _Differ:
         st: os.stat_result,
         xattrs: dict[bytes, bytes],
         fd: int | None,
+        owner: tuple[int, int] | None,
         *,
         link: bool = False,
     ) -> None:
         # chown first (it clears setuid bits and capabilities), then xattrs, then the mode.
         target: int | bytes = fd if fd is not None else dst
-        if isinstance(target, int):
-            os.fchown(target, st.st_uid, st.st_gid)
+        if owner is None:
+            pass  # recorded in xattrs (Differ.ownership)
+        elif isinstance(target, int):
+            os.fchown(target, *owner)
         else:
-            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+            os.chown(target, *owner, follow_symlinks=False)
         for k, v in xattrs.items():
             if isinstance(target, int):
                 os.setxattr(target, k, v)
@@ -314,14 +385,21 @@ class _Differ:
             os.utime(target, ns=ns, follow_symlinks=False)
 
     def finish(self) -> None:
-        for dst, st, xattrs in reversed(self.dirs):  # children were appended before parents
-            self.meta(dst, st, xattrs, None)
+        for dst, st, xattrs, owner in reversed(self.dirs):  # children come before parents
+            self.meta(dst, st, xattrs, None, owner)
 
 
-def _node(kind: str, st: os.stat_result, xattrs: dict[bytes, bytes], **kw: object) -> Node:
-    """The Node export would build from the copy we just made (see tarexport.node_from_disk)."""
-    xb = dict(xattrs)  # take_owner removes our own xattr from what export will show
-    uid, gid = take_owner(xb, st)
+def _node(
+    kind: str,
+    st: os.stat_result,
+    xattrs: dict[bytes, bytes],
+    owner: tuple[int, int] | None,
+    **kw: object,
+) -> Node:
+    """The Node export would build from the copy we just made (see tarexport.node_from_disk):
+    ``owner`` None is a copy left ours, i.e. root's in the layer."""
+    xb = dict(xattrs)  # our own xattr is not in what export will show
+    uid, gid = parse_owner(xb.pop(OWNER_XATTR, None)) or owner or (0, 0)
     mode = stat.S_IMODE(st.st_mode)
     return Node(kind, mode, uid, gid, st.st_mtime_ns, xb, **kw)  # type: ignore[arg-type]
 
@@ -345,11 +423,14 @@ def _same_meta(
     )
 
 
-def diff_upper(upper: str, lowers: list[str], dest: str, *, xattr_ns: XattrNs) -> tuple[str, int]:
+def diff_upper(
+    upper: str, lowers: list[str], dest: str, *, xattr_ns: XattrNs, privileged: bool
+) -> tuple[str, int]:
     """Write into the empty dir ``dest`` the layer that ``upper`` adds on top of ``lowers``.
 
-    Returns the new layer's digest and canonical tar size."""
-    d = _Differ(os.fsencode(upper), os.fsencode(dest), xattr_ns)
+    ``privileged`` (real root): owners are applied; else they are recorded as a rootless store
+    keeps them (``_Differ.ownership``). Returns the new layer's digest and canonical tar size."""
+    d = _Differ(os.fsencode(upper), os.fsencode(dest), xattr_ns, not privileged)
     try:
         with NoGC():
             d.walk(b"", [os.fsencode(lo) for lo in lowers])

@@ -470,7 +470,13 @@ class Layers:
             lowers = [self.tree_path(d) for d in digests]
 
             def fill(tree: str) -> tuple[str, int]:
-                return commit.diff_upper(ws.upper, lowers, tree, xattr_ns=self.store.xattr_ns)
+                return commit.diff_upper(
+                    ws.upper,
+                    lowers,
+                    tree,
+                    xattr_ns=self.store.xattr_ns,
+                    privileged=self.store.privileged,
+                )
 
             source = {
                 "from_ws": ws_name,

@@ -286,15 +286,33 @@ def filtered_xattrs(path: bytes) -> dict[bytes, bytes]:
 
 def take_owner(xattrs: dict[bytes, bytes], st: os.stat_result) -> tuple[int, int]:
     """The owner export reports: ``user.tophan.owner`` if present (removed from ``xattrs``:
-    it is ours, never exported), else the file's own."""
-    raw = xattrs.pop(OWNER_XATTR, None)
+    it is ours, never exported), else the file's own (:func:`stored_owner`)."""
+    recorded = parse_owner(xattrs.pop(OWNER_XATTR, None))
+    return recorded if recorded is not None else stored_owner(st)
+
+
+def parse_owner(raw: bytes | None) -> tuple[int, int] | None:
+    """A ``user.tophan.owner`` value (``b"UID:GID"``), or None if absent or malformed."""
     if raw:
         try:
             u, g = raw.split(b":")
             return int(u), int(g)
         except ValueError:
             pass
-    return st.st_uid, st.st_gid
+    return None
+
+
+def stored_owner(st: os.stat_result) -> tuple[int, int]:
+    """A file's own owner as a layer means it. For an unprivileged process its own ids are
+    root's: a rootless store is its user's, whose containers map that user to root (and as
+    root of such a namespace, the ids read 0 already). Per call, not cached: a process may
+    become root of a user namespace after a fork (``userns.call_mapped``)."""
+    uid, gid = st.st_uid, st.st_gid
+    euid = os.geteuid()
+    if euid != 0:
+        uid = 0 if uid == euid else uid
+        gid = 0 if gid == os.getegid() else gid
+    return uid, gid
 
 
 def node_from_disk(path: bytes, st: os.stat_result, opaque_key: str) -> Node | None:

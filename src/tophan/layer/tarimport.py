@@ -689,23 +689,27 @@ class _Extractor:
     # -- metadata ------------------------------------------------------------------------------
 
     def chown(self, target: int | bytes, uid: int, gid: int, holds_xattrs: bool) -> tuple[int, int]:
-        """Apply ownership; returns the owner export will see (an unapplicable one is kept in
-        user.tophan.owner where the file can hold it, else it is what the file really has)."""
+        """Apply ownership; returns the owner export will see.
+
+        Unprivileged (a rootless store), nothing is chowned, even to ids a user namespace maps:
+        the files stay the user's, which a layer reads as root's (``tarexport.stored_owner``),
+        so the user can read and remove all of its store outside any namespace. Another owner is
+        kept in user.tophan.owner where the file can hold it (regular files, directories), else
+        it is lost: the entry is root's."""
+        if not self.privileged:
+            if (uid, gid) == (0, 0):
+                return 0, 0
+            if holds_xattrs:
+                self.set_xattr(target, OWNER_XATTR, b"%d:%d" % (uid, gid), strict=True)
+                return uid, gid
+            return 0, 0
         if uid == self.euid and gid == self.egid:
             return uid, gid
-        try:
-            if isinstance(target, int):
-                os.fchown(target, uid, gid)
-            else:
-                os.chown(target, uid, gid, follow_symlinks=False)
-            return uid, gid
-        except OSError as e:
-            if self.privileged or e.errno not in (errno.EPERM, errno.EINVAL):
-                raise
-        if holds_xattrs:
-            self.set_xattr(target, OWNER_XATTR, b"%d:%d" % (uid, gid), strict=True)
-            return uid, gid
-        return self.euid, self.egid
+        if isinstance(target, int):
+            os.fchown(target, uid, gid)
+        else:
+            os.chown(target, uid, gid, follow_symlinks=False)
+        return uid, gid
 
     def set_xattr(self, target: int | bytes, key: str, value: bytes, strict: bool = False) -> bool:
         try:

@@ -1,10 +1,10 @@
 """Running: a process in a composed, isolated root (the container runtime), its hardening, cgroup
-limits, user-namespace id maps, and named volumes.
+limits, and named volumes.
 
 Modules: ``options`` (``RunOptions``: what to run, typed; what ``tophan run`` and apps build),
 ``container`` (``Spec``, ``start``, ``run``), ``security`` (capabilities, seccomp, no_new_privs,
 masked paths), ``devices`` (the device cgroup), ``stdio`` (terminals), ``cgroup`` (v2 and v1
-limits), ``idmap``, ``volumes``.
+limits), ``volumes``.
 
 Names are imported lazily: importing one module of the package loads no other.
 """

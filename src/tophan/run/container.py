@@ -565,9 +565,9 @@ def _receive_pty(console: socket.socket) -> int:
 def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
     line = msgs.next()
     if line == "map":
-        from tophan.run import idmap
+        from tophan._internal import userns
 
-        idmap.write_maps(setup_pid)
+        userns.write_maps(setup_pid)
         os.write(go_w, b"m")
         line = msgs.next()
     _, status = os.waitpid(setup_pid, 0)

@@ -1,0 +1,129 @@
+"""`tophan build` (and the runs it makes) as a real unprivileged user."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import busybox_full_rootfs
+from rootless import RootlessUser, _user_mkdir, kill_user_processes, run_as_user
+
+pytestmark = pytest.mark.rootless
+
+
+@pytest.fixture
+def subid_dir(subid_user: RootlessUser) -> Iterator[Path]:
+    import uuid
+
+    d = _user_mkdir(subid_user.base / "work" / uuid.uuid4().hex[:12], subid_user)
+    try:
+        yield d
+    finally:
+        kill_user_processes(subid_user.uid)
+
+
+def _tophan(user: RootlessUser, cwd: Path, *args: str) -> tuple[int, str, str]:
+    r = run_as_user(user, ["tophan", "--root", str(cwd / "store"), *args], unshare=False, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _base(user: RootlessUser, cwd: Path) -> None:
+    rootfs = busybox_full_rootfs(cwd / "rootfs-src")
+    for dirpath, dirs, files in os.walk(rootfs):
+        for name in dirs + files:
+            os.lchown(os.path.join(dirpath, name), user.uid, user.gid)
+    os.chown(rootfs, user.uid, user.gid)
+    assert _tophan(user, cwd, "init")[0] == 0
+    rc, _, err = _tophan(user, cwd, "layer", "create", "base", "--from", str(rootfs))
+    assert rc == 0, err
+
+
+def test_subid_run_leaves_nothing(subid_user: RootlessUser, subid_dir: Path) -> None:
+    _base(subid_user, subid_dir)
+    rc, out, err = _tophan(
+        subid_user, subid_dir, "run", "-l", "base", "--", "sh", "-c",
+        "cat /proc/self/uid_map; mkdir -p /d/e && echo x > /d/e/f && chown -R 5:5 /d "
+        "&& chmod 700 /d /d/e && ls -ln /d",
+    )  # fmt: skip
+    print(out, err)
+    assert rc == 0, err
+    assert list((subid_dir / "store/tmp").iterdir()) == []
+
+
+def _tar_owners(user: RootlessUser, cwd: Path, layer: str) -> dict[str, tuple[int, int]]:
+    """The owners a layer's canonical tar says (what a push would send), exported as the user."""
+    import tarfile
+
+    out = cwd / f"{layer.replace(':', '-')}.tar"
+    rc, _, err = _tophan(user, cwd, "layer", "export", layer, str(out))
+    assert rc == 0, err
+    with tarfile.open(out) as tf:
+        return {m.name.rstrip("/"): (m.uid, m.gid) for m in tf.getmembers()}
+
+
+def test_rootless_build_with_subordinate_ids(subid_user: RootlessUser, subid_dir: Path) -> None:
+    """Several users inside a RUN; their files committed with the owners they had in the
+    container (recorded, as a rootless store keeps owners); COPY --chown; the image runs; the
+    build leaves nothing behind that the user cannot remove."""
+    _base(subid_user, subid_dir)
+    assert _tophan(subid_user, subid_dir, "image", "create", "bb", "-l", "base")[0] == 0
+    ctx = _user_mkdir(subid_dir / "ctx", subid_user)
+    (ctx / "Containerfile").write_text(
+        "FROM bb\n"
+        "RUN mkdir -p /home/app /var/spool/q \\\n"
+        "    && echo secret > /var/spool/q/job && chmod 600 /var/spool/q/job \\\n"
+        "    && chown -R 100:101 /var/spool/q && chmod 700 /var/spool/q \\\n"
+        "    && chown 1000:1000 /home/app && ln -s /home/app /applink \\\n"
+        "    && echo nobody:x:65534:65534::/:/bin/sh >> /etc/passwd \\\n"
+        "    && echo nogroup:x:65534: >> /etc/group \\\n"
+        "    && su nobody -c 'id -u > /tmp/nobody-was-here'\n"
+        "COPY --chown=7:8 f.txt /srv/f.txt\n"
+        "USER 1000:1000\n"
+        "RUN id -u > /tmp/uid\n"
+        'CMD ["cat", "/tmp/uid", "/var/spool/q/job"]\n'
+    )
+    (ctx / "f.txt").write_text("from the context\n")
+    os.chown(ctx / "Containerfile", subid_user.uid, subid_user.gid)
+    os.chown(ctx / "f.txt", subid_user.uid, subid_user.gid)
+    rc, out, err = _tophan(subid_user, subid_dir, "build", "-t", "app", str(ctx))
+    assert rc == 0, (out, err)
+    assert "warning" not in err
+    rc, out, err = _tophan(subid_user, subid_dir, "run", "--user", "0", "app")
+    assert (rc, out) == (0, "1000\nsecret\n"), err
+    rc, out, err = _tophan(subid_user, subid_dir, "image", "inspect", "app")
+    assert rc == 0, err
+    import json
+
+    layers = [layer["digest"] for layer in json.loads(out)["layers"]]
+    assert len(layers) == 4  # base, the first RUN, COPY, the second RUN
+    owners = _tar_owners(subid_user, subid_dir, layers[1])
+    assert owners["var/spool/q"] == (100, 101) and owners["var/spool/q/job"] == (100, 101)
+    assert owners["home/app"] == (1000, 1000)
+    assert owners["applink"] == (0, 0) and owners["tmp/nobody-was-here"] == (65534, 65534)
+    assert _tar_owners(subid_user, subid_dir, layers[2])["srv/f.txt"] == (7, 8)
+    assert _tar_owners(subid_user, subid_dir, layers[3])["tmp/uid"] == (1000, 1000)
+    # nothing left in the store's temporary space, all of it the user's own
+    assert list((subid_dir / "store/tmp").iterdir()) == []
+    for dirpath, dirs, files in os.walk(subid_dir / "store"):
+        for name in dirs + files:
+            assert os.lstat(os.path.join(dirpath, name)).st_uid == subid_user.uid
+
+
+def test_rootless_build_with_one_id_says_what_cannot_work(
+    rootless_user: RootlessUser, rootless_dir: Path
+) -> None:
+    _base(rootless_user, rootless_dir)
+    assert _tophan(rootless_user, rootless_dir, "image", "create", "bb", "-l", "base")[0] == 0
+    ctx = _user_mkdir(rootless_dir / "ctx", rootless_user)
+    (ctx / "Containerfile").write_text("FROM bb\nRUN echo ok > /ok\nRUN chown 5 /ok\n")
+    os.chown(ctx / "Containerfile", rootless_user.uid, rootless_user.gid)
+    rc, _, err = _tophan(rootless_user, rootless_dir, "build", "-t", "x", str(ctx))
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("warning: rootless without subordinate ids"), err
+    assert "/etc/subuid" in lines[0]
+    assert "RUN failed" in lines[-1] and "chown 5 /ok" in lines[-1], err
+    assert list((rootless_dir / "store/tmp").iterdir()) == []
