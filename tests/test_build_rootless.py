@@ -66,8 +66,9 @@ def _tar_owners(user: RootlessUser, cwd: Path, layer: str) -> dict[str, tuple[in
 
 def test_rootless_build_with_subordinate_ids(subid_user: RootlessUser, subid_dir: Path) -> None:
     """Several users inside a RUN; their files committed with the owners they had in the
-    container (recorded, as a rootless store keeps owners); COPY --chown; the image runs; the
-    build leaves nothing behind that the user cannot remove."""
+    container (recorded, as a rootless store keeps owners); a later USER step writes into the
+    home an earlier step gave it; COPY --chown; the image runs; the build leaves nothing behind
+    that the user cannot remove."""
     _base(subid_user, subid_dir)
     assert _tophan(subid_user, subid_dir, "image", "create", "bb", "-l", "base")[0] == 0
     ctx = _user_mkdir(subid_dir / "ctx", subid_user)
@@ -82,7 +83,7 @@ def test_rootless_build_with_subordinate_ids(subid_user: RootlessUser, subid_dir
         "    && su nobody -c 'id -u > /tmp/nobody-was-here'\n"
         "COPY --chown=7:8 f.txt /srv/f.txt\n"
         "USER 1000:1000\n"
-        "RUN id -u > /tmp/uid\n"
+        "RUN id -u > /tmp/uid && echo mine > /home/app/note\n"
         'CMD ["cat", "/tmp/uid", "/var/spool/q/job"]\n'
     )
     (ctx / "f.txt").write_text("from the context\n")
@@ -104,7 +105,25 @@ def test_rootless_build_with_subordinate_ids(subid_user: RootlessUser, subid_dir
     assert owners["home/app"] == (1000, 1000)
     assert owners["applink"] == (0, 0) and owners["tmp/nobody-was-here"] == (65534, 65534)
     assert _tar_owners(subid_user, subid_dir, layers[2])["srv/f.txt"] == (7, 8)
-    assert _tar_owners(subid_user, subid_dir, layers[3])["tmp/uid"] == (1000, 1000)
+    top = _tar_owners(subid_user, subid_dir, layers[3])
+    assert top["tmp/uid"] == (1000, 1000) and top["home/app/note"] == (1000, 1000)
+    assert top["home/app"] == (1000, 1000)  # (its mtime changed: a new entry)
+    # the run gave /var/spool/q its recorded owner (a copy-up), which is no change to commit
+    assert not any(name.startswith("var") for name in top)
+    # a rootless run shows the owners a layer records on its directories
+    rc, out, err = _tophan(
+        subid_user,
+        subid_dir,
+        "run",
+        "app",
+        "--",
+        "stat",
+        "-c",
+        "%u:%g",
+        "/home/app",
+        "/var/spool/q",
+    )
+    assert (rc, out) == (0, "1000:1000\n100:101\n"), err
     # nothing left in the store's temporary space, all of it the user's own
     assert list((subid_dir / "store/tmp").iterdir()) == []
     for dirpath, dirs, files in os.walk(subid_dir / "store"):

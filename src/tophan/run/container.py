@@ -37,7 +37,7 @@ from tophan.run import devices
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from typing import NoReturn
 
     from tophan._internal.fs import Staging
@@ -939,6 +939,8 @@ def _mount_root(ctr: Container, root: str) -> None:
         nodev=True,
     )
     privileged = is_privileged()
+    if spec.userxattr and not privileged:
+        _apply_recorded_owners(root, spec.lowers)
     _mount_proc(root)
     _mount_dev(root, privileged)
     _mount_sys(root, spec.network == "host" or not privileged)
@@ -949,6 +951,54 @@ def _mount_root(ctr: Container, root: str) -> None:
         target = _inside(root, t)
         os.makedirs(target, 0o755, exist_ok=True)
         _libc.mount("tmpfs", target, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV, "mode=1777")
+
+
+def _apply_recorded_owners(root: str, lowers: list[str]) -> None:
+    """Give the directories of a rootless store's layers the owners they record.
+
+    A rootless store keeps its files the user's (root's, here) and records other owners in
+    ``user.tophan.owner`` (docs/layer-format.md), so without this a user's home from an earlier
+    layer would be root's here, and a ``USER app`` process could not write into it. Directories
+    only: chowning one in the merged view copies up its metadata alone (a file's copy-up would
+    copy its data). Needs the owner's id mapped (subordinate ids); with one id, nothing to do."""
+    owners: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    for lower in lowers:  # top first: the first layer with a directory decides its owner
+        for rel, owner in _recorded_dir_owners(lower):
+            if rel not in seen:
+                seen.add(rel)
+                if owner is not None:
+                    owners[rel] = owner
+    for rel, (uid, gid) in sorted(owners.items()):  # parents first
+        path = os.path.join(root, rel)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) == (0, 0):
+                os.chown(path, uid, gid, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return  # ids this namespace does not map: one id only
+            continue  # hidden by an upper layer's non-directory, or gone
+
+
+def _recorded_dir_owners(top: str) -> Iterator[tuple[str, tuple[int, int] | None]]:
+    """Every directory below ``top`` (relative path) with its recorded owner, or None."""
+    key = "user.tophan.owner"
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(top, rel) if rel else top) as it:
+            dirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        for name in dirs:
+            sub = f"{rel}/{name}" if rel else name
+            stack.append(sub)
+            owner = None
+            try:
+                u, g = os.getxattr(os.path.join(top, sub), key, follow_symlinks=False).split(b":")
+                owner = (int(u), int(g))
+            except (OSError, ValueError):
+                pass
+            yield sub, owner
 
 
 def _inside(root: str, path: str) -> str:
