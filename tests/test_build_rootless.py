@@ -1,4 +1,5 @@
-"""`tophan build` (and the runs it makes) as a real unprivileged user."""
+"""Rootless builds as a real unprivileged user (with subordinate ids, and with one id), and the
+ownership model of rootless stores they rely on (docs/build.md, "Rootless")."""
 
 from __future__ import annotations
 
@@ -146,3 +147,40 @@ def test_rootless_build_with_one_id_says_what_cannot_work(
     assert "/etc/subuid" in lines[0]
     assert "RUN failed" in lines[-1] and "chown 5 /ok" in lines[-1], err
     assert list((rootless_dir / "store/tmp").iterdir()) == []
+
+
+def test_rootless_store_keeps_a_layers_digest(
+    rootless_user: RootlessUser, rootless_dir: Path, tmp_path: Path
+) -> None:
+    """A layer made by root (root-owned symlinks, files of other users) imported by an
+    unprivileged user, outside any namespace, keeps its digest: the user's own ids read as
+    root's, other owners are recorded, and its export is byte-identical."""
+    import hashlib
+    import shutil
+
+    from conftest import busybox_rootfs, run_cli
+
+    rootfs = busybox_rootfs(tmp_path / "rootfs")
+    (rootfs / "srv").mkdir()
+    (rootfs / "srv/data").write_text("d\n")
+    os.chown(rootfs / "srv/data", 5, 6)
+    os.chown(rootfs / "srv", 7, 8)
+    os.symlink("data", rootfs / "srv/link")
+    root_store = tmp_path / "store"
+    assert run_cli("init", str(root_store)).rc == 0
+    assert run_cli("layer", "create", "l", "--from", str(rootfs), root=root_store).rc == 0
+    tar = tmp_path / "l.tar"
+    assert run_cli("layer", "export", "l", str(tar), root=root_store).rc == 0
+    digest = "sha256:" + hashlib.sha256(tar.read_bytes()).hexdigest()
+    user_tar = rootless_dir / "l.tar"
+    shutil.copyfile(tar, user_tar)
+    os.chown(user_tar, rootless_user.uid, rootless_user.gid)
+    assert _tophan(rootless_user, rootless_dir, "init")[0] == 0
+    rc, out, err = _tophan(rootless_user, rootless_dir, "layer", "import", str(user_tar), "l")
+    assert rc == 0, err
+    rc, out, err = _tophan(rootless_user, rootless_dir, "layer", "info", "l")
+    assert rc == 0 and digest in out, (digest, out, err)
+    again = rootless_dir / "again.tar"
+    assert _tophan(rootless_user, rootless_dir, "layer", "export", "l", str(again))[0] == 0
+    assert again.read_bytes() == tar.read_bytes()
+    assert _tophan(rootless_user, rootless_dir, "layer", "verify", "l")[0] == 0
