@@ -18,6 +18,14 @@ from rootless import RootlessUser, _user_mkdir, kill_user_processes, run_as_user
 
 pytestmark = pytest.mark.slow
 MIRROR = "deb.debian.org"
+# apt drops to _apt to download, useradd and su switch users: several uids in RUN steps
+CONTAINERFILE = (
+    "FROM debian:12\n"
+    "RUN apt-get update && apt-get install -y --no-install-recommends hello \\\n"
+    "    && rm -rf /var/lib/apt/lists/*\n"
+    "RUN useradd -m -u 1234 app && su app -c 'echo mine > ~/f'\n"
+    'CMD ["hello"]\n'
+)
 
 
 def _mirror_reachable() -> bool:
@@ -56,13 +64,7 @@ def test_apt_get_install_in_a_debian_base(debian_tar: Path, tmp_path: Path) -> N
     ok("image", "create", "debian:12", "-l", "debian", "--cmd", '["bash"]')
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    (ctx / "Containerfile").write_text(
-        "FROM debian:12\n"
-        "RUN apt-get update && apt-get install -y --no-install-recommends hello \\\n"
-        "    && rm -rf /var/lib/apt/lists/*\n"
-        "RUN useradd -m -u 1234 app && su app -c 'echo mine > ~/f'\n"
-        'CMD ["hello"]\n'
-    )
+    (ctx / "Containerfile").write_text(CONTAINERFILE)
     out = ok("build", "-t", "hello", str(ctx))
     assert "Setting up hello" in out  # apt's output streamed
     assert ok("run", "hello") == "Hello, world!\n"
@@ -94,13 +96,7 @@ def test_rootless_apt_get_install(debian_tar: Path, subid_user: RootlessUser) ->
                     dst.addfile(m, src.extractfile(m) if m.isfile() else None)
         os.chown(tar, subid_user.uid, subid_user.gid)
         ctx = _user_mkdir(work / "ctx", subid_user)
-        (ctx / "Containerfile").write_text(
-            "FROM debian:12\n"
-            "RUN apt-get update && apt-get install -y --no-install-recommends hello \\\n"
-            "    && rm -rf /var/lib/apt/lists/*\n"
-            "RUN useradd -m -u 1234 app && su app -c 'echo mine > ~/f'\n"
-            'CMD ["hello"]\n'
-        )
+        (ctx / "Containerfile").write_text(CONTAINERFILE)
         os.chown(ctx / "Containerfile", subid_user.uid, subid_user.gid)
 
         def ok(*args: str) -> str:
