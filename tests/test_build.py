@@ -74,27 +74,29 @@ def test_build_runs_copies_and_configures(env: Env) -> None:
         "COPY app.txt /srv/\n"
         "WORKDIR /srv/work\n"
         "LABEL org.example.kind=test\n"
+        "MAINTAINER Jane Doe <jd@example.com>\n"
         "EXPOSE 8080\n"
         'CMD ["cat", "/hello"]\n',
         {"app.txt": "the app\n"},
     )
     r = env.build(ctx, "-t", "app:1")
-    assert "STEP 1/8: FROM busybox" in r.out
-    assert "STEP 3/8: RUN echo $GREETING > /hello && mkdir -p /data" in r.out
+    assert "STEP 1/9: FROM busybox" in r.out
+    assert "STEP 3/9: RUN echo $GREETING > /hello && mkdir -p /data" in r.out
     info = env.inspect("app:1")
     cfg = info["config"]
     assert "GREETING=hello" in cfg["Env"]
     assert cfg["Cmd"] == ["cat", "/hello"]
     assert cfg["WorkingDir"] == "/srv/work"
-    assert cfg["Labels"] == {"org.example.kind": "test"}
+    assert cfg["Labels"] == {"org.example.kind": "test"}  # MAINTAINER is no label
+    assert info["image_config"]["author"] == "Jane Doe <jd@example.com>"
     assert cfg["ExposedPorts"] == {"8080/tcp": {}}
     assert len(info["layers"]) == 4  # base, RUN, COPY, WORKDIR's directory
     assert env.run("app:1") == "hello\n"
     assert env.run("app:1", "cat", "/srv/app.txt") == "the app\n"
     assert env.run("app:1", "sh", "-c", "pwd") == "/srv/work\n"
     history = info["image_config"]["history"]
-    assert [h.get("empty_layer", False) for h in history[-7:]] == [
-        True, False, False, False, True, True, True,
+    assert [h.get("empty_layer", False) for h in history[-8:]] == [
+        True, False, False, False, True, True, True, True,
     ]  # fmt: skip
 
 

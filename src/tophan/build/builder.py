@@ -131,6 +131,7 @@ class _State:
         self.platform: Platform = Platform.parse("linux/amd64")
         self.created = ""
         self.cmd_set = False  # CMD given in this stage (else ENTRYPOINT resets the base's)
+        self.author: str | None = None  # the config's "author": the base's, or MAINTAINER's
 
     def digests(self) -> list[str]:
         return [x if isinstance(x, str) else x.digest for x in self.stack]
@@ -333,6 +334,7 @@ class Builder:
             st.stack = list(prev.stack)
             st.config = prev.config
             st.history = list(prev.history)
+            st.author = prev.author
             st.key = cache_mod.key("from-stage", prev.key)
             st.created = prev.created
         elif base.lower() == "scratch":
@@ -343,6 +345,8 @@ class Builder:
             st.config = image.config
             history = image.raw_config.get("history")
             st.history = list(history) if isinstance(history, list) else []
+            author = image.raw_config.get("author")
+            st.author = author if isinstance(author, str) else None
             st.key = cache_mod.key("from", image.digest)
             st.created = image.created
             self._hold_all(st.digests())
@@ -422,6 +426,9 @@ class Builder:
 
         from tophan.build import instructions
 
+        if inst.keyword == "MAINTAINER":
+            # Docker (BuildKit) and buildah: the image config's author, not a label
+            st.author = inst.rest
         st.config, text = instructions.apply(st.config, inst, st.env(), self.file.escape)
         if inst.keyword == "CMD":
             st.cmd_set = True
@@ -792,6 +799,8 @@ class Builder:
             )
         created = st.created or self._now()
         raw = new_config(st.config, st.platform, created, st.history)
+        if st.author:
+            raw["author"] = st.author
         tags = self.opts.tags or []
         name = tags[0] if tags else f"localhost/tophan-build:{os.urandom(6).hex()}"
         self.out.line(f"COMMIT {name}")

@@ -51,8 +51,8 @@ def apply(
             return config.with_env([f"{k}={v}" for k, v in pairs]), text
         return replace(config, labels={**config.labels, **dict(pairs)}), text
     if kw == "MAINTAINER":
-        labels = {**config.labels, "maintainer": inst.rest}
-        return replace(config, labels=labels), f"MAINTAINER {inst.rest}"
+        # (it sets the config's author, which is not in ImageConfig: the builder keeps it)
+        return config, f"MAINTAINER {inst.rest}"
     if kw == "USER":
         user = _one_word(inst, env, escape)
         return replace(config, user=user), f"USER {user}"
