@@ -184,3 +184,21 @@ def test_rootless_store_keeps_a_layers_digest(
     assert _tophan(rootless_user, rootless_dir, "layer", "export", "l", str(again))[0] == 0
     assert again.read_bytes() == tar.read_bytes()
     assert _tophan(rootless_user, rootless_dir, "layer", "verify", "l")[0] == 0
+
+
+def test_rootless_failed_run_leaves_nothing(subid_user: RootlessUser, subid_dir: Path) -> None:
+    """A RUN that fails after another user's files were made: the build stops with its exit
+    code and its run dir is gone (removed as root of the mapped namespace)."""
+    _base(subid_user, subid_dir)
+    assert _tophan(subid_user, subid_dir, "image", "create", "bb", "-l", "base")[0] == 0
+    ctx = _user_mkdir(subid_dir / "ctx", subid_user)
+    (ctx / "Containerfile").write_text(
+        "FROM bb\nRUN mkdir -p /x/y && touch /x/y/z && chown -R 5:5 /x && chmod -R 700 /x"
+        " && exit 3\n"
+    )
+    os.chown(ctx / "Containerfile", subid_user.uid, subid_user.gid)
+    rc, _, err = _tophan(subid_user, subid_dir, "build", "-t", "x", str(ctx))
+    assert rc == 3 and "RUN failed with exit code 3" in err, err
+    assert list((subid_dir / "store/tmp").iterdir()) == []
+    rc, out, err = _tophan(subid_user, subid_dir, "gc")
+    assert rc == 0, err
