@@ -200,5 +200,5 @@ def test_rootless_failed_run_leaves_nothing(subid_user: RootlessUser, subid_dir:
     rc, _, err = _tophan(subid_user, subid_dir, "build", "-t", "x", str(ctx))
     assert rc == 3 and "RUN failed with exit code 3" in err, err
     assert list((subid_dir / "store/tmp").iterdir()) == []
-    rc, out, err = _tophan(subid_user, subid_dir, "gc")
+    rc, _, err = _tophan(subid_user, subid_dir, "gc")
     assert rc == 0, err
