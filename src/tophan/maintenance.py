@@ -21,6 +21,7 @@ class GcReport:
     layers_removed: list[str] = field(default_factory=list)
     cgroups_removed: list[str] = field(default_factory=list)
     blobs_removed: list[str] = field(default_factory=list)
+    leases_released: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -56,7 +57,17 @@ def gc(store: Store) -> GcReport:
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
     report.staging_removed = store.clean_tmp() + len(orphans)
     report.cgroups_removed = _stale_cgroups()
+    report.leases_released = _stale_leases(store)
     return report
+
+
+def _stale_leases(store: Store) -> list[str]:
+    """Addresses, port rules and veths of runs killed before they could release them."""
+    if not os.path.isdir(store.path("networks")):
+        return []  # no network was ever made: nothing to import the network code for
+    from tophan.net.attach import reclaim
+
+    return reclaim(store)
 
 
 def _stale_cgroups() -> list[str]:

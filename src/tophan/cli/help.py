@@ -370,12 +370,44 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "",
         "{prog} volume inspect data",
     ),
+    "network": (
+        "<create|ls|rm|inspect> ...",
+        "Private networks: a bridge and IPv4/IPv6 subnets; containers join one with"
+        " `--network NAME` (`--network private`: the default network, tophan).",
+        "",
+        "{prog} network create backend",
+    ),
+    "network create": (
+        "[--subnet CIDR]... NAME",
+        "Create a network (bridge tph-NAME); subnets may not overlap another network's.",
+        "--subnet CIDR   an IPv4 and/or an IPv6 subnet (default: the next free 10.89.N.0/24\n"
+        "                and fd7e:7068:6e00:N::/64)",
+        "{prog} network create --subnet 10.90.0.0/24 backend",
+    ),
+    "network ls": (
+        "[--json]",
+        "List networks: name<TAB>bridge<TAB>subnets.",
+        "--json   a JSON array",
+        "{prog} network ls",
+    ),
+    "network rm": (
+        "NAME [NAME ...]",
+        "Remove networks (refused while a container is on one), their bridges and rules.",
+        "",
+        "{prog} network rm backend",
+    ),
+    "network inspect": (
+        "NAME [NAME ...]",
+        "Print the networks and the containers on them as JSON.",
+        "",
+        "{prog} network inspect tophan",
+    ),
 }
 
 # Names a command is also known by -> the name its help is under.
 ALIASES = {"layer ls": "layer list", "ws ls": "ws list", "ws umount": "ws unmount"}
 ALIASES.update({"image ls": "image list", "app ls": "app ps", "app list": "app ps"})
-ALIASES.update({"volume list": "volume ls", "workspace": "ws"})
+ALIASES.update({"volume list": "volume ls", "workspace": "ws", "network list": "network ls"})
 
 
 def text(prog: str, command: str) -> str | None:

@@ -80,6 +80,7 @@ images, containers and apps (each has --help):
   app create|start|stop|restart|rm|ps|logs|exec|inspect
                                       supervised apps (one `tophand NAME` process each)
   volume create|ls|rm|inspect         named volumes in the store
+  network create|ls|rm|inspect        private networks (bridges, subnets) for --network NAME
 """
 
 # Command -> (module, attribute): a handler ``(cli, argv) -> int`` or a table of subcommands.
@@ -88,6 +89,7 @@ EXTENSIONS = {
     "run": ("tophan.cli.main", "run_command"),
     "app": ("tophan.cli.app", "APP_COMMANDS"),
     "volume": ("tophan.cli.app", "VOLUME_COMMANDS"),
+    "network": ("tophan.cli.network", "NETWORK_COMMANDS"),
     "image": ("tophan.cli.image", "IMAGE_COMMANDS"),
     "push": ("tophan.cli.image", "push"),
     "pull": ("tophan.cli.image", "pull"),
@@ -358,6 +360,7 @@ class Cli:
                     "staging_removed": report.staging_removed,
                     "layers_removed": report.layers_removed,
                     "cgroups_removed": report.cgroups_removed,
+                    "leases_released": report.leases_released,
                 }
             )
         else:
@@ -367,6 +370,8 @@ class Cli:
             ]
             if report.cgroups_removed:
                 pairs.append(("cgroups_removed", str(len(report.cgroups_removed))))
+            if report.leases_released:
+                pairs.append(("leases_released", str(len(report.leases_released))))
             self.emit_kv(pairs)
         return 0
 

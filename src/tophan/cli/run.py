@@ -42,7 +42,10 @@ process:  -e, --env K[=V]         environment (repeat); --env-file FILE
           -t, --tty               a terminal of its own (TERM=xterm), proxied to yours
 mounts:   -v, --volume SRC:DST[:ro]   (SRC: absolute host path, or a volume name)
           --tmpfs DST             --read-only (read-only root)
-network:  --network none|host     (none: only a loopback interface; the default)
+network:  --network none|host|private|NAME   (none: only a loopback interface; the default;
+                                  private: the default network, tophan0; see `network ls`)
+          -p, --publish [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]   (repeat; ranges a-b:c-d)
+          -P, --publish-all       every port the image EXPOSEs, on free host ports
 limits:   -m, --memory SIZE       --memory-swap SIZE   --cpus N   -c, --cpu-shares N
           --cpuset-cpus LIST      --cpuset-mems LIST   --pids-limit N   --blkio-weight N
           --device-read-bps|--device-write-bps|--device-read-iops|--device-write-iops DEV:RATE
@@ -72,6 +75,10 @@ FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--name": ("name", True, False),
     "--network": ("network", True, False),
     "--net": ("network", True, False),
+    "-p": ("publish", True, True),
+    "--publish": ("publish", True, True),
+    "-P": ("publish_all", False, False),
+    "--publish-all": ("publish_all", False, False),
     "--ulimit": ("ulimit", True, True),
     "--keep-upper": ("keep_upper", True, False),
     "-m": ("memory", True, False),

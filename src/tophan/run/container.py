@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
     from tophan._internal.fs import Staging
     from tophan._internal.root import StoreRoot
+    from tophan.net.attach import Attachment
+    from tophan.net.ports import Port
     from tophan.run.cgroup import Cgroup, Limits
 
 # Exit codes of `docker run` for failures that are not the command's own.
@@ -99,7 +101,9 @@ class Spec:
         self.workdir = "/"
         self.user: str | None = None  # "uid[:gid]" or "name[:group]", from the container's /etc
         self.hostname = "tophan"
-        self.network = "none"  # "none" (only lo) or "host"
+        # "none" (only lo), "host", "private" (the default network) or a network's name
+        self.network = "none"
+        self.ports: list[Port] = []  # published ports (a private network only)
         self.binds: list[Bind] = []
         self.limits: Limits | None = None
         self.caps: frozenset[str] | None = None  # None: the default set
@@ -141,10 +145,7 @@ class Spec:
     def check(self) -> None:
         if not self.argv:
             raise UsageError("no command to run", "give one after `--`, or use an image with Cmd")
-        if self.network not in ("none", "host"):
-            raise UsageError(
-                f"unknown network mode {self.network!r}", "use --network none or --network host"
-            )
+        check_network(self.network, self.ports)
         if not self.lowers:
             raise UsageError("no layers to run on", "give at least one -l LAYER")
         for target in [b.target for b in self.binds] + self.tmpfs:
@@ -168,6 +169,25 @@ class Spec:
         for part, what in ((uname, "user"), (gname, "group")):
             if part.lstrip("-").isdigit():
                 check_id(int(part), what)
+
+
+def check_network(network: str, ports: Sequence[object] = ()) -> None:
+    from tophan._internal import names
+
+    if network not in ("none", "host", "private") and not names.is_valid(network):
+        raise UsageError(
+            f"unknown network {network!r}",
+            "use --network none, host, private or the name of a network (`tophan network ls`)",
+        )
+    if ports and network in ("none", "host"):
+        raise UsageError(
+            f"cannot publish ports with --network {network}",
+            "publish from a private network: --network private",
+        )
+
+
+def is_private(network: str) -> bool:
+    return network not in ("none", "host")
 
 
 def _check_mount_target(target: str) -> None:
@@ -247,6 +267,7 @@ class Container(Child):
         self.run_dir = run_dir
         self.cgroup = cgroup
         self.holds: list[int] = []  # shared locks on the volumes it mounts
+        self.net: Attachment | None = None  # its private network, from start to close
 
     @property
     def upper(self) -> str:
@@ -260,7 +281,7 @@ class Container(Child):
 
     def close(self, *, keep_upper: str | None = None) -> None:
         """Reap, remove the cgroup, and discard the run dir (or keep its upper dir)."""
-        if self.returncode is None:
+        if self.returncode is None and self.pid:  # (0: it failed before there was a process)
             self.kill_all()
             self.wait()
         if self.cgroup is not None:
@@ -269,6 +290,9 @@ class Container(Child):
         for fd in self.holds:
             _close_quietly(fd)
         self.holds.clear()
+        if self.net is not None:
+            net, self.net = self.net, None
+            net.release()
         if self.pty is not None:
             _close_quietly(self.pty)
             self.pty = None
@@ -381,11 +405,26 @@ def start(
             from tophan.run.volumes import Volumes
 
             ctr.holds = [Volumes(store).hold(v) for v in spec.volumes]
+        if is_private(spec.network):
+            ctr.net = _attach(store, spec, run_dir.path)
         _launch(ctr, pass_fds, stdio)
     except BaseException:
         ctr.close()
         raise
     return ctr
+
+
+def _attach(store: StoreRoot, spec: Spec, run_dir: str) -> Attachment:
+    if os.geteuid() != 0:
+        raise RunError(
+            "private networks need root for now (rootless: pasta is not wired in yet)",
+            "use --network none or host",
+        )
+    from tophan.net import attach
+
+    name = spec.name or os.path.basename(run_dir)
+    owner = os.path.basename(run_dir)
+    return attach.prepare(store, spec.network, owner, run_dir, name, spec.hostname, spec.ports)
 
 
 RUN_META = "run.meta"
@@ -577,13 +616,16 @@ def _handshake(ctr: Container, setup_pid: int, go_w: int, msgs: _Lines) -> None:
     # Joining v1 cgroups is slow (a few ms a hierarchy): the init process sets up its mounts
     # meanwhile, and waits for "c" only before it enters its cgroup namespace and execs.
     os.write(go_w, b"g")
-    if ctr.cgroup is not None:
-        try:
+    try:
+        if ctr.cgroup is not None:
             ctr.cgroup.add(ctr.pid)
-        except BaseException:
-            ctr.kill_all()
-            ctr.wait()
-            raise
+        if ctr.net is not None:
+            # Meanwhile the init mounts: its network is ready before it execs (it waits for "c").
+            ctr.net.connect(ctr.pid)
+    except BaseException:
+        ctr.kill_all()
+        ctr.wait()
+        raise
     try:
         os.write(go_w, b"c")
     except BrokenPipeError:
@@ -860,7 +902,7 @@ def _setup_process(
     caller = os.pidfd_open(parent)
     _exit_if_gone(caller)
     flags = _libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC | _libc.CLONE_NEWPID
-    if spec.network == "none":
+    if spec.network != "host":
         flags |= _libc.CLONE_NEWNET
     rootless = os.geteuid() != 0
     if rootless:
@@ -1093,7 +1135,7 @@ def _write_etc(ctr: Container, root: str) -> None:
     if not os.path.isdir(etc):
         return
     host = ctr.spec.hostname
-    files = {
+    files: dict[str, str | None] = {
         "hostname": f"{host}\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         f"127.0.1.1\t{host}\n",
@@ -1101,10 +1143,14 @@ def _write_etc(ctr: Container, root: str) -> None:
     if ctr.spec.network == "host" and os.path.exists("/etc/resolv.conf"):
         with open("/etc/resolv.conf") as f:
             files["resolv.conf"] = f.read()
+    if is_private(ctr.spec.network):
+        # The caller wrote both (tophan.net.attach), and keeps /etc/hosts current.
+        files["hosts"] = files["resolv.conf"] = None
     for name, text in files.items():
         src = os.path.join(ctr.run_dir.path, name)
-        with open(src, "w") as f:
-            f.write(text)
+        if text is not None:
+            with open(src, "w") as f:
+                f.write(text)
         dst = os.path.join(etc, name)
         if os.path.islink(dst):
             continue  # never follow a symlink of the image out of the root
@@ -1165,7 +1211,7 @@ def _init_container(
     if spec.readonly_rootfs:
         _libc.mount("none", "/", None, _libc.MS_REMOUNT | _libc.MS_BIND | _libc.MS_RDONLY, None)
     _libc.sethostname(spec.hostname)
-    if spec.network == "none":
+    if spec.network != "host":
         _loopback_up()
     _set_rlimits(spec.rlimits)
     # What needs neither the cgroup nor a change of privileges is done while the caller is

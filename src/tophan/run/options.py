@@ -108,7 +108,9 @@ class RunOptions:
         user: str | None = None,  # "user[:group]", names or ids of the container's /etc
         hostname: str | None = None,  # default: the name, else a random one
         name: str | None = None,  # the container's cgroup is named after it
-        network: str = "none",  # "none" (a loopback only) or "host"
+        network: str = "none",  # "none" (a loopback only), "host", "private" or a network
+        publish: Iterable[str] = (),  # -p [IP:][HOSTPORT:]CONTAINERPORT[/proto] (private only)
+        publish_all: bool = False,  # -P: every port the image EXPOSEs, on free host ports
         volumes: Iterable[Mount] = (),
         tmpfs: Iterable[str] = (),
         read_only: bool = False,
@@ -135,6 +137,8 @@ class RunOptions:
         self.hostname = hostname
         self.name = name
         self.network = network
+        self.publish = list(publish)
+        self.publish_all = publish_all
         self.volumes = list(volumes)
         self.tmpfs = list(tmpfs)
         self.read_only = read_only
@@ -195,6 +199,8 @@ class RunOptions:
             self.volumes += [Mount.parse(x) for x in _strs(value)]
         elif key == "tmpfs":
             self.tmpfs += _strs(value)
+        elif key == "publish":
+            self.publish += _strs(value)
         elif key == "ulimit":
             for item in _strs(value):
                 name, pair = parse_ulimit(item)
@@ -210,7 +216,15 @@ class RunOptions:
             self.entrypoint = [] if entry in ([], [""]) else entry
         elif key in ("workdir", "user", "hostname", "name", "network", "keep_upper"):
             setattr(self, key, str(value))
-        elif key in ("privileged", "read_only", "no_limits", "init", "interactive", "tty"):
+        elif key in (
+            "privileged",
+            "read_only",
+            "no_limits",
+            "init",
+            "interactive",
+            "tty",
+            "publish_all",
+        ):
             setattr(self, key, bool(value))
         else:
             raise UsageError(f"unknown run option {key!r}", "see `tophan run --help`")
@@ -237,10 +251,13 @@ class RunOptions:
             raise UsageError(f"{what}: give either -l layers or an IMAGE, not both")
         if self.image is None and not self.layers:
             raise UsageError(f"{what}: nothing to run", "name an IMAGE or give -l LAYER ...")
-        if self.network not in ("none", "host"):
-            raise UsageError(
-                f"unknown network mode {self.network!r}", "use --network none or --network host"
-            )
+        from tophan.run.container import check_network
+
+        check_network(self.network, self.publish or ([1] if self.publish_all else []))
+        if self.publish:
+            from tophan.net import ports
+
+            ports.parse_all(self.publish)
         security.resolve_caps(self.cap_add, self.cap_drop)
         for t in self.tmpfs:
             if not t.startswith("/"):
@@ -281,6 +298,12 @@ class RunOptions:
         spec.name = self.name or ""
         spec.hostname = self.hostname or spec.name or os.urandom(6).hex()
         spec.network = self.network
+        if self.publish or self.publish_all:
+            from tophan.net import ports
+
+            spec.ports = ports.parse_all(self.publish)
+            if self.publish_all:
+                spec.ports += ports.from_exposed(sorted(config.get("ExposedPorts") or {}))
         spec.readonly_rootfs = self.read_only
         spec.tmpfs = list(self.tmpfs)
         spec.rlimits = dict(self.ulimits)
@@ -363,6 +386,8 @@ class RunOptions:
             "hostname": self.hostname,
             "name": self.name,
             "network": self.network,
+            "publish": list(self.publish),
+            "publish_all": self.publish_all,
             "volumes": [
                 {"source": m.source, "target": m.target, "readonly": m.readonly}
                 for m in self.volumes
@@ -422,6 +447,8 @@ class RunOptions:
             hostname=r.get("hostname", str, None),
             name=r.get("name", str, None),
             network=r.get("network", str, "none"),
+            publish=r.strs("publish"),
+            publish_all=r.get("publish_all", bool, False),
             volumes=volumes,
             tmpfs=r.strs("tmpfs"),
             read_only=r.get("read_only", bool, False),
