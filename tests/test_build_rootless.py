@@ -202,3 +202,45 @@ def test_rootless_failed_run_leaves_nothing(subid_user: RootlessUser, subid_dir:
     assert list((subid_dir / "store/tmp").iterdir()) == []
     rc, _, err = _tophan(subid_user, subid_dir, "gc")
     assert rc == 0, err
+
+
+def test_recorded_owners_never_follow_a_layers_symlink_to_the_host(
+    subid_user: RootlessUser, subid_dir: Path, tmp_path: Path
+) -> None:
+    """Hostile layers: a lower records an owner for /a/b, an upper makes /a a symlink to a
+    directory of the user's on the host. The init applies owners before it pivots into the
+    root: it must not chown the host's directory through that symlink."""
+    import io
+    import tarfile
+
+    victim = _user_mkdir(subid_dir / "victim", subid_user)
+    _user_mkdir(victim / "b", subid_user)
+
+    def tar(path: Path, members: list[tarfile.TarInfo]) -> Path:
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+            for m in members:
+                tf.addfile(m, io.BytesIO(b"") if m.isfile() else None)
+        os.chown(path, subid_user.uid, subid_user.gid)
+        return path
+
+    def member(name: str, kind: bytes, uid: int = 0, link: str = "") -> tarfile.TarInfo:
+        m = tarfile.TarInfo(name)
+        m.type, m.uid, m.gid, m.mode, m.linkname = kind, uid, uid, 0o755, link
+        return m
+
+    _base(subid_user, subid_dir)
+    lower = tar(
+        subid_dir / "lower.tar",
+        [member("a", tarfile.DIRTYPE), member("a/b", tarfile.DIRTYPE, uid=1000)],
+    )
+    upper = tar(subid_dir / "upper.tar", [member("a", tarfile.SYMTYPE, link=str(victim))])
+    for path, name in ((lower, "lower"), (upper, "upper")):
+        rc, _, err = _tophan(subid_user, subid_dir, "layer", "import", str(path), name)
+        assert rc == 0, err
+    rc, out, err = _tophan(
+        subid_user, subid_dir, "run", "-l", "upper", "-l", "lower", "-l", "base", "--",
+        "sh", "-c", "readlink /a",
+    )  # fmt: skip
+    assert (rc, out) == (0, f"{victim}\n"), err
+    st = os.stat(victim / "b")
+    assert (st.st_uid, st.st_gid) == (subid_user.uid, subid_user.gid)

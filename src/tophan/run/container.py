@@ -1011,16 +1011,35 @@ def _apply_recorded_owners(root: str, lowers: list[str]) -> None:
                 seen.add(rel)
                 if owner is not None:
                     owners[rel] = owner
-    for rel, (uid, gid) in sorted(owners.items()):  # parents first
-        path = os.path.join(root, rel)
-        try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) == (0, 0):
-                os.chown(path, uid, gid, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                return  # ids this namespace does not map: one id only
-            continue  # hidden by an upper layer's non-directory, or gone
+    top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for rel, (uid, gid) in sorted(owners.items()):  # parents first
+            try:
+                _chown_root_dir(top, rel, uid, gid)
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    return  # ids this namespace does not map: one id only
+                # hidden (an upper layer's symlink or file on the way), or gone
+    finally:
+        os.close(top)
+
+
+def _chown_root_dir(top: int, rel: str, uid: int, gid: int) -> None:
+    """chown the directory ``rel`` below ``top`` if it is root's, never through a symlink: an
+    upper layer may have made any component one (pointing at the host: we have not pivoted)."""
+    fd = os.dup(top)
+    try:
+        for name in rel.split("/"):
+            nxt = os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = nxt
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) == (0, 0):
+            os.chown(f"/proc/self/fd/{fd}", uid, gid)
+    finally:
+        os.close(fd)
 
 
 def _recorded_dir_owners(top: str) -> Iterator[tuple[str, tuple[int, int] | None]]:
