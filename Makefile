@@ -8,8 +8,9 @@ INSTALL_VENV ?= /opt/tophan
 
 # Debian packages, by who needs them (installed only when run as root with apt-get).
 # Running tophan: python3 python3-venv (the venv), libseccomp2 (the seccomp filter),
-# util-linux uidmap (rootless runs: unshare, newuidmap/newgidmap).
-RUN_PACKAGES := python3 python3-venv libseccomp2 util-linux uidmap
+# util-linux uidmap (rootless runs: unshare, newuidmap/newgidmap), iproute2 nftables (private
+# networks: bridges, veths, NAT and published ports).
+RUN_PACKAGES := python3 python3-venv libseccomp2 util-linux uidmap iproute2 nftables
 # The demo: a busybox-static rootfs, and docker-registry to push to and pull from.
 DEMO_PACKAGES := $(RUN_PACKAGES) busybox-static docker-registry
 # The tests: layer core attr acl umoci tar; passwd (rootless test users); iproute2; peers to
