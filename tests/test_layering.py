@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("_internal",),
     ("layer",),
     ("image",),
+    ("trust",),
     ("net",),
     ("run",),
     ("app", "build"),

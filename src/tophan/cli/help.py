@@ -177,8 +177,36 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "NAME [REF] [registry flags] [--chunk-size SIZE] [--no-mount]",
         "Push image NAME to a registry as REF (default: NAME); prints the manifest digest.",
         REGISTRY + "\n--chunk-size SIZE    upload blobs in chunks (e.g. 8M)\n"
-        "--no-mount           never cross-mount blobs from other repositories",
+        "--no-mount           never cross-mount blobs from other repositories\n"
+        "--sign-key KEY       sign the pushed manifest (tophan sign); --passphrase-file F",
         "{prog} push web registry.example.com/team/web:1.0",
+    ),
+    "key": (
+        "generate PREFIX [--passphrase-file F | --no-passphrase]",
+        "Key pairs for signing images (cosign's format).",
+        "",
+        "{prog} key generate signer",
+    ),
+    "key generate": (
+        "PREFIX [--passphrase-file F | --no-passphrase]",
+        "Write PREFIX.key (ECDSA P-256, encrypted as cosign does; 0600) and PREFIX.pub.",
+        "--passphrase-file F  the passphrase (else $TOPHAN_PASSPHRASE, else asked)\n"
+        "--no-passphrase      store the key with an empty passphrase",
+        "{prog} key generate signer --passphrase-file pass.txt",
+    ),
+    "sign": (
+        "REF --key KEY [--passphrase-file F] [registry flags]",
+        "Sign the image REF names in its registry (a sigstore signature under sha256-H.sig).",
+        "--key KEY            the private key (tophan key generate, cosign generate-key-pair)\n"
+        "--passphrase-file F  its passphrase (else $TOPHAN_PASSPHRASE, else asked)\n" + REGISTRY,
+        "{prog} sign registry.example.com/team/web:1.0 --key signer.key",
+    ),
+    "verify": (
+        "REF --key PUB [--json] [registry flags]",
+        "Check every signature of REF; exit 0 only if one verifies for its digest and repository.",
+        "--key PUB            the public key\n--json               each signature and its result\n"
+        + REGISTRY,
+        "{prog} verify registry.example.com/team/web:1.0 --key signer.pub",
     ),
     "build": (
         "[-t NAME[:TAG]]... [-f FILE] [flags] CONTEXT|-",

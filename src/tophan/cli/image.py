@@ -363,20 +363,33 @@ def push(cli: Cli, argv: list[str]) -> int:
         **REGISTRY_FLAGS,
         "--chunk-size": ("chunk_size", True, False),
         "--no-mount": ("no_mount", False, False),
+        "--sign-key": ("sign_key", True, False),
+        "--passphrase-file": ("passphrase_file", True, False),
     }
     args = parse(argv, (1, 2, flags), "push")
     name = args.pos[0]
     dest = args.pos[1] if len(args.pos) > 1 else name
     store = cli.store()
-    return _transfer(
-        cli,
-        args,
-        "push",
-        lambda bars: registry.push(
+    key = None
+    if isinstance(args.opts.get("sign_key"), str):
+        from tophan.cli.trust import private_key
+
+        # Opened before anything moves: a wrong passphrase must not leave an unsigned push.
+        key = private_key(str(args.opts["sign_key"]), args.opts)
+    elif "passphrase_file" in args.opts:
+        raise UsageError("--passphrase-file is for --sign-key", "give --sign-key KEY too")
+
+    def go(bars: Any) -> Any:
+        report = registry.push(
             store, name, dest, options=registry_options(args.opts), progress=bars
-        ),
-        lambda report: str(report.digest),
-    )
+        )
+        if key is not None:
+            from tophan.trust import remote
+
+            remote.sign(f"{report.reference}@{report.digest}", key, registry_options(args.opts))
+        return report
+
+    return _transfer(cli, args, "push", go, lambda report: str(report.digest))
 
 
 def pull(cli: Cli, argv: list[str]) -> int:

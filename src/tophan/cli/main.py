@@ -76,6 +76,8 @@ images, containers and apps (each has --help):
   build [-t NAME] [flags] CONTEXT     an image from a Containerfile (cached; `build prune`)
   image create|list|inspect|rm|tag|import|export   OCI images from layers; archives and layouts
   push NAME [REF] / pull REF [NAME]   OCI distribution: any registry
+  key generate PREFIX                 a cosign-compatible key pair (PREFIX.key, PREFIX.pub)
+  sign REF --key KEY / verify REF --key PUB   sigstore signatures in the registry
   run [opts] IMAGE|-l L... [--] CMD   run CMD isolated, like `docker run --rm`
   app create|start|stop|restart|rm|ps|logs|exec|inspect
                                       supervised apps (one `tophand NAME` process each)
@@ -94,6 +96,9 @@ EXTENSIONS = {
     "push": ("tophan.cli.image", "push"),
     "pull": ("tophan.cli.image", "pull"),
     "build": ("tophan.cli.build", "build"),
+    "key": ("tophan.cli.trust", "KEY_COMMANDS"),
+    "sign": ("tophan.cli.trust", "sign"),
+    "verify": ("tophan.cli.trust", "verify"),
 }
 HELP_FLAGS = ("-h", "--help")
 

@@ -1,0 +1,1 @@
+"""Trust: cosign/sigstore keys, simple-signing signatures, and their registry attachments."""

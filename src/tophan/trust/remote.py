@@ -1,0 +1,116 @@
+"""Signatures in a registry: attach one to an image's ``sha256-H.sig`` tag, read and verify them."""
+
+from __future__ import annotations
+
+import io
+
+from tophan.errors import NotFound
+from tophan.image.blobs import digest_of
+from tophan.image.registry import Options, Repository, repository_for
+from tophan.image.spec import Reference
+from tophan.trust import signature as sg
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def identity_of(ref: Reference) -> str:
+    """What a signature names: the repository (``host/path``), as cosign signs it."""
+    return f"{ref.domain}/{ref.path}"
+
+
+def _digest(repo: Repository, ref: Reference) -> str:
+    if ref.digest:
+        return ref.digest
+    digest = repo.head_manifest(ref.tag)
+    if digest is None:
+        raise NotFound(f"no such image: {ref}", "push it first, or check the tag")
+    return digest
+
+
+def _existing(repo: Repository, tag: str) -> list[tuple[dict[str, object], str]]:
+    try:
+        manifest = repo.get_manifest(tag)
+    except NotFound:
+        return []
+    return sg.parse_manifest(manifest.data, f"{repo.path}:{tag}")
+
+
+def _upload(repo: Repository, data: bytes) -> str:
+    digest = digest_of(data)
+    if not repo.blob_exists(digest):
+        repo.upload_blob(digest, len(data), lambda: io.BytesIO(data))
+    return digest
+
+
+def attach(repo: Repository, digest: str, sig: sg.Signature) -> str:
+    """Append ``sig`` to the signatures of ``digest`` (same payload twice is stored once)."""
+    tag = sg.signature_tag(digest)
+    layers = [layer for layer, _ in _existing(repo, tag)]
+    payload_digest = _upload(repo, sig.payload)
+    new = sig.layer(payload_digest)
+    if new not in layers:
+        layers.append(new)
+    config = sg.build_config(str(layer["digest"]) for layer in layers)
+    config_digest = _upload(repo, config)
+    manifest = sg.build_manifest(layers, config_digest, len(config))
+    repo.put_manifest(tag, manifest, sg.OCI_MANIFEST)
+    return tag
+
+
+def sign(
+    reference: str, key: ec.EllipticCurvePrivateKey, options: Options | None = None
+) -> tuple[str, str]:
+    """Sign the image ``reference`` names in its registry. Returns (digest, signature tag)."""
+    repo, ref = repository_for(reference, options)
+    try:
+        digest = _digest(repo, ref)
+        sig = sg.sign_payload(key, sg.make_payload(identity_of(ref), digest))
+        return digest, attach(repo, digest, sig)
+    finally:
+        repo.client.close()
+
+
+def fetch(repo: Repository, digest: str) -> list[sg.Signature]:
+    """Every simple-signing signature attached to ``digest``, payloads verified by digest."""
+    out = []
+    tag = sg.signature_tag(digest)
+    for layer, b64 in _existing(repo, tag):
+        size, pdigest = layer.get("size"), layer.get("digest")
+        if not isinstance(size, int) or not isinstance(pdigest, str):
+            continue
+        if size > sg.MAX_PAYLOAD:
+            out.append(sg.Signature(b"", ""))  # reported as malformed, never downloaded
+            continue
+        out.append(sg.Signature(repo.read_blob(pdigest, size, f"signature payload {pdigest}"), b64))
+    return out
+
+
+def verify(
+    reference: str,
+    key: ec.EllipticCurvePublicKey,
+    options: Options | None = None,
+    identity_ok: Callable[[str], bool] | None = None,
+) -> tuple[str, list[sg.Result]]:
+    """Check every signature of the image ``reference`` names. ``identity_ok`` decides which
+    signed identities are acceptable (default: this repository's)."""
+    repo, ref = repository_for(reference, options)
+    want = identity_of(ref)
+    accept = identity_ok or (lambda ident: _repository_of(ident) == want)
+    try:
+        digest = _digest(repo, ref)
+        sigs = fetch(repo, digest)
+    finally:
+        repo.client.close()
+    return digest, [sg.check(i, s, key, digest, accept) for i, s in enumerate(sigs)]
+
+
+def _repository_of(identity: str) -> str:
+    """``host/path[:tag][@digest]`` -> ``host/path`` (skopeo signs with the tag, cosign without)."""
+    name = identity.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name

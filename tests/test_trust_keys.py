@@ -1,0 +1,106 @@
+"""Keys and signatures without a registry: cosign's artifacts read, ours shaped like its."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from tophan.trust import keys
+from tophan.trust import signature as sg
+
+DATA = Path(__file__).parent / "data" / "trust"
+
+
+def test_reads_a_key_cosign_generated_and_verifies_what_cosign_signed() -> None:
+    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    pub = keys.read_public_key(str(DATA / "cosign-empty.pub"))
+    assert keys.public_pem(key.public_key()) == (DATA / "cosign-empty.pub").read_bytes()
+    blob = (DATA / "measurements.json").read_bytes()
+    cosign_sig = base64.b64decode((DATA / "measurements.json.sig").read_text())
+    assert keys.verify(pub, cosign_sig, blob)
+    assert not keys.verify(pub, cosign_sig, blob + b" ")
+    # tophan signs with cosign's key; cosign's public key verifies it.
+    assert keys.verify(pub, keys.sign(key, b"payload"), b"payload")
+
+
+def test_wrong_passphrase_is_one_line() -> None:
+    with pytest.raises(keys.KeyFileError, match="wrong passphrase"):
+        keys.read_private_key(str(DATA / "cosign-empty.key"), b"not-it")
+
+
+def test_generated_key_has_cosigns_format_and_mode(tmp_path: Path) -> None:
+    key_path, pub_path = keys.generate(str(tmp_path / "k"), b"pw")
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    text = Path(key_path).read_text()
+    assert text.startswith("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n")
+    body = "".join(text.strip().splitlines()[1:-1])
+    doc = json.loads(base64.b64decode(body))
+    assert list(doc) == ["kdf", "cipher", "ciphertext"]
+    assert doc["kdf"]["name"] == "scrypt" and doc["kdf"]["params"] == {"N": 32768, "r": 8, "p": 1}
+    assert doc["cipher"]["name"] == "nacl/secretbox"
+    key = keys.read_private_key(key_path, b"pw")
+    assert keys.public_pem(key.public_key()) == Path(pub_path).read_bytes()
+    with pytest.raises(Exception, match="exists"):
+        keys.generate(str(tmp_path / "k"), b"pw")
+
+
+def test_hostile_scrypt_parameters_are_refused(tmp_path: Path) -> None:
+    doc = {
+        "kdf": {"name": "scrypt", "params": {"N": 1 << 30, "r": 8, "p": 1}, "salt": "AAAA"},
+        "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(b"0" * 24).decode()},
+        "ciphertext": "AAAA",
+    }
+    pem = keys._pem_wrap(keys.PEM_TYPE, json.dumps(doc).encode())
+    with pytest.raises(keys.KeyFileError, match="out of range"):
+        keys.decrypt_private_key(pem, b"", "evil.key")
+    big = tmp_path / "big.key"
+    big.write_bytes(b"A" * (1 << 20))
+    with pytest.raises(keys.KeyFileError, match="larger"):
+        keys.read_private_key(str(big), b"")
+
+
+def test_payload_is_cosigns_byte_for_byte() -> None:
+    # The payload cosign writes (sigstore/cosign pkg/cosign/payload, Go's encoder): this order,
+    # no spaces, "optional":null.
+    want = (
+        b'{"critical":{"identity":{"docker-reference":"reg.example/team/web"},'
+        b'"image":{"docker-manifest-digest":"sha256:' + b"a" * 64 + b'"},'
+        b'"type":"cosign container image signature"},"optional":null}'
+    )
+    assert sg.make_payload("reg.example/team/web", "sha256:" + "a" * 64) == want
+    assert sg.signature_tag("sha256:" + "b" * 64) == "sha256-" + "b" * 64 + ".sig"
+
+
+def test_check_refuses_tamper_wrong_key_other_digest(tmp_path: Path) -> None:
+    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    pub = key.public_key()
+    digest, other = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    good = sg.sign_payload(key, sg.make_payload("r/x", digest))
+    same = lambda ident: ident == "r/x"  # noqa: E731
+    assert sg.check(0, good, pub, digest, same).ok
+    tampered = sg.Signature(good.payload.replace(b"r/x", b"r/y"), good.signature_b64)
+    assert "does not verify" in sg.check(0, tampered, pub, digest, same).reason
+    keys.generate(str(tmp_path / "other"), b"x")
+    wrong = keys.read_public_key(str(tmp_path / "other.pub"))
+    assert not sg.check(0, good, wrong, digest, same).ok
+    assert "another image" in sg.check(0, good, pub, other, same).reason
+    assert "identity" in sg.check(0, good, pub, digest, lambda i: False).reason
+
+
+def test_cli_key_generate(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    r = run_cli("key", "generate", str(tmp_path / "a"), "--passphrase-file", str(pw))
+    assert r.rc == 0, r.err
+    assert keys.read_private_key(str(tmp_path / "a.key"), b"secret")
+    env = {**os.environ, "TOPHAN_PASSPHRASE": ""}
+    r = run_cli("key", "generate", str(tmp_path / "b"), env=env)
+    assert r.rc == 2 and "--no-passphrase" in r.err and len(r.err.splitlines()) == 1
+    r = run_cli("key", "generate", str(tmp_path / "b"), "--no-passphrase")
+    assert r.rc == 0 and keys.read_private_key(str(tmp_path / "b.key"), b"")
