@@ -221,10 +221,71 @@ def test_skopeo_copy_under_a_sigstore_policy(tmp_path: Path, registry: Registry)
         timeout=120,
         check=False,
     )
-    if (
-        "sigstore disabled" in p.stderr.lower()
-        or ("sigstore" in p.stderr
-        and "not supported" in p.stderr)
+    if "sigstore disabled" in p.stderr.lower() or (
+        "sigstore" in p.stderr and "not supported" in p.stderr
     ):
         pytest.skip(f"this skopeo has sigstore disabled: {p.stderr.strip()[:200]}")
     assert p.returncode == 0, p.stderr
+
+
+def _policy(tmp_path: Path, docker: dict, default: str = "reject") -> Path:  # type: ignore[type-arg]
+    p = tmp_path / f"policy-{os.urandom(3).hex()}.json"
+    p.write_text(json.dumps({"default": [{"type": default}], "transports": {"docker": docker}}))
+    return p
+
+
+def test_policy_at_pull(tmp_path: Path, registry: Registry) -> None:
+    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    src = _image(tmp_path)
+    assert run_cli("push", "app", registry.ref("team/app:1"), root=src).rc == 0
+    assert run_cli("push", "app", registry.ref("team/unsigned:1"), root=src).rc == 0
+    assert run_cli("push", "app", registry.ref("other/app:1"), root=src).rc == 0
+    remote.sign(registry.ref("team/app:1"), key)
+    remote.sign(registry.ref("other/app:1"), key)
+    pub = str(DATA / "cosign-empty.pub")
+    signed = {
+        "type": "sigstoreSigned",
+        "keyPath": pub,
+        "signedIdentity": {"type": "matchRepository"},
+    }
+    pol = _policy(tmp_path, {f"{registry.host}/team": [signed]})
+    dst = tmp_path / "dst"
+    store_at(dst)
+
+    def pull(ref: str, policy: Path) -> object:
+        return run_cli("pull", "-q", "--policy", str(policy), registry.ref(ref), root=dst)
+
+    r = pull("team/app:1", pol)
+    assert r.rc == 0, r.err
+    listed = run_cli("image", "list", "--json", root=dst).out
+    assert "team/app" in listed
+    # Unsigned under the signed scope: refused, one line naming the scope, nothing stored.
+    r = pull("team/unsigned:1", pol)
+    assert r.rc == 1 and f"scope {registry.host}/team" in r.err and "no signatures" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    assert "unsigned" not in run_cli("image", "list", "--json", root=dst).out
+    # Outside every scope: default reject.
+    r = pull("other/app:1", pol)
+    assert r.rc == 1 and "scope default" in r.err and "reject" in r.err
+    # Signed for other/app, copied under team/: matchRepository refuses it.
+    digest = remote.verify(registry.ref("other/app:1"), key.public_key())[0]
+    sig = remote.fetch(repository_for(registry.ref("other/app:1"))[0], digest)[0]
+    assert run_cli("push", "app", registry.ref("team/copied:1"), root=src).rc == 0
+    _put_signature(registry, registry.ref("team/copied:1"), digest, sig)
+    r = pull("team/copied:1", pol)
+    assert r.rc == 1 and "identity" in r.err
+    # A wrong key in the policy.
+    keys.generate(str(tmp_path / "other"), b"")
+    wrong = {**signed, "keyPath": str(tmp_path / "other.pub")}
+    r = pull("team/app:1", _policy(tmp_path, {f"{registry.host}/team": [wrong]}))
+    assert r.rc == 1 and "does not verify" in r.err
+    # Malformed policies are one-line errors: unknown keys, keyless, absurd sizes.
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything", "typo": 1}]}))
+    r = pull("team/app:1", bad)
+    assert r.rc == 1 and "unknown key 'typo'" in r.err
+    bad.write_text(json.dumps({"default": [{"type": "sigstoreSigned", "fulcio": {}}]}))
+    assert "fulcio" in pull("team/app:1", bad).err
+    bad.write_bytes(b"[" * (2 << 20))
+    r = pull("team/app:1", bad)
+    assert r.rc == 1 and "larger" in r.err and "Traceback" not in r.err

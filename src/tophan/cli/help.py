@@ -233,9 +233,11 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} build prune",
     ),
     "pull": (
-        "REF [NAME] [registry flags] [--platform OS/ARCH]",
+        "REF [NAME] [registry flags] [--platform OS/ARCH] [--policy FILE]",
         "Pull an image from a registry and name it NAME (default: REF); prints the name.",
-        REGISTRY + "\n--platform OS/ARCH   the platform to pick from an index",
+        REGISTRY + "\n--platform OS/ARCH   the platform to pick from an index\n"
+        "--policy FILE        containers-policy.json(5) to enforce (else $TOPHAN_POLICY,\n"
+        "                     the store's policy.json, /etc/containers/policy.json)",
         "{prog} pull docker.io/library/busybox:latest busybox",
     ),
     "image": (

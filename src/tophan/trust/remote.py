@@ -8,6 +8,7 @@ from tophan.errors import NotFound
 from tophan.image.blobs import digest_of
 from tophan.image.registry import Options, Repository, repository_for
 from tophan.image.spec import Reference
+from tophan.trust import policy
 from tophan.trust import signature as sg
 
 TYPE_CHECKING = False
@@ -114,3 +115,25 @@ def _repository_of(identity: str) -> str:
     slash = name.rfind("/")
     colon = name.rfind(":")
     return name[:colon] if colon > slash else name
+
+
+def admit(reference: str, pol: policy.Policy, options: Options | None = None) -> tuple[str, str]:
+    """Check ``reference`` against the policy before anything is stored. Returns (the digest
+    checked, why it was accepted); the caller pulls exactly that digest, so what a registry
+    serves afterwards cannot differ from what was verified. Raises ``policy.Refused``."""
+    repo, ref = repository_for(reference, options)
+    try:
+        scope, reqs = pol.scope_for(ref)
+        if all(r.type == "insecureAcceptAnything" for r in reqs):
+            return "", f"policy {pol.source}, scope {scope}: insecureAcceptAnything"
+        digest = _digest(repo, ref)
+        sigs = fetch(repo, digest) if any(r.type == "sigstoreSigned" for r in reqs) else []
+    finally:
+        repo.client.close()
+
+    def verify(
+        key: ec.EllipticCurvePublicKey, identity_ok: Callable[[str], bool]
+    ) -> list[sg.Result]:
+        return [sg.check(i, s, key, digest, identity_ok) for i, s in enumerate(sigs)]
+
+    return digest, policy.evaluate(pol, ref, verify)
