@@ -104,3 +104,35 @@ def test_cli_key_generate(tmp_path: Path) -> None:
     assert r.rc == 2 and "--no-passphrase" in r.err and len(r.err.splitlines()) == 1
     r = run_cli("key", "generate", str(tmp_path / "b"), "--no-passphrase")
     assert r.rc == 0 and keys.read_private_key(str(tmp_path / "b.key"), b"")
+
+
+def test_policy_scopes_and_gpg_requirements(tmp_path: Path) -> None:
+    from tophan.image.spec import remote_reference
+    from tophan.trust import policy
+
+    doc = {
+        "default": [{"type": "reject"}],
+        "transports": {
+            "docker": {
+                "registry.access.redhat.com": [{"type": "signedBy", "keyType": "GPGKeys"}],
+                "reg.example/team": [{"type": "insecureAcceptAnything"}],
+                "reg.example/team/web:1": [{"type": "reject"}],
+                "*.example.org": [{"type": "insecureAcceptAnything"}],
+            },
+            "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]},
+        },
+    }
+    p = policy.parse(json.dumps(doc).encode(), str(tmp_path / "p.json"))
+    scope = lambda r: p.scope_for(remote_reference(r))[0]  # noqa: E731
+    assert scope("reg.example/team/web:1") == "reg.example/team/web:1"
+    assert scope("reg.example/team/web:2") == "reg.example/team"
+    assert scope("reg.example/teamster/x") == "default"
+    assert scope("a.b.example.org/x") == "*.example.org"
+    never = lambda key, ok: []  # noqa: E731
+    assert "insecureAcceptAnything" in policy.evaluate(
+        p, remote_reference("reg.example/team/a"), never
+    )
+    with pytest.raises(policy.Refused, match="signedBy"):
+        policy.evaluate(p, remote_reference("registry.access.redhat.com/ubi9"), never)
+    with pytest.raises(policy.Refused, match="scope default"):
+        policy.evaluate(p, remote_reference("elsewhere.io/x"), never)

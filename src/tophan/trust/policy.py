@@ -170,6 +170,10 @@ def _requirement(doc: object, what: str, base: str) -> Requirement:
         )
         ident = _identity(d["signedIdentity"], what) if "signedIdentity" in d else Identity()
         return Requirement("sigstoreSigned", _keys(d, what, base), ident)
+    if kind in ("signedBy", "signedBaseLayer"):
+        # GPG "simple signing" (Fedora/RHEL policies name it for their registries): refused
+        # when its scope is used, so a system policy holding it still works for other scopes.
+        return Requirement(str(kind))
     raise PolicyError(
         f"{what}: requirement type {kind!r} is not supported",
         "tophan knows insecureAcceptAnything, reject and sigstoreSigned",
@@ -244,6 +248,11 @@ def evaluate(
             raise Refused(
                 f"{ref} is refused by {where}: the requirement is 'reject'",
                 "pull from an allowed scope or change the policy",
+            )
+        elif req.type != "sigstoreSigned":
+            raise Refused(
+                f"{ref} is refused by {where}: tophan cannot check a {req.type!r} requirement",
+                "only sigstoreSigned signatures are verified; use skopeo/podman for GPG ones",
             )
         else:
             ok = []
