@@ -524,6 +524,7 @@ _TOP_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "user": ("user", (str, int)),
     "hostname": ("hostname", str),
     "network": ("network", str),
+    "ports": ("publish", list),  # -p: "[IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]"
     "read_only": ("read_only", bool),
     "volumes": ("volume", list),
     "tmpfs": ("tmpfs", list),

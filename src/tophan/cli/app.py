@@ -177,7 +177,7 @@ def _ps(cli: Cli, argv: list[str]) -> int:
     if args.flag("json"):
         cli.emit_json(rows)
         return 0
-    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "STACK")
+    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "NETWORK", "PORTS", "STACK")
     table = [header] + [
         (
             r["name"],
@@ -186,6 +186,8 @@ def _ps(cli: Cli, argv: list[str]) -> int:
             str(r["pid"] or "-"),
             str(r["restarts"]),
             _ago(r["started_at"]) if r["status"] == "running" else "-",
+            r["network"],
+            ",".join(r["ports"]) or "-",
             r["stack"],
         )
         for r in rows
@@ -215,6 +217,9 @@ def _row(app: App, state: dict[str, Any]) -> dict[str, Any]:
         "exit_code": state.get("exit_code"),
         "oom_killed": state.get("oom_killed", False),
         "stack": stack,
+        "network": app.spec.run.network,
+        # as asked for (-p / ports); -P: every port the image exposes
+        "ports": list(app.spec.run.publish) + (["-P"] if app.spec.run.publish_all else []),
         "error": state.get("error"),
     }
 
