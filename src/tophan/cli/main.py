@@ -361,6 +361,7 @@ class Cli:
                     "layers_removed": report.layers_removed,
                     "cgroups_removed": report.cgroups_removed,
                     "leases_released": report.leases_released,
+                    "relays_stopped": report.relays_stopped,
                 }
             )
         else:
@@ -372,6 +373,8 @@ class Cli:
                 pairs.append(("cgroups_removed", str(len(report.cgroups_removed))))
             if report.leases_released:
                 pairs.append(("leases_released", str(len(report.leases_released))))
+            if report.relays_stopped:
+                pairs.append(("relays_stopped", str(report.relays_stopped)))
             self.emit_kv(pairs)
         return 0
 
