@@ -532,3 +532,31 @@ def test_rootless_refusals(rl: RootlessNs) -> None:
     r = rl.tophan("run", "--network", "neta", "-l", "base", "--", "true")
     assert r.returncode == 125 and r.stderr.count("\n") == 1, r.stderr
     assert "needs root" in r.stderr
+
+
+@pytest.mark.rootless
+def test_rootless_app_on_the_default_private_network(rl: RootlessNs) -> None:
+    """A rootless app with no `--network` is on a private network (pasta), reachable through
+    its published port, shown by `app ps`; stopping it stops pasta."""
+    import json
+
+    r = rl.tophan("app", "create", "rweb", "-p", "18280:80", "--init", "--health-tcp",
+                  "127.0.0.1:80", "--health-interval", "0.2s", "-l", "base", "--",
+                  "sh", "-c", HTTPD)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    try:
+        r = rl.tophan("app", "start", "rweb")
+        assert r.returncode == 0, r.stderr
+        assert rl.host.fetch("http://127.0.0.1:18280/index.html").startswith("hello-")
+        deadline = time.time() + 30
+        while (ps := json.loads(rl.tophan("app", "ps", "--json").stdout))[0]["health"] != "healthy":
+            assert time.time() < deadline, ps
+            time.sleep(0.1)
+        assert ps[0]["network"] == "private"
+        assert ps[0]["ports"] == ["0.0.0.0:18280->80/tcp"]
+        assert len(rl.pastas()) == 1
+        r = rl.tophan("app", "stop", "rweb")
+        assert r.returncode == 0, r.stderr
+        assert rl.pastas() == []
+    finally:
+        rl.tophan("app", "rm", "-f", "rweb")

@@ -58,9 +58,14 @@ def test_unknown_build_network_is_one_line(tmp_path: Path) -> None:
 
 
 def test_app_on_a_private_network_with_a_published_port(tmp_path: Path) -> None:
-    """An app from a TOML spec with `network` and `ports`: reachable on the host's 127.0.0.1,
-    healthy through its own namespace, shown by `app ps`, and gone without a trace on rm."""
+    """An app from a TOML spec with `ports` and no `network` (an app's default is private):
+    reachable on the host's 127.0.0.1, healthy through its own namespace, its published ports
+    (with the host port picked for a bare container port) shown by `app ps` and `app inspect`,
+    and gone without a trace on rm; then again, and after SIGKILL of the supervisor and the
+    container, `gc` leaves no interface, rule or lease behind."""
     import json
+    import re
+    import signal
     import time
 
     root = tmp_path / "store"
@@ -71,8 +76,7 @@ def test_app_on_a_private_network_with_a_published_port(tmp_path: Path) -> None:
     spec.write_text(
         'layers = ["bb"]\n'
         'command = "echo hi-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp"\n'
-        'network = "private"\n'
-        'ports = ["8080:80"]\n'
+        'ports = ["8080:80", "9000"]\n'
         "init = true\n"
         '[health]\ntcp = "127.0.0.1:80"\ninterval = "0.2s"\n'
     )
@@ -93,10 +97,31 @@ def test_app_on_a_private_network_with_a_published_port(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, ps
             time.sleep(0.1)
-        assert ps[0]["network"] == "private" and ps[0]["ports"] == ["8080:80"]
+        assert ps[0]["network"] == "private"
+        picked = ps[0]["ports"]
+        assert picked[0] == "0.0.0.0:8080->80/tcp"
+        m = re.fullmatch(r"0\.0\.0\.0:(\d+)->9000/tcp", picked[1])
+        assert m and int(m.group(1)) > 0, picked
         table = host.tophan("app", "ps").stdout.splitlines()
-        assert "PORTS" in table[0] and "8080:80" in table[1]
+        assert "PORTS" in table[0] and "0.0.0.0:8080->80/tcp" in table[1]
+        state = json.loads(host.tophan("app", "inspect", "web").stdout)[0]["state"]
+        assert state["ports"] == picked
         r = host.tophan("app", "rm", "-f", "web")
+        assert r.returncode == 0, r.stderr
+        host.assert_clean()
+
+        # SIGKILL of the supervisor and of the container, then gc
+        assert host.tophan("app", "create", "web", "--file", str(spec)).returncode == 0
+        assert host.tophan("app", "start", "web").returncode == 0, r.stderr
+        assert host.fetch("http://127.0.0.1:8080/index.html") == "hi-from-web"
+        state = json.loads(host.tophan("app", "inspect", "web").stdout)[0]["state"]
+        os.kill(state["supervisor"], signal.SIGKILL)
+        os.kill(state["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while [x for x in host.links() if x.startswith("tv")] and time.monotonic() < deadline:
+            time.sleep(0.1)  # the veth goes with the container's namespace
+        assert host.leases() and host.publish_rules()  # left behind until gc
+        r = host.tophan("gc")
         assert r.returncode == 0, r.stderr
         host.assert_clean()
     finally:
