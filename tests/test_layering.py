@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("net",),
     ("run",),
     ("app", "build"),
+    ("scan",),
     ("references",),
     ("store",),
     ("maintenance",),

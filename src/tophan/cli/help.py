@@ -199,6 +199,17 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "`build prune`: drop the build cache and the layers only it kept",
         "{prog} build -t web:1.0 .",
     ),
+    "sbom": (
+        "IMAGE|-l LAYER... [--format cyclonedx|spdx] [-o FILE]",
+        "Print the SBOM of an image (or of layers, top first): every package its layers\n"
+        "install (dpkg, apk, Python, npm) with its purl and the digest of the layer it came\n"
+        "from. CycloneDX 1.6 JSON by default, or SPDX 2.3 JSON. The same image gives the same\n"
+        "bytes but for the creation time: $SOURCE_DATE_EPOCH fixes it.",
+        "--format F           cyclonedx (default) or spdx\n"
+        "-o, --output FILE    write FILE (all or nothing) instead of stdout\n"
+        "-l, --layer LAYER    a layer instead of an image (repeat; the first is the top)",
+        "{prog} sbom web:1.0 --format spdx -o web.spdx.json",
+    ),
     "build prune": (
         "",
         "Drop the build cache, then remove the layers only it kept.",

@@ -81,6 +81,8 @@ images, containers and apps (each has --help):
                                       supervised apps (one `tophand NAME` process each)
   volume create|ls|rm|inspect         named volumes in the store
   network create|ls|rm|inspect        private networks (bridges, subnets) for --network NAME
+  sbom IMAGE|-l L... [--format cyclonedx|spdx] [-o FILE]
+                                      the image's packages as CycloneDX 1.6 or SPDX 2.3 JSON
 """
 
 # Command -> (module, attribute): a handler ``(cli, argv) -> int`` or a table of subcommands.
@@ -94,6 +96,7 @@ EXTENSIONS = {
     "push": ("tophan.cli.image", "push"),
     "pull": ("tophan.cli.image", "pull"),
     "build": ("tophan.cli.build", "build"),
+    "sbom": ("tophan.cli.sbom", "sbom"),
 }
 HELP_FLAGS = ("-h", "--help")
 
