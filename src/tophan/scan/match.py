@@ -109,6 +109,7 @@ def _in_range(kind: str, v: Any, events: list[tuple[str, str]]) -> tuple[bool, s
             limits.append(k)
         else:
             parsed.append((k, event, raw))
+
     def by_version(a: int, b: int) -> int:
         return _cmp(parsed[a][0], parsed[b][0]) or a - b  # equal versions: file order
 
