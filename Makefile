@@ -17,9 +17,9 @@ DEMO_PACKAGES := $(RUN_PACKAGES) busybox-static docker-registry
 # compare with: runc crun podman fuse-overlayfs skopeo, and buildah (`tophan build`'s peer:
 # tests/test_build_peer.py, bench/build.py); cgroup v2 VM tests: qemu-system-x86; gcc libc6-dev
 # (static hostile programs: tests/data/*.c, overlayd's fault injectors); openssl (test
-# certificates); mmdebstrap (a Debian base for the slow build test).
+# certificates); mmdebstrap (a Debian base for the slow build test); wrk (bench/net.py's client).
 TEST_PACKAGES := $(DEMO_PACKAGES) attr acl umoci tar passwd iproute2 runc crun podman \
-	fuse-overlayfs skopeo buildah qemu-system-x86 gcc libc6-dev openssl mmdebstrap
+	fuse-overlayfs skopeo buildah qemu-system-x86 gcc libc6-dev openssl mmdebstrap wrk
 
 # $(call apt_install,PACKAGES): install those missing, as root where apt-get exists.
 define apt_install
@@ -97,6 +97,7 @@ bench: deps venv
 	$(PY) bench/run.py
 	$(PY) bench/launch.py
 	$(PY) bench/registry.py
+	$(PY) bench/net.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -5,14 +5,17 @@
    them; built again, every step comes from the cache and the digest is the same;
 2. (as a non-root user, where build needs root: the layers made by hand instead — an imported
    tar, a workspace committed, a directory — and an image of them);
-3. an app from it — busybox httpd — with memory and pids limits and the image's HEALTHCHECK:
-   `app ps` until healthy, the page fetched from inside its network namespace, then stopped:
-   nothing left mounted;
+3. an app from it — busybox httpd — with memory and pids limits and the image's HEALTHCHECK,
+   on the default private network with its port published (`-p 8080:8080`): `app ps` until
+   healthy, the page fetched from the host through the published port and from inside its
+   network namespace, then stopped: nothing left mounted;
 4. the image pushed to a local OCI registry (Debian's docker-registry) and pulled into a second,
    empty store, where it runs again.
 
-As a non-root user it re-runs itself inside `unshare -Urm` (and without limits: no cgroup can be
-delegated there).
+It runs in a network namespace of its own (`unshare -n`), which plays the host: the private
+network's bridge and nftables rules go there and vanish with it, and the machine's own network
+configuration is never changed. As a non-root user it re-runs itself inside `unshare -Urmn`
+(and without limits: no cgroup can be delegated there).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,9 +73,13 @@ def build_base_tar(work: Path) -> Path:
 
 
 def main() -> None:
-    if os.geteuid() != 0 and os.environ.get("TOPHAN_DEMO_NS") != "1":
-        env = {**os.environ, "TOPHAN_DEMO_NS": "1"}
-        os.execvpe("unshare", ["unshare", "-Urm", sys.executable, __file__], env)
+    if os.environ.get("TOPHAN_DEMO_NET") != "1":
+        env = {**os.environ, "TOPHAN_DEMO_NET": "1"}
+        flags = "-n" if os.geteuid() == 0 else "-Urmn"
+        if os.geteuid() != 0:
+            env["TOPHAN_DEMO_NS"] = "1"
+        os.execvpe("unshare", ["unshare", flags, sys.executable, __file__], env)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     for store in (STORE, STORE2):
         if store.exists():
             subprocess.run([str(BIN / "tophan"), "--root", str(store), "app", "rm", "-f", "web"],
@@ -107,7 +115,7 @@ COPY www/ /www/
 # config: this deployment's settings
 FROM app AS config
 COPY httpd.conf /etc/httpd.conf
-ENV BIND=127.0.0.1:8080
+ENV BIND=8080
 EXPOSE 8080
 HEALTHCHECK --interval=500ms CMD wget -q -O /dev/null http://127.0.0.1:8080/health
 CMD ["/srv/bin/serve"]
@@ -162,7 +170,7 @@ def layers(work: Path) -> None:
 def image() -> None:
     print("2. an image of config + app + base: an OCI manifest and config in the store")
     tophan("image", "create", "web", "-l", "config", "-l", "app", "-l", "base",
-           "--cmd", '["httpd", "-f", "-p", "127.0.0.1:8080", "-c", "/etc/httpd.conf"]',
+           "--cmd", '["httpd", "-f", "-p", "8080", "-c", "/etc/httpd.conf"]',
            "--port", "8080/tcp", "--health-cmd", "wget -q -O /dev/null http://127.0.0.1:8080/health",
            "--health-interval", "0.5s")  # fmt: skip
     tophan("image", "list")
@@ -170,9 +178,10 @@ def image() -> None:
 
 def app() -> None:
     limits = ["-m", "32m", "--pids-limit", "64"] if PRIVILEGED else ["--no-limits"]
-    print(f"3. an app from it, with {' '.join(limits)} and the image's health check; no network")
-    tophan("app", "create", "web", *limits, "--restart", "on-failure:3", "--stop-timeout", "2s",
-           "web")  # fmt: skip
+    print(f"3. an app from it, with {' '.join(limits)}, the image's health check, and its port")
+    print("   published from its private network (the default network of apps)")
+    tophan("app", "create", "web", *limits, "-p", "8080:8080", "--restart", "on-failure:3",
+           "--stop-timeout", "2s", "web")  # fmt: skip
     tophan("app", "start", "web")
     tophan("app", "ps")
     deadline = time.monotonic() + 30
@@ -185,7 +194,10 @@ def app() -> None:
     state = json.loads(tophan("app", "inspect", "web", quiet=True))[0]["state"]
     title = Path(f"/proc/{state['supervisor']}/cmdline").read_text().replace("\0", " ").strip()
     print(f"    pid {state['supervisor']}: {title}")
-    print("   the page, fetched inside the app's own network namespace:")
+    print("   the page, fetched from the host through the published port 127.0.0.1:8080:")
+    with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=10) as page:
+        print("    " + page.read().decode().strip())
+    print("   and inside the app's own network namespace:")
     tophan("app", "exec", "web", "--", "wget", "-qO-", "http://127.0.0.1:8080/")
     tophan("app", "exec", "web", "--", "sh", "-c", "hostname; ps")
     print(

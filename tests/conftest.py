@@ -169,3 +169,30 @@ def loop_device(backing: Path) -> Iterator[str]:
         yield dev
     finally:
         subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+@pytest.fixture
+def own_netns() -> Iterator[None]:
+    """This test (and all it starts) in a fresh network namespace with only ``lo``, up.
+
+    Apps are on a private network by default: as root that makes a bridge, veths and nftables
+    rules, which tests must never make in the machine's own namespace. The test process enters
+    a new one for the test and goes back afterwards; the namespace (and all of ours in it)
+    vanishes with the last process in it."""
+    if os.geteuid() != 0:
+        yield  # a rootless private network is pasta's, which touches no host configuration
+        return
+    from tophan._internal import libc
+
+    # Namespaces belong to the thread: only the test's own (main) thread moves, and every
+    # process it starts is born in the new namespace.
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.unshare(libc.CLONE_NEWNET)
+        try:
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            yield
+        finally:
+            libc.setns(home, libc.CLONE_NEWNET)
+    finally:
+        os.close(home)

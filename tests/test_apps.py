@@ -75,7 +75,7 @@ def _supervisors(names: set[str]) -> list[int]:
 
 
 @pytest.fixture
-def env(root: Path, tmp_path: Path) -> Iterator[Env]:
+def env(root: Path, tmp_path: Path, own_netns: None) -> Iterator[Env]:
     rootfs = busybox_full_rootfs(tmp_path / "rootfs")
     (tmp_path / "www/www").mkdir(parents=True)
     (tmp_path / "www/www/index.html").write_text("<h1>hello</h1>\n")
@@ -335,7 +335,8 @@ def test_exec_joins_the_app(env: Env) -> None:
     lines = out.splitlines()
     assert lines[0] == "1" and lines[1] == "texec" and lines[2].startswith("httpd")
     assert lines[4] == "tophan-init"  # --init: the command is pid 2
-    assert lines[3] == "3"  # header lines + lo: the app's network namespace
+    # header lines + lo + eth0: the app's own network namespace, on the default private network
+    assert lines[3] == "4"
     r = env.t("app", "exec", "texec", "--", "sh", "-c", "exit 5")
     assert r.returncode == 5
     r = env.t("app", "exec", "-u", "user", "texec", "--", "id", "-u")
@@ -403,7 +404,7 @@ def test_rm_and_start_errors(env: Env) -> None:
 
 
 @pytest.fixture
-def shared_env(rootless_user: RootlessUser, tmp_path: Path) -> Iterator[Env]:
+def shared_env(rootless_user: RootlessUser, tmp_path: Path, own_netns: None) -> Iterator[Env]:
     """An Env whose store another local user can reach (the store's top made 0755, as older
     stores were): what keeps the apps private must be the apps' own modes."""
     import shutil

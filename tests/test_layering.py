@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("net",),
     ("run",),
     ("app", "build"),
+    ("scan",),
     ("references",),
     ("store",),
     ("maintenance",),

@@ -95,10 +95,15 @@ def test_readme_commands_run(tmp_path: Path, local_registry: Registry) -> None:
         "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "TOPHAN_ROOT": str(store),
     }
+    # Apps are on a private network by default: their supervisors start in a namespace made
+    # for the test (the bridge and rules go there, never on the machine's own network); the
+    # registry stays on the machine's 127.0.0.1.
+    netns = f"tphrd{os.getpid() % 100000}{os.urandom(2).hex()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         for command in commands:
             line = command.replace(EXAMPLE_REGISTRY, local_registry.host)
-            p = _bash(line, work, env)
+            p = _bash(line, work, env, netns if "app start" in line else None)
             if p.returncode != 0 and "app exec" in line:
                 # The server needs a moment after `app start`, as a user would find out.
                 for _ in range(50):
@@ -109,11 +114,15 @@ def test_readme_commands_run(tmp_path: Path, local_registry: Registry) -> None:
     finally:
         for args in (("app", "rm", "-f", "web"), ("ws", "rm", "job")):
             run_cli(*args, root=store)
+        subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-def _bash(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _bash(
+    line: str, cwd: Path, env: dict[str, str], netns: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
     return subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", line],
+        [*enter, "bash", "-e", "-o", "pipefail", "-c", line],
         cwd=cwd,
         env=env,
         capture_output=True,

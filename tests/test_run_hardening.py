@@ -132,7 +132,7 @@ def test_ptrace_traceme_in_the_container_does_not_crash_the_caller(traceme: Path
     assert r.stderr == "", r.stderr
 
 
-def test_ptrace_traceme_in_an_app_keeps_its_restart_policy(traceme: Path) -> None:
+def test_ptrace_traceme_in_an_app_keeps_its_restart_policy(traceme: Path, own_netns: None) -> None:
     """#11: the supervisor is the tracer of an app's init: the app exits 3, is restarted
     twice (on-failure:2), and ends `exited`, with no crash of the supervisor."""
     import json

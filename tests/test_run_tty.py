@@ -190,7 +190,7 @@ def test_tiocsti_from_the_container_never_reaches_the_callers_terminal(
 
 
 def test_tiocsti_from_app_exec_never_reaches_the_callers_terminal(
-    store: Path, term: list[Term]
+    store: Path, term: list[Term], own_netns: None
 ) -> None:
     name = f"tty{uuid.uuid4().hex[:6]}"
     base = [TOPHAN, "--root", str(store)]
@@ -317,7 +317,7 @@ def test_term_is_xterm_with_a_tty_and_never_inherited(
     assert r.stdout.strip() == f"T={want}", (r.stdout, r.stderr)
 
 
-def test_app_exec_it(store: Path, term: list[Term]) -> None:
+def test_app_exec_it(store: Path, term: list[Term], own_netns: None) -> None:
     name = f"tty{uuid.uuid4().hex[:6]}"
     base = [TOPHAN, "--root", str(store)]
     created = subprocess.run([*base, "app", "create", name, "-l", "base", "--", "sleep", "1000"])

@@ -22,6 +22,7 @@ class GcReport:
     cgroups_removed: list[str] = field(default_factory=list)
     blobs_removed: list[str] = field(default_factory=list)
     leases_released: list[str] = field(default_factory=list)
+    relays_stopped: int = 0
 
 
 @dataclass
@@ -54,11 +55,20 @@ def gc(store: Store) -> GcReport:
         hidden += orphans
     for path in hidden:
         rmtree(path)
+    # pasta (rootless networks) outlives a run killed with SIGKILL: stop it while its pid
+    # file, in the run dir, is still there
+    report.relays_stopped = _stale_relays(store)
     # staging leftovers need no lock: a live one is flock'ed by its owner and skipped
     report.staging_removed = store.clean_tmp() + len(orphans)
     report.cgroups_removed = _stale_cgroups()
     report.leases_released = _stale_leases(store)
     return report
+
+
+def _stale_relays(store: Store) -> int:
+    from tophan.net.pasta import reclaim
+
+    return reclaim(store)
 
 
 def _stale_leases(store: Store) -> list[str]:

@@ -524,6 +524,7 @@ _TOP_KEYS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "user": ("user", (str, int)),
     "hostname": ("hostname", str),
     "network": ("network", str),
+    "ports": ("publish", list),  # -p: "[IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]"
     "read_only": ("read_only", bool),
     "volumes": ("volume", list),
     "tmpfs": ("tmpfs", list),
@@ -559,6 +560,19 @@ class _Where:
         return UsageError(f"{self.path}: {key}: {message}", hint)
 
 
+# Apps are services: each gets its own network namespace on the default private network unless
+# its spec says otherwise (`tophan run` keeps "none"). Specs stored before this default name
+# their network explicitly, so they keep the one they had.
+DEFAULT_NETWORK = "private"
+
+
+def new_spec() -> AppSpec:
+    """An empty app spec, with the defaults an app has and a bare run does not."""
+    from tophan.run.options import RunOptions
+
+    return AppSpec(RunOptions(network=DEFAULT_NETWORK))
+
+
 def load_spec_file(path: str) -> AppSpec:
     """Read an app spec (TOML, docs/run.md). Errors name the file and the key."""
     import tomllib
@@ -575,6 +589,7 @@ def load_spec_file(path: str) -> AppSpec:
     spec: dict[str, Any] = {"opts": {}}
     for key, value in doc.items():
         _load_key(w, spec, key, value)
+    spec["opts"].setdefault("network", DEFAULT_NETWORK)
     try:
         return AppSpec.from_v1(spec)
     except TophanError as e:

@@ -194,6 +194,8 @@ class Supervisor:
             oom_killed=False,
             error=None,
             cgroup=self.ctr.cgroup.name if self.ctr.cgroup is not None else "",
+            # as published: with the host port picked for a `-p 80` and every port of a -P
+            ports=[p.shown() for p in self.ctr.net.ports] if self.ctr.net is not None else [],
         )
         if self.check is not None:
             from tophan.app.health import Health

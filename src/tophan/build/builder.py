@@ -48,7 +48,7 @@ _CONFIG_ONLY = {
     "ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "STOPSIGNAL", "CMD", "ENTRYPOINT", "SHELL",
     "HEALTHCHECK", "MAINTAINER", "ARG",
 }  # fmt: skip
-_NETWORKS = ("host", "none")
+_NETWORKS = ("host", "none", "private")
 
 
 class BuildError(TophanError):
@@ -192,7 +192,9 @@ class Builder:
 
         opts = self.opts
         if opts.network not in _NETWORKS:
-            raise UsageError(f"unknown network {opts.network!r}", "use --network host or none")
+            raise UsageError(
+                f"unknown network {opts.network!r}", "use --network host, none or private"
+            )
         if opts.platform not in (None, "linux/amd64"):
             raise UsageError(f"cannot build for {opts.platform}", "only linux/amd64 is supported")
         if not os.path.isdir(opts.context):

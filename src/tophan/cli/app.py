@@ -41,14 +41,13 @@ def _apps(cli: Cli) -> Apps:
 def _create(cli: Cli, argv: list[str]) -> int:
     from tophan.app import apps
     from tophan.cli import run as cli_run
-    from tophan.run.options import RunOptions
 
     if not argv or argv[0].startswith("-"):
         raise UsageError("app create: NAME comes first", "tophan app create NAME [options] ...")
     name, rest = argv[0], argv[1:]
     p = cli_run.parse_run_args(rest, {**cli_run.FLAGS, **APP_FLAGS}, "app create")
     o = p.opts
-    spec = apps.load_spec_file(o["file"]) if "file" in o else apps.AppSpec(RunOptions())
+    spec = apps.load_spec_file(o["file"]) if "file" in o else apps.new_spec()
     # The stack given here replaces the file's; other flags override its keys, and repeatable
     # ones add to its lists.
     if o.get("layer") or p.image is not None:
@@ -177,7 +176,7 @@ def _ps(cli: Cli, argv: list[str]) -> int:
     if args.flag("json"):
         cli.emit_json(rows)
         return 0
-    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "STACK")
+    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "NETWORK", "PORTS", "STACK")
     table = [header] + [
         (
             r["name"],
@@ -186,6 +185,8 @@ def _ps(cli: Cli, argv: list[str]) -> int:
             str(r["pid"] or "-"),
             str(r["restarts"]),
             _ago(r["started_at"]) if r["status"] == "running" else "-",
+            r["network"],
+            ",".join(r["ports"]) or "-",
             r["stack"],
         )
         for r in rows
@@ -215,8 +216,18 @@ def _row(app: App, state: dict[str, Any]) -> dict[str, Any]:
         "exit_code": state.get("exit_code"),
         "oom_killed": state.get("oom_killed", False),
         "stack": stack,
+        "network": app.spec.run.network,
+        "ports": _ports(app, state, status),
         "error": state.get("error"),
     }
+
+
+def _ports(app: App, state: dict[str, Any], status: str) -> list[str]:
+    """As published while it runs (``0.0.0.0:32768->80/tcp``: the host port a ``-p 80`` got);
+    otherwise as asked for (``-p`` / ``ports``; ``-P``: every port the image exposes)."""
+    if status == "running" and state.get("ports"):
+        return list(state["ports"])
+    return list(app.spec.run.publish) + (["-P"] if app.spec.run.publish_all else [])
 
 
 def _ago(t: float | None) -> str:

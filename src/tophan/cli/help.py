@@ -216,7 +216,8 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "--build-arg K=V      a build argument (K alone: from the environment)\n"
         "--target STAGE       build up to this stage\n"
         "--no-cache           run every step again (the cache is still filled)\n"
-        "--network host|none  RUN's network (default host)\n"
+        "--network host|none|private  RUN's network (default host; private: the default\n"
+        "                     private network, tophan0, as `run --network private`)\n"
         "--layer STAGE=NAME   keep a stage's own steps as one named layer\n"
         "--timestamp N        every time in the image is N (also $SOURCE_DATE_EPOCH)\n"
         "--platform linux/amd64  the only platform built\n"
@@ -225,6 +226,17 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "                     pulled on demand\n"
         "`build prune`: drop the build cache and the layers only it kept",
         "{prog} build -t web:1.0 .",
+    ),
+    "sbom": (
+        "IMAGE|-l LAYER... [--format cyclonedx|spdx] [-o FILE]",
+        "Print the SBOM of an image (or of layers, top first): every package its layers\n"
+        "install (dpkg, apk, Python, npm) with its purl and the digest of the layer it came\n"
+        "from. CycloneDX 1.6 JSON by default, or SPDX 2.3 JSON. The same image gives the same\n"
+        "bytes but for the creation time: $SOURCE_DATE_EPOCH fixes it.",
+        "--format F           cyclonedx (default) or spdx\n"
+        "-o, --output FILE    write FILE (all or nothing) instead of stdout\n"
+        "-l, --layer LAYER    a layer instead of an image (repeat; the first is the top)",
+        "{prog} sbom web:1.0 --format spdx -o web.spdx.json",
     ),
     "build prune": (
         "",

@@ -83,6 +83,8 @@ images, containers and apps (each has --help):
                                       supervised apps (one `tophand NAME` process each)
   volume create|ls|rm|inspect         named volumes in the store
   network create|ls|rm|inspect        private networks (bridges, subnets) for --network NAME
+  sbom IMAGE|-l L... [--format cyclonedx|spdx] [-o FILE]
+                                      the image's packages as CycloneDX 1.6 or SPDX 2.3 JSON
 """
 
 # Command -> (module, attribute): a handler ``(cli, argv) -> int`` or a table of subcommands.
@@ -99,6 +101,7 @@ EXTENSIONS = {
     "key": ("tophan.cli.trust", "KEY_COMMANDS"),
     "sign": ("tophan.cli.trust", "sign"),
     "verify": ("tophan.cli.trust", "verify"),
+    "sbom": ("tophan.cli.sbom", "sbom"),
 }
 HELP_FLAGS = ("-h", "--help")
 
@@ -366,6 +369,7 @@ class Cli:
                     "layers_removed": report.layers_removed,
                     "cgroups_removed": report.cgroups_removed,
                     "leases_released": report.leases_released,
+                    "relays_stopped": report.relays_stopped,
                 }
             )
         else:
@@ -377,6 +381,8 @@ class Cli:
                 pairs.append(("cgroups_removed", str(len(report.cgroups_removed))))
             if report.leases_released:
                 pairs.append(("leases_released", str(len(report.leases_released))))
+            if report.relays_stopped:
+                pairs.append(("relays_stopped", str(report.relays_stopped)))
             self.emit_kv(pairs)
         return 0
 

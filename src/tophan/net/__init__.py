@@ -4,7 +4,7 @@ veth pairs and nftables rules, and published ports.
 Modules: ``networks`` (``Networks``: create, ls, rm, the default ``tophan`` network), ``ipam``
 (file-locked leases), ``host`` (``ip`` and ``nft``: what tophan makes on the host, and only
 that), ``ports`` (``-p`` parsed and checked), ``attach`` (a container's lease, veth, ports,
-/etc/hosts and /etc/resolv.conf, from start to release; ``gc``'s reclaim), ``pasta`` (rootless).
+/etc/hosts and /etc/resolv.conf, from start to release; ``gc``'s reclaim).
 
 Only imported when a container asks for a private network: ``tophan run``'s default (``none``)
 never loads it.

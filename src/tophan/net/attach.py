@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 HOSTS = "hosts"
 RESOLV = "resolv.conf"
-_LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 # What podman and docker fall back to when the host's only resolvers are on its loopback.
 _FALLBACK4 = ("8.8.8.8", "8.8.4.4")
 _FALLBACK6 = ("2001:4860:4860::8888", "2001:4860:4860::8844")
@@ -96,8 +96,8 @@ def prepare(
         }
         lease = ipam.allocate(store, net, owner, info)
         try:
-            _write_new(os.path.join(run_dir, RESOLV), resolv_conf(net.subnet6 is not None))
-            _write_new(os.path.join(run_dir, HOSTS), "")
+            write_new(os.path.join(run_dir, RESOLV), resolv_conf(net.subnet6 is not None))
+            write_new(os.path.join(run_dir, HOSTS), "")
             # With our lease in place, everyone's /etc/hosts (ours included) lists us all.
             _refresh_hosts(store, net.name, also={owner: run_dir})
         except BaseException:
@@ -106,7 +106,7 @@ def prepare(
     return Attachment(store, net, lease, published)
 
 
-def _write_new(path: str, text: str) -> None:
+def write_new(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with open(fd, "w") as f:
         f.write(text)
@@ -145,7 +145,7 @@ def hosts_text(store: StoreRoot, network: str, me: str) -> str:
     own entry first)."""
     members = [lease for lease in ipam.leases(store, network) if ipam.is_live(store, lease)]
     members.sort(key=lambda lease: lease.owner != me)
-    lines = [_LOCALHOST]
+    lines = [LOCALHOST]
     for lease in members:
         names = []
         for n in (lease.info.get("name", ""), lease.info.get("hostname", "")):

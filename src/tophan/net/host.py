@@ -18,8 +18,6 @@ the container answers the host. No userspace proxy sits in the data path (see do
 
 from __future__ import annotations
 
-import os
-
 from tophan.errors import TophanError
 
 TYPE_CHECKING = False
@@ -77,7 +75,11 @@ def run(argv: list[str], input: str | None = None, *, check: bool = True) -> str
 
 
 def exists(ifname: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{ifname}")
+    # /proc/self/net is this thread's network namespace; /sys/class/net is the one of whoever
+    # mounted /sys, which is another when we run in a namespace made without remounting /sys
+    # (`unshare -n`, a container, a test's namespace).
+    with open("/proc/thread-self/net/dev") as f:
+        return any(line.split(":", 1)[0].strip() == ifname for line in f.readlines()[2:])
 
 
 def _sysctl(key: str, value: str) -> None:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from tophan._internal.fs import Staging
     from tophan._internal.root import StoreRoot
     from tophan.net.attach import Attachment
+    from tophan.net.pasta import Pasta
     from tophan.net.ports import Port
     from tophan.run.cgroup import Cgroup, Limits
 
@@ -267,7 +268,7 @@ class Container(Child):
         self.run_dir = run_dir
         self.cgroup = cgroup
         self.holds: list[int] = []  # shared locks on the volumes it mounts
-        self.net: Attachment | None = None  # its private network, from start to close
+        self.net: Attachment | Pasta | None = None  # its private network, start to close
 
     @property
     def upper(self) -> str:
@@ -414,12 +415,18 @@ def start(
     return ctr
 
 
-def _attach(store: StoreRoot, spec: Spec, run_dir: str) -> Attachment:
+def _attach(store: StoreRoot, spec: Spec, run_dir: str) -> Attachment | Pasta:
     if os.geteuid() != 0:
-        raise RunError(
-            "private networks need root for now (rootless: pasta is not wired in yet)",
-            "use --network none or host",
-        )
+        # No bridge or veth without root: pasta relays the namespace's traffic instead.
+        if spec.network != "private":
+            raise RunError(
+                f"network {spec.network!r} needs root: rootless containers have only the "
+                "default private network (through pasta)",
+                "use --network private, none or host",
+            )
+        from tophan.net import pasta
+
+        return pasta.prepare(run_dir, spec.hostname, spec.ports)
     from tophan.net import attach
 
     name = spec.name or os.path.basename(run_dir)
