@@ -156,6 +156,15 @@ def _outside(host: HostNs) -> str:
     return name
 
 
+def _web_server(netns: str) -> subprocess.Popen[bytes]:
+    """An HTTP server of tests/data on 192.0.2.2:8000 in "the outside" (its log on stderr)."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "http.server", "--bind",
+         "192.0.2.2", "8000", "--directory", str(Path(__file__).parent / "data")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
 def _address_of(ns: HostNs, network: str, name: str) -> str:
     """The IPv4 address of container ``name`` on ``network``, once it has one."""
     import json
@@ -189,11 +198,7 @@ def test_private_network_addresses_routes_and_files(ns: HostNs) -> None:
 
 def test_outbound_through_nat(ns: HostNs) -> None:
     outside = _outside(ns)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", outside, sys.executable, "-m", "http.server", "--bind",
-         "192.0.2.2", "8000", "--directory", str(Path(__file__).parent / "data")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    server = _web_server(outside)
     try:
         r = ns.tophan(
             "run", "--network", "private", "-l", "base", "--", "sh", "-c",
@@ -454,11 +459,7 @@ def test_rootless_private_network_with_pasta(rl: RootlessNs) -> None:
     "the internet", only what is published forwarded, and pasta gone when the run ends."""
     ns = rl.host
     outside = ns.extra_ns[0]  # type: ignore[attr-defined]
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", outside, sys.executable, "-m", "http.server", "--bind",
-         "192.0.2.2", "8000", "--directory", str(Path(__file__).parent / "data")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = _web_server(outside)
     try:
         r = rl.tophan(
             "run", "--network", "private", "-l", "base", "--", "sh", "-c",
@@ -467,7 +468,7 @@ def test_rootless_private_network_with_pasta(rl: RootlessNs) -> None:
         )  # fmt: skip
     finally:
         server.kill()
-        server.wait()
+        server.communicate()
     assert r.returncode == 0, r.stderr
     assert "UDP echo server" in r.stdout and "192.0.2.1/24" in r.stdout
     assert rl.pastas() == [], r.stderr

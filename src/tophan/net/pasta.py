@@ -190,23 +190,15 @@ def _unblock_signals() -> None:
 def reclaim(store: StoreRoot) -> int:
     """``gc``: stop the pasta of every run dir whose run is gone (its lock is free). Returns
     how many were stopped. Call before the run dirs themselves are removed."""
-    from tophan._internal.fs import try_flock
+    from tophan._internal.fs import flock_held
 
     stopped = 0
-    tmp = store.path("tmp")
-    for entry in os.scandir(tmp):
+    for entry in os.scandir(store.path("tmp")):
         pidfile = os.path.join(entry.path, PIDFILE)
         if not entry.is_dir(follow_symlinks=False) or not os.path.exists(pidfile):
             continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if not try_flock(fd):
-                continue  # the run is alive
-        finally:
-            os.close(fd)
+        if flock_held(entry.path, exclusive=False):
+            continue  # the run is alive
         pid = _read_pid(pidfile)
         if pid and _is_our_pasta(pid, pidfile):
             _stop(pid)
