@@ -386,17 +386,18 @@ class RootlessNs:
         self.tun.mkdir()
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def argv(self, *args: str) -> list[str]:
+    def argv(self, *args: str, path: str | None = None) -> list[str]:
         as_user = [
             "setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}", "--init-groups",
             "--inh-caps=-all", "--pdeathsig=KILL",
+            *(["env", f"PATH={path}"] if path else []),
             "tophan", "--root", str(self.cwd / "store"), *args,
         ]  # fmt: skip
         return self.host.argv("unshare", "-m", "sh", "-c", _TUN_WRAP, str(self.tun), *as_user)
 
-    def tophan(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def tophan(self, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(*args), capture_output=True, text=True, timeout=120,
+            self.argv(*args, path=path), capture_output=True, text=True, timeout=120,
             env=user_env(self.user), cwd=self.cwd,
         )  # fmt: skip
 
@@ -533,6 +534,27 @@ def test_rootless_refusals(rl: RootlessNs) -> None:
     r = rl.tophan("run", "--network", "neta", "-l", "base", "--", "true")
     assert r.returncode == 125 and r.stderr.count("\n") == 1, r.stderr
     assert "needs root" in r.stderr
+    # no pasta on the PATH: one line saying what to install
+    r = rl.tophan("run", "--network", "private", "-l", "base", "--", "true",
+                  path=str(rl.user.bin))  # fmt: skip
+    assert r.returncode == 125 and r.stderr.count("\n") == 1, r.stderr
+    assert "pasta" in r.stderr and "passt" in r.stderr
+    assert os.listdir(rl.cwd / "store/tmp") == []
+    # a published port a process of the host holds: refused, naming it
+    holder = subprocess.Popen(
+        rl.host.argv(sys.executable, "-c",
+                     "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 18390)); "
+                     "s.listen(); print('up', flush=True); time.sleep(60)"),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"up\n"
+        r = rl.tophan("run", "--network", "private", "-p", "18390:80", "-l", "base", "--", "true")
+        assert r.returncode == 125 and r.stderr.count("\n") == 1, r.stderr
+        assert "18390/tcp is in use by a process of another user" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.rootless
