@@ -9,8 +9,9 @@
    on the default private network with its port published (`-p 8080:8080`): `app ps` until
    healthy, the page fetched from the host through the published port and from inside its
    network namespace, then stopped: nothing left mounted;
-4. the image pushed to a local OCI registry (Debian's docker-registry) and pulled into a second,
-   empty store, where it runs again.
+4. the image pushed to a local OCI registry (Debian's docker-registry), signed on the way with a
+   cosign-compatible key and verified; pulled into a second, empty store under a policy that
+   requires that signature (an unsigned image is refused), where it runs again.
 
 It runs in a network namespace of its own (`unshare -n`), which plays the host: the private
 network's bridge and nftables rules go there and vanish with it, and the machine's own network
@@ -41,12 +42,18 @@ STORE2 = BUILD / "demo-store-pulled"
 PRIVILEGED = os.geteuid() == 0 and os.environ.get("TOPHAN_DEMO_NS") != "1"
 
 
-def tophan(*args: str, quiet: bool = False, root: Path = STORE) -> str:
+def tophan(*args: str, quiet: bool = False, root: Path = STORE, fails: bool = False) -> str:
+    """Run and show a tophan command; ``fails``: it must be refused (its message is shown)."""
     cmd = [str(BIN / "tophan"), "--root", str(root), *args]
     if not quiet:
         where = "" if root == STORE else f"--root {root.name} "
         print(f"  $ tophan {where}{shlex.join(args)}")
     p = subprocess.run(cmd, capture_output=True, text=True)
+    if fails:
+        if p.returncode == 0:
+            sys.exit(f"demo failed: `tophan {shlex.join(args)}` was not refused")
+        print(f"    {p.stderr.strip()}  (exit {p.returncode})")
+        return p.stdout
     if p.returncode != 0:
         sys.exit(f"demo failed: {p.stderr.strip()}")
     if p.stdout and not quiet:
@@ -230,15 +237,32 @@ def registry(work: Path) -> None:
         f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    print(f"4. push to a local OCI registry (docker-registry on 127.0.0.1:{port}), pull elsewhere")
+    print(f"4. push to a local OCI registry (docker-registry on 127.0.0.1:{port}), signed with a")
+    print("   cosign-compatible key; pulled elsewhere under a policy that requires the signature")
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         _wait_port(port)
         ref = f"127.0.0.1:{port}/demo/web:1.0"
-        tophan("push", "--quiet", "web", ref)
+        key = work / "signer"
+        # an empty passphrase must be said, as with cosign (COSIGN_PASSWORD=)
+        os.environ["TOPHAN_PASSPHRASE"] = ""
+        tophan("key", "generate", str(key), "--no-passphrase")
+        tophan("push", "--quiet", "web", ref, "--sign-key", f"{key}.key")
+        tophan("verify", ref, "--key", f"{key}.pub")
+        tophan("push", "--quiet", "web", f"127.0.0.1:{port}/demo/unsigned:1.0")
+        policy = work / "policy.json"
+        policy.write_text(json.dumps({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {f"127.0.0.1:{port}/demo": [{
+                "type": "sigstoreSigned", "keyPath": f"{key}.pub",
+                "signedIdentity": {"type": "matchRepository"},
+            }]}},
+        }, indent=1))  # fmt: skip
         tophan("init", str(STORE2), root=STORE2)
-        tophan("pull", "--quiet", ref, "web", root=STORE2)
+        tophan("pull", "--quiet", "--policy", str(policy), ref, "web", root=STORE2)
+        tophan("pull", "--quiet", "--policy", str(policy), f"127.0.0.1:{port}/demo/unsigned:1.0",
+               "unsigned", root=STORE2, fails=True)  # fmt: skip
         tophan("image", "list", root=STORE2)
         a = json.loads(tophan("image", "inspect", "web", "--json", quiet=True))
         b = json.loads(tophan("image", "inspect", "web", "--json", quiet=True, root=STORE2))
