@@ -127,3 +127,36 @@ def test_app_on_a_private_network_with_a_published_port(tmp_path: Path) -> None:
     finally:
         host.tophan("app", "rm", "-f", "web")
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_two_apps_same_port_and_by_name(tmp_path: Path) -> None:
+    """Two apps listening on the same container port, published on two host ports, both
+    reachable from the host's 127.0.0.1; one reaches the other by name; when one stops, the
+    other's /etc/hosts forgets it."""
+    root = tmp_path / "store"
+    assert run_cli("init", str(root)).rc == 0
+    rootfs = busybox_full_rootfs(tmp_path / "rootfs")
+    assert run_cli("layer", "create", "bb", "--from", str(rootfs), root=root).rc == 0
+    name = _ns_name()
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    host = HostNs(name, root)
+    serve = "echo hi-from-$(hostname) > /tmp/index.html; exec httpd -f -p 80 -h /tmp"
+    try:
+        host.sh("ip link set lo up")
+        for app, port in (("web1", "18181"), ("web2", "18182")):
+            r = host.tophan("app", "create", app, "--init", "-p", f"{port}:80", "-l", "bb",
+                            "--", "sh", "-c", serve)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            r = host.tophan("app", "start", app)
+            assert r.returncode == 0, r.stderr
+        assert host.fetch("http://127.0.0.1:18181/index.html") == "hi-from-web1"
+        assert host.fetch("http://127.0.0.1:18182/index.html") == "hi-from-web2"
+        r = host.tophan("app", "exec", "web1", "--", "wget", "-qO-", "http://web2/index.html")
+        assert r.returncode == 0 and r.stdout == "hi-from-web2\n", r.stderr
+        assert host.tophan("app", "stop", "web2").returncode == 0
+        r = host.tophan("app", "exec", "web1", "--", "cat", "/etc/hosts")
+        assert "web1" in r.stdout and "web2" not in r.stdout, r.stdout
+    finally:
+        for app in ("web1", "web2"):
+            host.tophan("app", "rm", "-f", app)
+        subprocess.run(["ip", "netns", "del", name], check=False)
