@@ -129,8 +129,9 @@ def test_policy_scopes_and_gpg_requirements(tmp_path: Path) -> None:
     assert scope("reg.example/teamster/x") == "default"
     assert scope("a.b.example.org/x") == "*.example.org"
     never = lambda key, ok: []  # noqa: E731
-    assert "insecureAcceptAnything" in policy.evaluate(
-        p, remote_reference("reg.example/team/a"), never
+    assert (
+        "insecureAcceptAnything"
+        in policy.evaluate(p, remote_reference("reg.example/team/a"), never).summary
     )
     with pytest.raises(policy.Refused, match="signedBy"):
         policy.evaluate(p, remote_reference("registry.access.redhat.com/ubi9"), never)

@@ -337,9 +337,10 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} app create web --restart always -v data:/data web-img",
     ),
     "app start": (
-        "NAME [NAME ...]",
-        "Start each app's supervisor (tophand NAME) and the app.",
-        "",
+        "[--verify-again] NAME [NAME ...]",
+        "Start each app's supervisor (tophand NAME) and the app. Under a policy (docs/trust.md)"
+        " the app's image must satisfy it as its pull recorded.",
+        "--verify-again   check the image's signatures in its registry now (and record it)",
         "{prog} app start web",
     ),
     "app stop": (

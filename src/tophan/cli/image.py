@@ -404,7 +404,7 @@ def pull(cli: Cli, argv: list[str]) -> int:
     args = parse(argv, (1, 2, flags), "pull")
     store = cli.store()
     name = args.pos[1] if len(args.pos) > 1 else None
-    source = _admitted(cli, args.pos[0], args.opts, store.root)
+    source, trust = _admitted(cli, args.pos[0], args.opts, store.root)
     if source != args.pos[0] and name is None:
         name = args.pos[0]  # pulled by the verified digest, named as the user asked
     return _transfer(
@@ -412,29 +412,31 @@ def pull(cli: Cli, argv: list[str]) -> int:
         args,
         "pull",
         lambda bars: registry.pull(
-            store, source, name, options=registry_options(args.opts), progress=bars
+            store, source, name, options=registry_options(args.opts), progress=bars, trust=trust
         ),
         lambda report: str(report.name),
     )
 
 
-def _admitted(cli: Cli, source: str, opts: dict[str, Any], store_root: str) -> str:
-    """``source`` as the policy admits it: pinned to the digest whose signatures were checked.
-    Raises ``Refused`` (nothing is stored) when the policy refuses it."""
+def _admitted(cli: Cli, source: str, opts: dict[str, Any], store_root: str) -> tuple[str, str]:
+    """(``source`` as the policy admits it: pinned to the digest whose signatures were checked,
+    the verdict to record with the image). Raises ``Refused`` (nothing is stored) when the
+    policy refuses it."""
     from tophan.trust import policy
 
     path = policy.find(opts.get("policy"), store_root)
     if path is None:
-        return source
+        return source, ""
     from tophan.image.spec import remote_reference
-    from tophan.trust import remote
+    from tophan.trust import record, remote
 
-    digest, why = remote.admit(source, policy.load(path), registry_options(opts))
-    cli.log(f"{source}: accepted by {why}")
-    if not digest:
-        return source
+    digest, verdict = remote.admit(source, policy.load(path), registry_options(opts))
+    cli.log(f"{source}: accepted by {verdict.summary}")
     ref = remote_reference(source)
-    return f"{ref.domain}/{ref.path}@{digest}"
+    trust = record.make(verdict, str(ref), digest)
+    if not digest:
+        return source, trust
+    return f"{ref.domain}/{ref.path}@{digest}", trust
 
 
 def _transfer(

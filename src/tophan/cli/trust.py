@@ -17,6 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from tophan.store import Store
+
 PASSPHRASE_FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--passphrase-file": ("passphrase_file", True, False),
 }
@@ -124,3 +126,27 @@ def verify(cli: Cli, argv: list[str]) -> int:
         f"{args.pos[0]} ({digest}): no signature verifies with {key_path}: {why}",
         "sign it with the matching key (`tophan sign`), or check --key",
     )
+
+
+def check_start(cli: Cli, store: Store, name: str, policy_path: str, again: bool) -> None:
+    """The policy's word on starting the image ``name``: from what its pull recorded, or, with
+    ``again``, from its signatures in the registry it came from (the new verdict is recorded)."""
+    from tophan.trust import policy, record
+
+    ref = store.images.ref(name)
+    digest = ref["digest"]
+    if not again:
+        record.check(policy.load(policy_path, load_keys=False), name, digest, ref)
+        return
+    reference, from_registry = record.origin(name, ref)
+    if not from_registry:
+        raise UsageError(
+            f"--verify-again: {name} was built or imported here",
+            "it has no registry to check signatures in; push, sign and pull it",
+        )
+    from tophan.image.registry import Options
+    from tophan.trust import remote
+
+    _, verdict = remote.admit(reference, policy.load(policy_path), Options(), digest=digest)
+    store.images.set_ref_field(name, digest, record.FIELD, record.make(verdict, reference, digest))
+    cli.log(f"{name}: accepted again by {verdict.summary}")

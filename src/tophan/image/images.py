@@ -1105,6 +1105,20 @@ class Images:
             raise TophanError(f"image {name}: corrupt ref", "run `fsck`")
         return ref
 
+    def ref(self, name: str) -> dict[str, str]:
+        """The fields of ``name``'s ref (digest, source, the trust record...), nothing loaded."""
+        return self._read_ref(normalize_name(name))
+
+    def set_ref_field(self, name: str, digest: str, key: str, value: str) -> None:
+        """Set one field of ``name``'s ref, atomically, if it still names ``digest`` (a
+        re-verification must not be recorded for an image re-pulled meanwhile)."""
+        norm = normalize_name(name)
+        with self.store.lock():
+            ref = self._read_ref(norm)
+            if ref["digest"] != digest:
+                raise TophanError(f"image {norm} changed meanwhile", "try again")
+            write_meta(self.ref_path(norm), {**ref, key: value})
+
     def write_diff_id(self, diff_id: str, layer: str) -> None:
         path = self.store.path("refs", "diffids", _diffid_file(diff_id))
         try:
@@ -1374,17 +1388,18 @@ class Images:
         """Point ``new_name`` at ``name``'s manifest (moving it if it named another image)."""
         image = self.get(name, ensure_layers=False)
         new = normalize_name(new_name)
+        fields: dict[str, str | int | list[str]] = {
+            "name": new,
+            "digest": image.digest,
+            "source": image.source or f"tagged from {image.name}",
+            "created_at": int(time.time()),
+        }
+        if image.ref.get("trust"):
+            # What a pull verified holds for the manifest, whatever it is called here.
+            fields["trust"] = image.ref["trust"]
         with self.store.lock():
             self.check_complete(image.digest)
-            write_meta(
-                self.ref_path(new),
-                {
-                    "name": new,
-                    "digest": image.digest,
-                    "source": image.source or f"tagged from {image.name}",
-                    "created_at": int(time.time()),
-                },
-            )
+            write_meta(self.ref_path(new), fields)
         return self.get(new, ensure_layers=False)
 
     def remove(self, name: str) -> list[str]:

@@ -117,16 +117,20 @@ def _repository_of(identity: str) -> str:
     return name[:colon] if colon > slash else name
 
 
-def admit(reference: str, pol: policy.Policy, options: Options | None = None) -> tuple[str, str]:
+def admit(
+    reference: str, pol: policy.Policy, options: Options | None = None, digest: str = ""
+) -> tuple[str, policy.Verdict]:
     """Check ``reference`` against the policy before anything is stored. Returns (the digest
     checked, why it was accepted); the caller pulls exactly that digest, so what a registry
-    serves afterwards cannot differ from what was verified. Raises ``policy.Refused``."""
+    serves afterwards cannot differ from what was verified. ``digest``: check that manifest
+    (an image already stored, ``--verify-again``) under ``reference``'s scope. Raises
+    ``policy.Refused``."""
     repo, ref = repository_for(reference, options)
     try:
         scope, reqs = pol.scope_for(ref)
         if all(r.type == "insecureAcceptAnything" for r in reqs):
-            return "", f"policy {pol.source}, scope {scope}: insecureAcceptAnything"
-        digest = _digest(repo, ref)
+            return digest, policy.Verdict(pol.source, scope, [r.type for r in reqs])
+        digest = digest or _digest(repo, ref)
         sigs = fetch(repo, digest) if any(r.type == "sigstoreSigned" for r in reqs) else []
     finally:
         repo.client.close()
