@@ -151,6 +151,15 @@ def test_local_images_follow_their_names_scope(tmp_path: Path) -> None:
     store.images.create("local", ["base"])
     open_ = _policy(tmp_path, "open", {"docker.io/library/other": [{"type": "reject"}]})
     assert _tophan(root, open_, "run", "local", "true").rc == 0
+    # A policy that accepts anything (the usual system default) costs a start no parser.
+    anything = _policy(tmp_path, "anything", {"docker.io": [{"type": "insecureAcceptAnything"}]})
+    env = {**os.environ, "TOPHAN_POLICY": str(anything), "PYTHONPROFILEIMPORTTIME": "1"}
+    r = run_cli("run", "local", "true", root=root, env=env)
+    assert r.rc == 0 and "tophan.trust.find" in r.err and "tophan.trust.policy" not in r.err
+    # ... but only one that is exactly that: anything else meets the strict parser.
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything", "typo": 1}]}))
+    _refused(_tophan(root, typo, "run", "local", "true"), "unknown key 'typo'")
     strict = _policy(tmp_path, "strict", {}, _signed(PUB))
     _refused(
         _tophan(root, strict, "run", "local", "true"), "scope default", "built or imported here"
