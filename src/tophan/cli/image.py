@@ -383,6 +383,7 @@ def push(cli: Cli, argv: list[str]) -> int:
         report = registry.push(
             store, name, dest, options=registry_options(args.opts), progress=bars
         )
+        _push_signatures(cli, store, name, report, registry_options(args.opts))
         if key is not None:
             from tophan.trust import remote
 
@@ -411,11 +412,49 @@ def pull(cli: Cli, argv: list[str]) -> int:
         cli,
         args,
         "pull",
-        lambda bars: registry.pull(
-            store, source, name, options=registry_options(args.opts), progress=bars, trust=trust
+        lambda bars: _pull_signatures(
+            cli,
+            store,
+            registry.pull(
+                store, source, name, options=registry_options(args.opts), progress=bars, trust=trust
+            ),
+            registry_options(args.opts),
         ),
         lambda report: str(report.name),
     )
+
+
+def _push_signatures(cli: Cli, store: Any, name: str, report: Any, options: Any) -> None:
+    """The signatures stored with ``name`` go with it (docs/trust.md)."""
+    local = store.images.ref(name)["digest"]
+    if not store.images.attached(local):
+        return  # nothing attached: no trust module imported
+    if local != report.digest:
+        cli.log(f"warning: {name} was converted on push; its stored signatures do not apply")
+        return
+    from tophan.trust import remote, stored
+
+    sigs = stored.signatures(store.images, local)
+    if sigs:
+        where = f"{report.reference}@{local}"
+        tag = remote.push_signatures(where, local, sigs, options)
+        cli.log(f"{report.reference}: {len(sigs)} stored signature(s) pushed as {tag}")
+
+
+def _pull_signatures(cli: Cli, store: Any, report: Any, options: Any) -> Any:
+    """Signatures the registry holds for what was pulled are stored with it. A registry whose
+    signatures are unreadable fails nothing here: the policy, if any, already decided."""
+    from tophan.errors import TophanError
+    from tophan.trust import remote, stored
+
+    try:
+        sigs = remote.pull_signatures(f"{report.reference}", report.digest, options)
+    except TophanError as e:
+        cli.log(f"warning: {report.reference}: its signatures were not stored: {e}")
+        return report
+    if sigs:
+        stored.add(store.images, report.digest, sigs)
+    return report
 
 
 def _admitted(cli: Cli, source: str, opts: dict[str, Any], store_root: str) -> tuple[str, str]:
@@ -521,7 +560,14 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
+def _sign(cli: Cli, argv: list[str]) -> int:
+    from tophan.cli.trust import image_sign
+
+    return image_sign(cli, argv)
+
+
 IMAGE_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "sign": _sign,
     "create": _create,
     "list": _list,
     "ls": _list,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from tophan.cli.image import REGISTRY_FLAGS, _registry_argv, registry_options
 from tophan.cli.main import JSON, Cli, parse
@@ -100,13 +101,24 @@ def verify(cli: Cli, argv: list[str]) -> int:
     from tophan.trust import keys, remote
     from tophan.trust.signature import SignatureError
 
-    flags = {**REGISTRY_FLAGS, **JSON, "--key": ("key", True, False)}
+    flags = {
+        **REGISTRY_FLAGS,
+        **JSON,
+        "--key": ("key", True, False),
+        "--identity": ("identity", True, False),
+        "--offline": ("offline", False, False),
+    }
     args = parse(_registry_argv(argv), (1, 1, flags), "verify")
     key_path = args.opts.get("key")
     if not isinstance(key_path, str):
         raise UsageError("verify needs --key PUB", "the public key the image was signed with")
     key = keys.read_public_key(key_path)
-    digest, results = remote.verify(args.pos[0], key, registry_options(args.opts))
+    store = _store_if_any(cli)
+    if _stored_image(store, args.pos[0], args.flag("offline")):
+        assert store is not None
+        digest, results = _verify_stored(cli, store, args.pos[0], key, args.opts.get("identity"))
+    else:
+        digest, results = remote.verify(args.pos[0], key, registry_options(args.opts))
     good = [r for r in results if r.ok]
     if args.flag("json"):
         cli.emit_json(
@@ -126,6 +138,71 @@ def verify(cli: Cli, argv: list[str]) -> int:
         f"{args.pos[0]} ({digest}): no signature verifies with {key_path}: {why}",
         "sign it with the matching key (`tophan sign`), or check --key",
     )
+
+
+def _stored_image(store: Store | None, name: str, offline: bool) -> bool:
+    """Whether ``verify`` checks the store's copy: a name without a registry host that the
+    store holds, or any stored name with ``--offline``; a registry reference is asked of the
+    registry (a pulled copy of it may predate its signatures)."""
+    from tophan.image.spec import parse_reference
+
+    if store is None or not store.images.exists(name):
+        if offline:
+            raise UsageError(f"verify --offline: no image {name} in the store", "see `image list`")
+        return False
+    return offline or not parse_reference(name).domain
+
+
+def _store_if_any(cli: Cli) -> Store | None:
+    """The store, if there is one: `verify REF` of a registry image needs none."""
+    from tophan.errors import TophanError
+
+    try:
+        return cli.store()
+    except TophanError:
+        return None
+
+
+def _verify_stored(
+    cli: Cli, store: Store, name: str, key: ec.EllipticCurvePublicKey, identity: object
+) -> tuple[str, list[Any]]:
+    """An image in the store: its stored signatures, offline, for ``--identity`` (default: the
+    reference it was pulled as, else its name)."""
+    from tophan.trust import record, remote, stored
+
+    reference = (
+        identity if isinstance(identity, str) else record.origin(name, store.images.ref(name))[0]
+    )
+    want = remote._repository_of(stored.identity_for(reference))
+    cli.log(f"{name}: the signatures stored with it, for {want}")
+    return stored.verify(
+        store.images, name, key, lambda ident: remote._repository_of(ident) == want
+    )
+
+
+def image_sign(cli: Cli, argv: list[str]) -> int:
+    from tophan.trust import stored
+
+    flags = {
+        **PASSPHRASE_FLAGS,
+        **JSON,
+        "--key": ("key", True, False),
+        "--identity": ("identity", True, False),
+    }
+    args = parse(argv, (1, 1, flags), "image sign")
+    key_path = args.opts.get("key")
+    if not isinstance(key_path, str):
+        raise UsageError("image sign needs --key KEY", "the private key `key generate` wrote")
+    key = private_key(key_path, args.opts)
+    identity = args.opts.get("identity")
+    digest, ident = stored.sign(
+        cli.store().images, args.pos[0], key, identity if isinstance(identity, str) else None
+    )
+    if args.flag("json"):
+        cli.emit_json({"digest": digest, "identity": ident})
+    else:
+        cli.emit(f"{digest} {ident}\n")
+    return 0
 
 
 def check_start(cli: Cli, store: Store, name: str, policy_path: str, again: bool) -> None:

@@ -775,6 +775,7 @@ class Transaction:
         self.diffids: dict[str, str] = {}  # DiffID -> layer digest
         self.refs: dict[str, dict[str, str]] = {}  # image name -> ref fields
         self.replace: set[str] = set()
+        self.attached: dict[str, dict[str, str]] = {}  # subject -> tag -> manifest digest
 
     def __enter__(self) -> Transaction:
         return self
@@ -999,6 +1000,17 @@ class Transaction:
 
     # -- refs ------------------------------------------------------------------------------
 
+    def attach(self, subject: str, tag: str, manifest: bytes, blobs: list[bytes]) -> str:
+        """Stage an artifact attached to the manifest ``subject`` under ``tag`` (a cosign
+        signature manifest under ``sha256-H.sig``): its blobs, then its manifest. Published
+        with the refs; an image's attachments live and die with it."""
+        for data in blobs:
+            self.add_bytes(data, what=f"blob attached to {subject}")
+        digest = self.add_bytes(manifest, what=f"manifest attached to {subject}")
+        with self._lock:
+            self.attached.setdefault(subject, {})[tag] = digest
+        return digest
+
     def set_ref(
         self,
         name: str,
@@ -1040,6 +1052,8 @@ class Transaction:
             for diff_id, layer in self.diffids.items():
                 images.write_diff_id(diff_id, layer)
             now = int(time.time())
+            for subject, tags in self.attached.items():
+                images.write_attached(subject, {**images.attached(subject), **tags})
             for name, fields in self.refs.items():
                 # What the ref needs must be there now: a concurrent `image rm` or gc may have
                 # removed a blob we found stored when we started.
@@ -1118,6 +1132,38 @@ class Images:
             if ref["digest"] != digest:
                 raise TophanError(f"image {norm} changed meanwhile", "try again")
             write_meta(self.ref_path(norm), {**ref, key: value})
+
+    # -- attachments (signatures) ---------------------------------------------------------
+
+    def _attached_path(self, subject: str) -> str:
+        return self.store.path("refs", "attached", _diffid_file(subject))
+
+    def attached(self, subject: str) -> dict[str, str]:
+        """tag -> manifest digest of what is attached to the manifest ``subject``."""
+        try:
+            fields = meta.read(self._attached_path(subject))
+        except OSError:
+            return {}
+        return {k: v for k, v in fields.items() if is_digest(v)}
+
+    def write_attached(self, subject: str, tags: dict[str, str]) -> None:
+        """With the store lock held: record ``tags`` (tag -> manifest digest) for ``subject``."""
+        os.makedirs(self.store.path("refs", "attached"), 0o755, exist_ok=True)
+        write_meta(self._attached_path(subject), dict(tags))
+
+    def _attached_blobs(self, subject: str) -> set[str]:
+        """Every blob the attachments of ``subject`` need (manifests, configs, layers)."""
+        out = set()
+        for digest in self.attached(subject).values():
+            out.add(digest)
+            try:
+                doc = loads(self.blobs.read(digest, "attached manifest"), "attached manifest")
+            except (TophanError, OSError):
+                continue  # fsck's business
+            for d in [doc.get("config"), *(doc.get("layers") or [])]:
+                if isinstance(d, dict) and is_digest(d.get("digest")):
+                    out.add(str(d["digest"]))
+        return out
 
     def write_diff_id(self, diff_id: str, layer: str) -> None:
         path = self.store.path("refs", "diffids", _diffid_file(diff_id))
@@ -1432,6 +1478,7 @@ class Images:
                     pass
                 continue
             blobs.add(image.digest)
+            blobs |= self._attached_blobs(image.digest)
             blobs.add(image.config_descriptor.digest)
             for li in image.layer_infos:
                 blobs.add(li.blob)
@@ -1460,6 +1507,12 @@ class Images:
                 # where registries have it (tophan.image.registry's mount hints) goes with it
                 with contextlib.suppress(OSError):
                     os.unlink(self.store.path("refs", "blobsources", _diffid_file(digest)))
+        attached = self.store.path("refs", "attached")
+        for entry in sorted(os.listdir(attached)) if os.path.isdir(attached) else []:
+            # the attachments of an image that is gone go with it
+            if not is_temporary(entry) and entry.replace("-", ":", 1) not in keep_blobs:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(attached, entry))
         diffids = self.store.path("refs", "diffids")
         for entry in sorted(os.listdir(diffids)):
             if is_temporary(entry):

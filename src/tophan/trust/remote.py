@@ -49,12 +49,17 @@ def _upload(repo: Repository, data: bytes) -> str:
 
 def attach(repo: Repository, digest: str, sig: sg.Signature) -> str:
     """Append ``sig`` to the signatures of ``digest`` (same payload twice is stored once)."""
+    return attach_all(repo, digest, [sig])
+
+
+def attach_all(repo: Repository, digest: str, sigs: list[sg.Signature]) -> str:
+    """Append each of ``sigs`` to the signatures of ``digest`` in one manifest update."""
     tag = sg.signature_tag(digest)
     layers = [layer for layer, _ in _existing(repo, tag)]
-    payload_digest = _upload(repo, sig.payload)
-    new = sig.layer(payload_digest)
-    if new not in layers:
-        layers.append(new)
+    for sig in sigs:
+        new = sig.layer(_upload(repo, sig.payload))
+        if new not in layers:
+            layers.append(new)
     config = sg.build_config(str(layer["digest"]) for layer in layers)
     config_digest = _upload(repo, config)
     manifest = sg.build_manifest(layers, config_digest, len(config))
@@ -88,6 +93,28 @@ def fetch(repo: Repository, digest: str) -> list[sg.Signature]:
             continue
         out.append(sg.Signature(repo.read_blob(pdigest, size, f"signature payload {pdigest}"), b64))
     return out
+
+
+def push_signatures(
+    reference: str, digest: str, sigs: list[sg.Signature], options: Options | None = None
+) -> str:
+    """Attach ``sigs`` (stored with an image just pushed as ``digest``) in its repository."""
+    repo, _ = repository_for(reference, options)
+    try:
+        return attach_all(repo, digest, sigs)
+    finally:
+        repo.client.close()
+
+
+def pull_signatures(
+    reference: str, digest: str, options: Options | None = None
+) -> list[sg.Signature]:
+    """The signatures of ``digest`` in ``reference``'s repository, to store with the image."""
+    repo, _ = repository_for(reference, options)
+    try:
+        return [s for s in fetch(repo, digest) if s.payload]
+    finally:
+        repo.client.close()
 
 
 def verify(
