@@ -3,14 +3,21 @@ offline with `verify NAME`; a real docker-registry on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conftest import run_cli
 from registry_fixture import make_layer, registry, store_at
+from tophan.image.spec import REF_NAME
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from registry_fixture import Registry
 
 __all__ = ["registry"]
@@ -92,3 +99,73 @@ def test_wrong_key_and_no_signatures(tmp_path: Path) -> None:
         "image", "sign", "nope", "--key", KEY, root=src, env={**__import__("os").environ, **NOPASS}
     )
     assert r.rc != 0 and "no such image" in r.err
+
+
+def _rewrite(archive: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> None:
+    """Copy an oci-archive with ``change`` applied to its members (name -> bytes)."""
+    with tarfile.open(archive) as t:
+        members = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    change(members)
+    with tarfile.open(out, "w") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+def test_signatures_through_oci_archive(tmp_path: Path) -> None:
+    src = _store(tmp_path)
+    assert _sign(src, "app").rc == 0  # type: ignore[attr-defined]
+    archive = tmp_path / "app.tar"
+    assert run_cli("image", "export", "app", f"oci-archive:{archive}", root=src).rc == 0
+    with tarfile.open(archive) as t:
+        index = json.loads(t.extractfile("index.json").read())  # type: ignore[union-attr]
+    digest = run_cli("image", "inspect", "app", root=src).out
+    sig_entries = [m for m in index["manifests"] if m["annotations"][REF_NAME].endswith(".sig")]
+    [entry] = sig_entries
+    assert entry["annotations"][REF_NAME] == "sha256-" + json.loads(digest)["digest"][7:] + ".sig"
+    assert entry["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+
+    fresh = tmp_path / "fresh"
+    store_at(fresh)
+    r = run_cli("image", "import", f"oci-archive:{archive}", root=fresh)
+    assert r.rc == 0, r.err
+    assert run_cli("image", "list", "--json", root=fresh).out.count('"name"') == 1  # no .sig image
+    r = run_cli("verify", "app", "--key", PUB, root=fresh)
+    assert r.rc == 0 and "verified (1 of 1" in r.out, r.err
+
+    # Tampered: a payload changed in place (its digest no longer holds) -> the import refuses.
+    def payload(members: dict[str, bytes]) -> None:
+        sig = json.loads(members[f"blobs/sha256/{entry['digest'][7:]}"])
+        rel = f"blobs/sha256/{sig['layers'][0]['digest'][7:]}"
+        members[rel] = members[rel].replace(b"docker.io/library/app", b"docker.io/library/evil")
+
+    bad = tmp_path / "bad.tar"
+    _rewrite(archive, bad, payload)
+    other = tmp_path / "other"
+    store_at(other)
+    r = run_cli("image", "import", f"oci-archive:{bad}", root=other)
+    assert r.rc != 0 and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert run_cli("image", "list", "--json", root=other).out.count('"name"') == 0
+
+    # Tampered consistently (a forged signature, index.json fixed up): imported, never verified.
+    def forged(members: dict[str, bytes]) -> None:
+        rel = f"blobs/sha256/{entry['digest'][7:]}"
+        sig = json.loads(members.pop(rel))
+        ann = sig["layers"][0]["annotations"]
+        ann["dev.cosignproject.cosign/signature"] = base64.b64encode(b"0" * 70).decode()
+        data = json.dumps(sig).encode()
+        new = hashlib.sha256(data).hexdigest()
+        members[f"blobs/sha256/{new}"] = data
+        idx = json.loads(members["index.json"])
+        for m in idx["manifests"]:
+            if m["digest"] == entry["digest"]:
+                m["digest"], m["size"] = f"sha256:{new}", len(data)
+        members["index.json"] = json.dumps(idx).encode()
+
+    _rewrite(archive, bad, forged)
+    third = tmp_path / "third"
+    store_at(third)
+    assert run_cli("image", "import", f"oci-archive:{bad}", root=third).rc == 0
+    r = run_cli("verify", "app", "--key", PUB, root=third)
+    assert r.rc == 1 and "does not verify" in r.err, r.err
