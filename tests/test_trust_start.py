@@ -22,6 +22,8 @@ __all__ = ["registry"]
 
 DATA = Path(__file__).parent / "data" / "trust"
 PUB = str(DATA / "cosign-empty.pub")
+KEY = str(DATA / "cosign-empty.key")
+NOPASS = {"TOPHAN_PASSPHRASE": ""}
 
 
 def _policy(tmp: Path, name: str, docker: dict, default: dict | None = None) -> Path:  # type: ignore[type-arg]
@@ -164,10 +166,25 @@ def test_local_images_follow_their_names_scope(tmp_path: Path) -> None:
     _refused(
         _tophan(root, strict, "run", "local", "true"), "scope default", "built or imported here"
     )
-    r = _tophan(root, strict, "run", "--verify-again", "local", "true")
-    _refused(r, "built or imported here")
     rejecting = _policy(tmp_path, "rejecting", {"docker.io/library/local": [{"type": "reject"}]})
     _refused(_tophan(root, rejecting, "run", "local", "true"), "scope docker.io/library/local")
+    # Signed in the store (identity docker.io/library/local): its stored signature satisfies
+    # the sigstoreSigned scope, verified offline, and the verdict is recorded.
+    r = run_cli("image", "sign", "local", "--key", KEY, root=root, env={**os.environ, **NOPASS})
+    assert r.rc == 0, r.err
+    r = _tophan(root, strict, "run", "local", "cat", "/etc/motd")
+    assert r.rc == 0 and r.out == "hello from tophan\n", r.err
+    rec = _record(root, "local:latest")
+    assert rec["from"] == "store" and rec["verified"] is True and rec["scope"] == "default"
+    assert _tophan(root, strict, "run", "--verify-again", "local", "true").rc == 0
+    # A policy trusting another key: neither the record nor the stored signature satisfies it.
+    keys.generate(str(tmp_path / "other"), b"")
+    moved = _policy(tmp_path, "moved", {}, _signed(f"{tmp_path}/other.pub"))
+    r = _tophan(root, moved, "run", "local", "true")
+    _refused(r, "no longer trusts", "stored with it", "does not verify")
+    _refused(_tophan(root, moved, "run", "--verify-again", "local", "true"), "does not verify")
+    # And one that rejects it is not second-guessed by its signatures.
+    _refused(_tophan(root, rejecting, "run", "local", "true"), "'reject'")
 
 
 def test_app_start_checks_the_policy(tmp_path: Path, registry: Registry) -> None:

@@ -206,24 +206,41 @@ def image_sign(cli: Cli, argv: list[str]) -> int:
 
 
 def check_start(cli: Cli, store: Store, name: str, policy_path: str, again: bool) -> None:
-    """The policy's word on starting the image ``name``: from what its pull recorded, or, with
-    ``again``, from its signatures in the registry it came from (the new verdict is recorded)."""
+    """The policy's word on starting the image ``name``: from what its pull recorded, else from
+    the signatures stored with it; with ``again``, from its signatures in the registry it came
+    from (or, built or imported here, its stored ones). A new verdict is recorded."""
     from tophan.trust import policy, record
 
     ref = store.images.ref(name)
     digest = ref["digest"]
-    if not again:
-        record.check(policy.load(policy_path, load_keys=False), name, digest, ref)
-        return
     reference, from_registry = record.origin(name, ref)
-    if not from_registry:
-        raise UsageError(
-            f"--verify-again: {name} was built or imported here",
-            "it has no registry to check signatures in; push, sign and pull it",
-        )
-    from tophan.image.registry import Options
-    from tophan.trust import remote
+    if not again:
+        try:
+            record.check(policy.load(policy_path, load_keys=False), name, digest, ref)
+            return
+        except record.Unsigned as refused:
+            if not store.images.attached(digest):
+                raise
+            # Signatures are stored with it: verifying them is needed now, offline.
+            from tophan.trust import stored
 
-    _, verdict = remote.admit(reference, policy.load(policy_path), Options(), digest=digest)
-    store.images.set_ref_field(name, digest, record.FIELD, record.make(verdict, reference, digest))
-    cli.log(f"{name}: accepted again by {verdict.summary}")
+            try:
+                verdict = stored.admit(store.images, reference, digest, policy.load(policy_path))
+            except policy.Refused as e:
+                raise policy.Refused(
+                    f"{refused.message}; nor do the signatures stored with it satisfy it"
+                    f" ({e.message.rsplit(': ', 1)[-1]})",
+                    refused.hint,
+                ) from None
+    elif from_registry:
+        from tophan.image.registry import Options
+        from tophan.trust import remote
+
+        verdict = remote.admit(reference, policy.load(policy_path), Options(), digest=digest)[1]
+    else:
+        from tophan.trust import stored
+
+        verdict = stored.admit(store.images, reference, digest, policy.load(policy_path))
+    made = record.make(verdict, reference, digest, registry=from_registry)
+    store.images.set_ref_field(name, digest, record.FIELD, made)
+    cli.log(f"{name}: accepted by {verdict.summary}")

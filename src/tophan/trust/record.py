@@ -21,13 +21,20 @@ from tophan.errors import TophanError
 from tophan.image.spec import Reference, remote_reference
 from tophan.trust.policy import Policy, Refused, Requirement, Verdict
 
+
+class Unsigned(Refused):
+    """Refused for want of a verified signature (stored signatures may still satisfy it)."""
+
+
 FIELD = "trust"  # the image ref's field that holds the record (compact JSON, one line)
 PULLED = "pulled from "  # how registry.pull describes an image's source
 
 
-def make(verdict: Verdict, reference: str, digest: str) -> str:
-    """The record of ``verdict`` for the image ``reference`` names, as the ref field's value."""
+def make(verdict: Verdict, reference: str, digest: str, *, registry: bool = True) -> str:
+    """The record of ``verdict`` for the image ``reference`` names, as the ref field's value
+    (``registry``: it came from one; else its stored signatures were verified)."""
     doc = {
+        "from": "registry" if registry else "store",
         "policy": verdict.source,
         "scope": verdict.scope,
         "requirements": verdict.kinds,
@@ -56,14 +63,15 @@ def origin(name: str, ref: dict[str, str]) -> tuple[str, bool]:
     """(the reference the policy is asked about, whether the image came from a registry)."""
     rec = read(ref)
     if rec and isinstance(rec.get("reference"), str):
-        return str(rec["reference"]), True
+        return str(rec["reference"]), rec.get("from") != "store"
     source = ref.get("source", "")
     if source.startswith(PULLED):
         return source[len(PULLED) :], True
     return name, False
 
 
-def _reference(text: str) -> Reference:
+def target(text: str) -> Reference:
+    """``text`` as the docker reference whose scope applies."""
     try:
         return remote_reference(text)
     except (TophanError, ValueError):
@@ -90,7 +98,7 @@ def _signed(req: Requirement, rec: dict[str, Any] | None, digest: str, ref: Refe
 
 
 def _why_not(rec: dict[str, Any] | None, from_registry: bool, digest: str) -> str:
-    if not from_registry:
+    if rec is None and not from_registry:
         return "it was built or imported here and carries no verified signature"
     if rec is None:
         return "it was pulled with no policy in force, so no signature was checked"
@@ -111,8 +119,8 @@ def check(pol: Policy, name: str, digest: str, ref: dict[str, str]) -> None:
     """Raise :class:`Refused` unless the policy, applied to what is recorded of the image
     ``name`` (stored as manifest ``digest``, ref fields ``ref``), lets it start."""
     reference, from_registry = origin(name, ref)
-    target = _reference(reference)
-    scope, reqs = pol.scope_for(target)
+    target_ref = target(reference)
+    scope, reqs = pol.scope_for(target_ref)
     where = f"policy {pol.source}, scope {scope}"
     rec = read(ref)
     for req in reqs:
@@ -128,13 +136,13 @@ def check(pol: Policy, name: str, digest: str, ref: dict[str, str]) -> None:
                 f"{name} is refused by {where}: tophan cannot check a {req.type!r} requirement",
                 "only sigstoreSigned signatures are verified",
             )
-        if not _signed(req, rec, digest, target):
+        if not _signed(req, rec, digest, target_ref):
             hint = (
                 f"check its signatures now with --verify-again, or pull {reference} again"
                 if from_registry
-                else "push it, sign it (tophan sign) and pull it back, or change the policy"
+                else "sign it (image sign) with a key the policy trusts, or change the policy"
             )
-            raise Refused(
+            raise Unsigned(
                 f"{name} is refused by {where}: it needs sigstore signatures and"
                 f" {_why_not(rec, from_registry, digest)}",
                 hint,

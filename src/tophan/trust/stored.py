@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from tophan.image.images import Images
+    from tophan.trust.policy import Policy, Verdict
 
 
 def signatures(images: Images, digest: str) -> list[sg.Signature]:
@@ -76,3 +77,19 @@ def verify(
     digest = images.ref(name)["digest"]
     sigs = signatures(images, digest)
     return digest, [sg.check(i, s, key, digest, identity_ok) for i, s in enumerate(sigs)]
+
+
+def admit(images: Images, reference: str, digest: str, pol: Policy) -> Verdict:
+    """The policy's verdict on the stored manifest ``digest`` under ``reference``'s scope, from
+    the signatures stored with it (offline). Raises ``policy.Refused``."""
+    from tophan.trust import policy
+    from tophan.trust.record import target
+
+    sigs = signatures(images, digest)
+
+    def verify(
+        key: ec.EllipticCurvePublicKey, identity_ok: Callable[[str], bool]
+    ) -> list[sg.Result]:
+        return [sg.check(i, s, key, digest, identity_ok) for i, s in enumerate(sigs)]
+
+    return policy.evaluate(pol, target(reference), verify)
