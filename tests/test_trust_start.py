@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["registry"]
 
 DATA = Path(__file__).parent / "data" / "trust"
-PUB = str(DATA / "cosign-empty.pub")
-KEY = str(DATA / "cosign-empty.key")
-NOPASS = {"TOPHAN_PASSPHRASE": ""}
+PUB = str(DATA / "cosign-zarf.pub")
+KEY = str(DATA / "cosign-zarf.key")
+NOPASS = {"TOPHAN_PASSPHRASE": "test"}  # the zarf fixture key's
 
 
 def _policy(tmp: Path, name: str, docker: dict, default: dict | None = None) -> Path:  # type: ignore[type-arg]
@@ -57,7 +57,7 @@ def _setup(tmp: Path, reg: Registry) -> tuple[Path, Path, Path]:
     for repo in ("team/signed:1", "team/plain:1"):
         assert run_cli("push", "app", reg.ref(repo), root=src).rc == 0
     remote.sign(
-        reg.ref("team/signed:1"), keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+        reg.ref("team/signed:1"), keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     )
     open_ = _policy(tmp, "open", {})
     strict = _policy(tmp, "strict", {f"{reg.host}/team": [_signed(PUB)]})
@@ -137,7 +137,7 @@ def test_verify_again_records_the_new_verdict(tmp_path: Path, registry: Registry
     # plain is signed in the registry after it was pulled: --verify-again finds it and records
     # it; then a plain run under the strict policy is accepted from the record.
     remote.sign(
-        registry.ref("team/plain:1"), keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+        registry.ref("team/plain:1"), keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     )
     _refused(_tophan(dst, strict, "run", "plain", "true"), "insecureAcceptAnything")
     r = _tophan(dst, strict, "run", "--verify-again", "plain", "true")

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["registry"]
 
 DATA = Path(__file__).parent / "data" / "trust"
-KEY, PUB = str(DATA / "cosign-empty.key"), str(DATA / "cosign-empty.pub")
-NOPASS = {"TOPHAN_PASSPHRASE": ""}
+KEY, PUB = str(DATA / "cosign-zarf.key"), str(DATA / "cosign-zarf.pub")
+NOPASS = {"TOPHAN_PASSPHRASE": "test"}  # the zarf fixture key's
 
 
 def _store(tmp: Path, name: str = "app") -> Path:
