@@ -376,6 +376,10 @@ def push(cli: Cli, argv: list[str]) -> int:
 
         # Opened before anything moves: a wrong passphrase must not leave an unsigned push.
         key = private_key(str(args.opts["sign_key"]), args.opts)
+        from tophan.image.spec import remote_reference
+        from tophan.trust import remote
+
+        remote.check_writes(remote_reference(dest))  # nor must registries.d saying "off"
     elif "passphrase_file" in args.opts:
         raise UsageError("--passphrase-file is for --sign-key", "give --sign-key KEY too")
 

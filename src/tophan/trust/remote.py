@@ -18,6 +18,25 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
 
+def _reads(ref: Reference) -> bool:
+    """Whether registries.d lets signatures be read from ``ref``'s registry attachments."""
+    from tophan.trust import registries
+
+    return registries.use_attachments(ref)[0]
+
+
+def check_writes(ref: Reference) -> None:
+    from tophan.errors import UsageError
+    from tophan.trust import registries
+
+    ok, scope = registries.use_attachments(ref)
+    if not ok:
+        raise UsageError(
+            f"{ref}: sigstore attachments are off for {scope} (use-sigstore-attachments: false)",
+            f"set it to true in {registries.directory()} to keep signatures in that registry",
+        )
+
+
 def identity_of(ref: Reference) -> str:
     """What a signature names: the repository (``host/path``), as cosign signs it."""
     return f"{ref.domain}/{ref.path}"
@@ -73,6 +92,7 @@ def sign(
     """Sign the image ``reference`` names in its registry. Returns (digest, signature tag)."""
     repo, ref = repository_for(reference, options)
     try:
+        check_writes(ref)
         digest = _digest(repo, ref)
         sig = sg.sign_payload(key, sg.make_payload(identity_of(ref), digest))
         return digest, attach(repo, digest, sig)
@@ -99,8 +119,9 @@ def push_signatures(
     reference: str, digest: str, sigs: list[sg.Signature], options: Options | None = None
 ) -> str:
     """Attach ``sigs`` (stored with an image just pushed as ``digest``) in its repository."""
-    repo, _ = repository_for(reference, options)
+    repo, ref = repository_for(reference, options)
     try:
+        check_writes(ref)
         return attach_all(repo, digest, sigs)
     finally:
         repo.client.close()
@@ -110,9 +131,9 @@ def pull_signatures(
     reference: str, digest: str, options: Options | None = None
 ) -> list[sg.Signature]:
     """The signatures of ``digest`` in ``reference``'s repository, to store with the image."""
-    repo, _ = repository_for(reference, options)
+    repo, ref = repository_for(reference, options)
     try:
-        return [s for s in fetch(repo, digest) if s.payload]
+        return [s for s in fetch(repo, digest) if s.payload] if _reads(ref) else []
     finally:
         repo.client.close()
 
@@ -130,7 +151,7 @@ def verify(
     accept = identity_ok or (lambda ident: _repository_of(ident) == want)
     try:
         digest = _digest(repo, ref)
-        sigs = fetch(repo, digest)
+        sigs = fetch(repo, digest) if _reads(ref) else []
     finally:
         repo.client.close()
     return digest, [sg.check(i, s, key, digest, accept) for i, s in enumerate(sigs)]
@@ -158,7 +179,8 @@ def admit(
         if all(r.type == "insecureAcceptAnything" for r in reqs):
             return digest, policy.Verdict(pol.source, scope, [r.type for r in reqs])
         digest = digest or _digest(repo, ref)
-        sigs = fetch(repo, digest) if any(r.type == "sigstoreSigned" for r in reqs) else []
+        wanted = any(r.type == "sigstoreSigned" for r in reqs) and _reads(ref)
+        sigs = fetch(repo, digest) if wanted else []
     finally:
         repo.client.close()
 
