@@ -97,6 +97,12 @@ def test_attachments_off_for_a_registry(tmp_path: Path, registry: Registry) -> N
     assert r.rc == 2 and "default-docker" in r.err and "use-sigstore-attachments" in r.err
     r = run_cli("push", "app", registry.ref("team/new:1"), "--sign-key", KEY, root=src, env=env)
     assert r.rc == 2 and "default-docker" in r.err
+    # A push of an image with stored signatures goes through; its signatures stay home.
+    assert run_cli("image", "sign", "app", "--key", KEY, root=src, env=env).rc == 0
+    r = run_cli("push", "app", registry.ref("team/carried:1"), root=src, env=env)
+    assert r.rc == 0, r.err
+    r = run_cli("verify", registry.ref("team/carried:1"), "--key", PUB)
+    assert r.rc == 1 and "no signatures" in r.err
     # Reading: the signature there is not looked at.
     r = run_cli("verify", registry.ref("team/app:1"), "--key", PUB, env=env)
     assert r.rc == 1 and "no signatures" in r.err

@@ -436,8 +436,14 @@ def _push_signatures(cli: Cli, store: Any, name: str, report: Any, options: Any)
     if local != report.digest:
         cli.log(f"warning: {name} was converted on push; its stored signatures do not apply")
         return
-    from tophan.trust import remote, stored
+    from tophan.image.spec import remote_reference
+    from tophan.trust import registries, remote, stored
 
+    on, scope = registries.use_attachments(remote_reference(report.reference))
+    if not on:
+        # The image is up already: say why its signatures are not, rather than fail the push.
+        cli.log(f"warning: {name}'s stored signatures not pushed: attachments are off for {scope}")
+        return
     sigs = stored.signatures(store.images, local)
     if sigs:
         where = f"{report.reference}@{local}"
