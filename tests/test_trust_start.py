@@ -98,6 +98,8 @@ def test_run_checks_the_recorded_verification(tmp_path: Path, registry: Registry
         ).hexdigest()
     )
 
+    inspected = json.loads(run_cli("image", "inspect", "signed", root=dst).out)
+    assert inspected["verification"] == signed
     # Both run under the open policy; under the strict one only the signed image does.
     assert _tophan(dst, open_, "run", "plain", "cat", "/etc/motd").rc == 0
     r = _tophan(dst, strict, "run", "plain", "cat", "/etc/motd")

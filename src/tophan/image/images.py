@@ -342,6 +342,10 @@ class Image:
             "platform": str(self.platform),
             "size": self.size,
             "source": self.source,
+            # what the policy said at pull or start (tophan.trust.record), as recorded
+            "verification": loads(self.ref["trust"].encode(), "trust record")
+            if self.ref.get("trust")
+            else None,
             "config_digest": self.config_descriptor.digest,
             "config": self.config.as_oci(),
             "layers": [
