@@ -185,6 +185,7 @@ def test_local_images_follow_their_names_scope(tmp_path: Path) -> None:
     r = _tophan(root, moved, "run", "local", "true")
     _refused(r, "no longer trusts", "stored with it", "does not verify")
     _refused(_tophan(root, moved, "run", "--verify-again", "local", "true"), "does not verify")
+    _refused(_tophan(root, strict, "run", "--verify-again", "-l", "base", "true"), "for an IMAGE")
     # And one that rejects it is not second-guessed by its signatures.
     _refused(_tophan(root, rejecting, "run", "local", "true"), "'reject'")
 

@@ -257,7 +257,7 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} pull docker.io/library/busybox:latest busybox",
     ),
     "image": (
-        "<create|list|inspect|rm|tag|import|export|tags|referrers> ...",
+        "<create|list|inspect|rm|tag|sign|import|export|tags|referrers> ...",
         "OCI images made of layers; archives, layouts and registries.",
         "",
         "{prog} image create web -l app --from base-img --cmd 'httpd -f'",
@@ -297,7 +297,7 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
     "image tag": ("NAME NEW", "Give the image another name.", "", "{prog} image tag web web:1.0"),
     "image sign": (
         "NAME --key KEY [--identity REF] [--passphrase-file F] [--json]",
-        "Sign an image in the store (a cosign signature kept with it: push, pull and OCI\n"
+        "Sign an image in the store: a cosign signature kept with it (push, pull and OCI\n"
         "layout export/import carry it; `verify NAME` checks it offline).",
         "--key KEY            the private key (`key generate`, cosign's)\n"
         "--identity REF       the docker reference signed (default: the name, e.g."

@@ -281,4 +281,6 @@ def _spec(cli: Cli, argv: list[str]) -> tuple[RunOptions, Store, Spec]:
     store = cli.store()
     if opts.image:
         trusted(cli, store, opts.image, bool(p.opts.get("verify_again")))
+    elif p.opts.get("verify_again"):
+        raise UsageError("run: --verify-again is for an IMAGE", "layers (-l) carry no signatures")
     return opts, store, opts.spec(store, "run")
