@@ -18,20 +18,36 @@ DATA = Path(__file__).parent / "data" / "trust"
 
 
 def test_reads_a_key_cosign_generated_and_verifies_what_cosign_signed() -> None:
-    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
-    pub = keys.read_public_key(str(DATA / "cosign-empty.pub"))
-    assert keys.public_pem(key.public_key()) == (DATA / "cosign-empty.pub").read_bytes()
-    blob = (DATA / "measurements.json").read_bytes()
-    cosign_sig = base64.b64decode((DATA / "measurements.json.sig").read_text())
-    assert keys.verify(pub, cosign_sig, blob)
-    assert not keys.verify(pub, cosign_sig, blob + b" ")
+    key = keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
+    pub = keys.read_public_key(str(DATA / "cosign-zarf.pub"))
+    assert keys.public_pem(key.public_key()) == (DATA / "cosign-zarf.pub").read_bytes()
     # tophan signs with cosign's key; cosign's public key verifies it.
     assert keys.verify(pub, keys.sign(key, b"payload"), b"payload")
 
 
+def test_verifies_an_image_signature_cosign_made() -> None:
+    """A real cosign container image signature (containers/image's test data): the payload
+    bytes as cosign wrote them, its signature, the signing certificate's key."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((DATA / "cosign-image-cert.pem").read_bytes())
+    pub = cert.public_key()
+    assert isinstance(pub, keys.ec.EllipticCurvePublicKey)
+    payload = (DATA / "cosign-image-payload.json").read_bytes()
+    sig = sg.Signature(payload, (DATA / "cosign-image-payload.sig").read_text().strip())
+    digest = "sha256:fa93b01658e3a5a1686dc3ae55f170d8de487006fb53a28efcd12ab0710a2e5f"
+    repo = "192.168.64.2:5000/test-repo-2100826901021538654/alpine"
+    result = sg.check(0, sig, pub, digest, lambda ident: ident == repo)
+    assert result.ok, result.reason
+    # Byte-compatible: tophan's payload for the same identity and digest is cosign's, exactly.
+    assert sg.make_payload(repo, digest) == payload
+    assert not sg.check(0, sg.Signature(payload + b" ", sig.signature_b64), pub, digest, bool).ok
+    assert "another image" in sg.check(0, sig, pub, "sha256:" + "0" * 64, bool).reason
+
+
 def test_wrong_passphrase_is_one_line() -> None:
     with pytest.raises(keys.KeyFileError, match="wrong passphrase"):
-        keys.read_private_key(str(DATA / "cosign-empty.key"), b"not-it")
+        keys.read_private_key(str(DATA / "cosign-zarf.key"), b"not-it")
 
 
 def test_generated_key_has_cosigns_format_and_mode(tmp_path: Path) -> None:
@@ -78,7 +94,7 @@ def test_payload_is_cosigns_byte_for_byte() -> None:
 
 
 def test_check_refuses_tamper_wrong_key_other_digest(tmp_path: Path) -> None:
-    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    key = keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     pub = key.public_key()
     digest, other = "sha256:" + "1" * 64, "sha256:" + "2" * 64
     good = sg.sign_payload(key, sg.make_payload("r/x", digest))
@@ -129,8 +145,9 @@ def test_policy_scopes_and_gpg_requirements(tmp_path: Path) -> None:
     assert scope("reg.example/teamster/x") == "default"
     assert scope("a.b.example.org/x") == "*.example.org"
     never = lambda key, ok: []  # noqa: E731
-    assert "insecureAcceptAnything" in policy.evaluate(
-        p, remote_reference("reg.example/team/a"), never
+    assert (
+        "insecureAcceptAnything"
+        in policy.evaluate(p, remote_reference("reg.example/team/a"), never).summary
     )
     with pytest.raises(policy.Refused, match="signedBy"):
         policy.evaluate(p, remote_reference("registry.access.redhat.com/ubi9"), never)

@@ -93,13 +93,13 @@ def test_sign_afterwards_several_signatures_and_wrong_key(
     r = run_cli("verify", ref, "--key", str(pub))
     assert r.rc == 1 and "no signatures" in r.err and len(r.err.strip().splitlines()) == 1
     assert run_cli("sign", ref, "--key", str(key), "--passphrase-file", str(pw)).rc == 0
-    # A second signer, with the key cosign generated (empty passphrase), appends.
-    env = {**os.environ, "TOPHAN_PASSPHRASE": ""}
-    r = run_cli("sign", ref, "--key", str(DATA / "cosign-empty.key"), env=env)
+    # A second signer, with the key cosign generated (passphrase "test"), appends.
+    env = {**os.environ, "TOPHAN_PASSPHRASE": "test"}
+    r = run_cli("sign", ref, "--key", str(DATA / "cosign-zarf.key"), env=env)
     assert r.rc == 0, r.err
     digest = r.out.split()[0]
     assert len(_sig_manifest(registry, "team/app", digest)["layers"]) == 2
-    for pubkey in (pub, DATA / "cosign-empty.pub"):
+    for pubkey in (pub, DATA / "cosign-zarf.pub"):
         doc = json.loads(run_cli("verify", ref, "--key", str(pubkey), "--json").out)
         assert [s["ok"] for s in doc["signatures"]].count(True) == 1
     keys.generate(str(tmp_path / "stranger"), b"x")
@@ -121,7 +121,7 @@ def _put_signature(registry: Registry, ref: str, digest: str, sig: sg.Signature)
 
 
 def test_attacks_are_refused(tmp_path: Path, registry: Registry) -> None:
-    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    key = keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     pub = key.public_key()
     root = _image(tmp_path)
     assert run_cli("push", "app", registry.ref("team/app:1"), root=root).rc == 0
@@ -147,12 +147,12 @@ def test_attacks_are_refused(tmp_path: Path, registry: Registry) -> None:
     assert [r.ok for r in results] == [False, False, False]
     reasons = " ".join(r.reason for r in results)
     assert "does not verify" in reasons and "another image" in reasons
-    r = run_cli("verify", ref, "--key", str(DATA / "cosign-empty.pub"))
+    r = run_cli("verify", ref, "--key", str(DATA / "cosign-zarf.pub"))
     assert r.rc == 1 and len(r.err.strip().splitlines()) == 1
 
 
 def test_absurd_payload_size_is_not_downloaded(tmp_path: Path, registry: Registry) -> None:
-    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    key = keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     root = _image(tmp_path)
     ref = registry.ref("team/app:1")
     assert run_cli("push", "app", ref, root=root).rc == 0
@@ -174,7 +174,7 @@ def test_skopeo_copy_under_a_sigstore_policy(tmp_path: Path, registry: Registry)
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         pytest.skip("skopeo not installed")
-    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    key = keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     root = _image(tmp_path)
     ref = registry.ref("team/app:1")
     assert run_cli("push", "app", ref, root=root).rc == 0
@@ -189,7 +189,7 @@ def test_skopeo_copy_under_a_sigstore_policy(tmp_path: Path, registry: Registry)
                         registry.host: [
                             {
                                 "type": "sigstoreSigned",
-                                "keyPath": str(DATA / "cosign-empty.pub"),
+                                "keyPath": str(DATA / "cosign-zarf.pub"),
                                 "signedIdentity": {"type": "matchRepository"},
                             }
                         ]
@@ -235,14 +235,14 @@ def _policy(tmp_path: Path, docker: dict, default: str = "reject") -> Path:  # t
 
 
 def test_policy_at_pull(tmp_path: Path, registry: Registry) -> None:
-    key = keys.read_private_key(str(DATA / "cosign-empty.key"), b"")
+    key = keys.read_private_key(str(DATA / "cosign-zarf.key"), b"test")
     src = _image(tmp_path)
     assert run_cli("push", "app", registry.ref("team/app:1"), root=src).rc == 0
     assert run_cli("push", "app", registry.ref("team/unsigned:1"), root=src).rc == 0
     assert run_cli("push", "app", registry.ref("other/app:1"), root=src).rc == 0
     remote.sign(registry.ref("team/app:1"), key)
     remote.sign(registry.ref("other/app:1"), key)
-    pub = str(DATA / "cosign-empty.pub")
+    pub = str(DATA / "cosign-zarf.pub")
     signed = {
         "type": "sigstoreSigned",
         "keyPath": pub,

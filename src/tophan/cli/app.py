@@ -139,7 +139,15 @@ _RM_FLAGS = {"-f": ("force", False, False), "--force": ("force", False, False)}
 
 
 def _start(cli: Cli, argv: list[str]) -> int:
-    return _each(cli, argv, "start", {}, lambda apps, name, _: apps.start(name))
+    from tophan.cli import run as cli_run
+
+    def start(apps: Apps, name: str, args: Args) -> object:
+        image = apps.get(name).spec.run.image
+        if image:
+            cli_run.trusted(cli, cli.store(), image, args.flag("verify_again"))
+        return apps.start(name)
+
+    return _each(cli, argv, "start", cli_run.VERIFY_AGAIN, start)
 
 
 def _stop(cli: Cli, argv: list[str]) -> int:

@@ -202,10 +202,14 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} sign registry.example.com/team/web:1.0 --key signer.key",
     ),
     "verify": (
-        "REF --key PUB [--json] [registry flags]",
-        "Check every signature of REF; exit 0 only if one verifies for its digest and repository.",
+        "REF|NAME --key PUB [--identity REF] [--offline] [--json] [registry flags]",
+        "Check every signature of REF; exit 0 only if one verifies for its digest and repository.\n"
+        "NAME, an image in the store (a name without a registry host, or any with --offline):\n"
+        "the signatures stored with it, offline.",
         "--key PUB            the public key\n--json               each signature and its result\n"
-        + REGISTRY,
+        "--identity REF       (stored image) the repository signed (default: where it was pulled"
+        " from, else its name)\n"
+        "--offline            the store's copy of REF and its stored signatures\n" + REGISTRY,
         "{prog} verify registry.example.com/team/web:1.0 --key signer.pub",
     ),
     "build": (
@@ -253,7 +257,7 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} pull docker.io/library/busybox:latest busybox",
     ),
     "image": (
-        "<create|list|inspect|rm|tag|import|export|tags|referrers> ...",
+        "<create|list|inspect|rm|tag|sign|import|export|tags|referrers> ...",
         "OCI images made of layers; archives, layouts and registries.",
         "",
         "{prog} image create web -l app --from base-img --cmd 'httpd -f'",
@@ -291,6 +295,15 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} image rm web old-web",
     ),
     "image tag": ("NAME NEW", "Give the image another name.", "", "{prog} image tag web web:1.0"),
+    "image sign": (
+        "NAME --key KEY [--identity REF] [--passphrase-file F] [--json]",
+        "Sign an image in the store: a cosign signature kept with it (push, pull and OCI\n"
+        "layout export/import carry it; `verify NAME` checks it offline).",
+        "--key KEY            the private key (`key generate`, cosign's)\n"
+        "--identity REF       the docker reference signed (default: the name, e.g."
+        " docker.io/library/web)\n--passphrase-file F  the key's passphrase",
+        "{prog} image sign web --key signer.key --identity registry.example.com/team/web",
+    ),
     "image import": (
         "SRC [NAME] [--format oci|oci-archive|docker-archive] [--ref REF] [--platform OS/ARCH]",
         "Import images from an OCI layout, an OCI archive or a docker archive ('-' = stdin);\n"
@@ -337,9 +350,10 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} app create web --restart always -v data:/data web-img",
     ),
     "app start": (
-        "NAME [NAME ...]",
-        "Start each app's supervisor (tophand NAME) and the app.",
-        "",
+        "[--verify-again] NAME [NAME ...]",
+        "Start each app's supervisor (tophand NAME) and the app. Under a policy (docs/trust.md)"
+        " the app's image must satisfy it as its pull recorded.",
+        "--verify-again   check the image's signatures in its registry now (and record it)",
         "{prog} app start web",
     ),
     "app stop": (

@@ -376,6 +376,10 @@ def push(cli: Cli, argv: list[str]) -> int:
 
         # Opened before anything moves: a wrong passphrase must not leave an unsigned push.
         key = private_key(str(args.opts["sign_key"]), args.opts)
+        from tophan.image.spec import remote_reference
+        from tophan.trust import remote
+
+        remote.check_writes(remote_reference(dest))  # nor must registries.d saying "off"
     elif "passphrase_file" in args.opts:
         raise UsageError("--passphrase-file is for --sign-key", "give --sign-key KEY too")
 
@@ -383,6 +387,7 @@ def push(cli: Cli, argv: list[str]) -> int:
         report = registry.push(
             store, name, dest, options=registry_options(args.opts), progress=bars
         )
+        _push_signatures(cli, store, name, report, registry_options(args.opts))
         if key is not None:
             from tophan.trust import remote
 
@@ -404,37 +409,83 @@ def pull(cli: Cli, argv: list[str]) -> int:
     args = parse(argv, (1, 2, flags), "pull")
     store = cli.store()
     name = args.pos[1] if len(args.pos) > 1 else None
-    source = _admitted(cli, args.pos[0], args.opts, store.root)
+    source, trust = _admitted(cli, args.pos[0], args.opts, store.root)
     if source != args.pos[0] and name is None:
         name = args.pos[0]  # pulled by the verified digest, named as the user asked
     return _transfer(
         cli,
         args,
         "pull",
-        lambda bars: registry.pull(
-            store, source, name, options=registry_options(args.opts), progress=bars
+        lambda bars: _pull_signatures(
+            cli,
+            store,
+            registry.pull(
+                store, source, name, options=registry_options(args.opts), progress=bars, trust=trust
+            ),
+            registry_options(args.opts),
         ),
         lambda report: str(report.name),
     )
 
 
-def _admitted(cli: Cli, source: str, opts: dict[str, Any], store_root: str) -> str:
-    """``source`` as the policy admits it: pinned to the digest whose signatures were checked.
-    Raises ``Refused`` (nothing is stored) when the policy refuses it."""
+def _push_signatures(cli: Cli, store: Any, name: str, report: Any, options: Any) -> None:
+    """The signatures stored with ``name`` go with it (docs/trust.md)."""
+    local = store.images.ref(name)["digest"]
+    if not store.images.attached(local):
+        return  # nothing attached: no trust module imported
+    if local != report.digest:
+        cli.log(f"warning: {name} was converted on push; its stored signatures do not apply")
+        return
+    from tophan.image.spec import remote_reference
+    from tophan.trust import registries, remote, stored
+
+    on, scope = registries.use_attachments(remote_reference(report.reference))
+    if not on:
+        # The image is up already: say why its signatures are not, rather than fail the push.
+        cli.log(f"warning: {name}'s stored signatures not pushed: attachments are off for {scope}")
+        return
+    sigs = stored.signatures(store.images, local)
+    if sigs:
+        where = f"{report.reference}@{local}"
+        tag = remote.push_signatures(where, local, sigs, options)
+        cli.log(f"{report.reference}: {len(sigs)} stored signature(s) pushed as {tag}")
+
+
+def _pull_signatures(cli: Cli, store: Any, report: Any, options: Any) -> Any:
+    """Signatures the registry holds for what was pulled are stored with it. A registry whose
+    signatures are unreadable fails nothing here: the policy, if any, already decided."""
+    from tophan.errors import TophanError
+    from tophan.trust import remote, stored
+
+    try:
+        sigs = remote.pull_signatures(f"{report.reference}", report.digest, options)
+    except TophanError as e:
+        cli.log(f"warning: {report.reference}: its signatures were not stored: {e}")
+        return report
+    if sigs:
+        stored.add(store.images, report.digest, sigs)
+    return report
+
+
+def _admitted(cli: Cli, source: str, opts: dict[str, Any], store_root: str) -> tuple[str, str]:
+    """(``source`` as the policy admits it: pinned to the digest whose signatures were checked,
+    the verdict to record with the image). Raises ``Refused`` (nothing is stored) when the
+    policy refuses it."""
     from tophan.trust import policy
 
     path = policy.find(opts.get("policy"), store_root)
     if path is None:
-        return source
+        return source, ""
     from tophan.image.spec import remote_reference
-    from tophan.trust import remote
+    from tophan.trust import record, remote
 
-    digest, why = remote.admit(source, policy.load(path), registry_options(opts))
-    cli.log(f"{source}: accepted by {why}")
-    if not digest:
-        return source
+    digest, verdict = remote.admit(source, policy.load(path), registry_options(opts))
+    cli.log(f"{source}: accepted by {verdict.summary}")
     ref = remote_reference(source)
-    return f"{ref.domain}/{ref.path}@{digest}"
+    trust = record.make(verdict, str(ref), digest)
+    if not digest:
+        return source, trust
+    return f"{ref.domain}/{ref.path}@{digest}", trust
 
 
 def _transfer(
@@ -519,7 +570,14 @@ def _referrers(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
+def _sign(cli: Cli, argv: list[str]) -> int:
+    from tophan.cli.trust import image_sign
+
+    return image_sign(cli, argv)
+
+
 IMAGE_COMMANDS: dict[str, Callable[[Cli, list[str]], int]] = {
+    "sign": _sign,
     "create": _create,
     "list": _list,
     "ls": _list,

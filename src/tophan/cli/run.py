@@ -52,6 +52,8 @@ limits:   -m, --memory SIZE       --memory-swap SIZE   --cpus N   -c, --cpu-shar
           --no-limits             run without limits where no cgroup can be had (rootless)
 security: --cap-add CAP  --cap-drop CAP  (ALL allowed)   --privileged
           --security-opt seccomp=unconfined | no-new-privileges=false
+trust:    --verify-again          check the image's signatures in its registry under the
+                                  policy now, not what its pull recorded (docs/trust.md)
 accepted for habit's sake: --rm (always). The container never holds your terminal (it
 could type into it): without -t, a terminal of yours is proxied through pipes.
 """
@@ -244,13 +246,41 @@ def main(cli: Cli, command: str, argv: list[str]) -> int:
         raise
 
 
+VERIFY_AGAIN = {"--verify-again": ("verify_again", False, False)}
+
+
+def trusted(cli: Cli, store: Store, image: str, again: bool) -> None:
+    """Refuse ``image`` if the policy in force now does not let it start (tophan.trust.record).
+    With no policy file anywhere this only looks for one: nothing is read, nothing imported."""
+    from tophan.trust.find import accepts_anything, policy_path
+
+    path = policy_path(None, store.root)
+    if path is not None and not again and accepts_anything(path):
+        return
+    if path is None:
+        if again:
+            raise UsageError(
+                "--verify-again: there is no policy to verify against",
+                "write one to $TOPHAN_POLICY, the store's policy.json or"
+                " /etc/containers/policy.json",
+            )
+        return
+    from tophan.cli.trust import check_start
+
+    check_start(cli, store, image, path, again)
+
+
 def _spec(cli: Cli, argv: list[str]) -> tuple[RunOptions, Store, Spec]:
-    p = parse_run_args(argv, FLAGS, "run")
+    p = parse_run_args(argv, {**FLAGS, **VERIFY_AGAIN}, "run")
     if p.opts.get("detach"):
         raise UsageError("run: --detach is not supported", APP_HINT)
     for key in p.opts:
         if key.startswith("app_only"):
             raise UsageError(f"run: {key[8:]} applies to apps", APP_HINT)
-    opts = p.run_options(skip=("detach",))
+    opts = p.run_options(skip=("detach", "verify_again"))
     store = cli.store()
+    if opts.image:
+        trusted(cli, store, opts.image, bool(p.opts.get("verify_again")))
+    elif p.opts.get("verify_again"):
+        raise UsageError("run: --verify-again is for an IMAGE", "layers (-l) carry no signatures")
     return opts, store, opts.spec(store, "run")

@@ -358,6 +358,10 @@ def _import_oci(
         Descriptor.parse(m, f"{src.label}: index.json entry {i}")
         for i, m in enumerate(json_list(index, "manifests", f"{src.label}: index.json"))
     ]
+    # cosign/skopeo lay an image's signatures out as a manifest named sha256-H.sig: imported
+    # as attached to the image they sign, never as an image.
+    attachments = [d for d in entries if _attachment_tag(d)]
+    entries = [d for d in entries if not _attachment_tag(d)]
     if not entries:
         raise ArchiveError(f"{src.label}: index.json lists no images")
     # Entries sharing a ref name are one image for several platforms.
@@ -397,7 +401,50 @@ def _import_oci(
         for n in names:
             tx.set_ref(n, entry.desc.digest, source=label)
             stored.append(n)
+    imported = {entry.desc.digest for entry in selected}
+    for d in attachments:
+        tag = _attachment_tag(d)
+        if tag[:-4].replace("-", ":", 1) in imported:
+            _import_attachment(tx, src, d, tag)
     return stored
+
+
+# An attachment is small (a cosign signature manifest: ~1 KiB per signature, payloads ~250 B);
+# a hostile archive must not make us hold more than this of it in memory.
+_MAX_ATTACHED_BLOB = 1 << 20
+_MAX_ATTACHED_BLOBS = 257
+
+
+def _attachment_tag(d: Descriptor) -> str:
+    """``sha256-H.sig`` when the index entry is an image's signature manifest, else ""."""
+    tag = d.annotations.get(REF_NAME) or ""
+    algo, _, rest = tag.partition("-")
+    hexpart = rest.removesuffix(".sig")
+    if algo != "sha256" or not rest.endswith(".sig") or len(hexpart) != 64:
+        return ""
+    if any(c not in "0123456789abcdef" for c in hexpart) or d.media_type != OCI_MANIFEST:
+        return ""
+    return tag
+
+
+def _import_attachment(tx: Transaction, src: _Source, d: Descriptor, tag: str) -> None:
+    """Stage the attachment ``d`` (its manifest, config and layer blobs, each checked against
+    its digest) to the image its tag names."""
+    what = f"attached manifest {tag}"
+    if d.size > _MAX_ATTACHED_BLOB:
+        raise ArchiveError(f"{src.label}: {what} is {d.size} bytes", "not a signature manifest")
+    data = _read_blob(src, d, what)
+    doc = loads(data, f"{src.label}: {what}")
+    descs = [doc.get("config"), *json_list(doc, "layers", f"{src.label}: {what}")]
+    if len(descs) > _MAX_ATTACHED_BLOBS:
+        raise ArchiveError(f"{src.label}: {what} lists {len(descs)} blobs", "not plausible")
+    blobs = []
+    for i, raw in enumerate(descs):
+        blob = Descriptor.parse(raw, f"{src.label}: {what} blob {i}")
+        if blob.size > _MAX_ATTACHED_BLOB:
+            raise ArchiveError(f"{src.label}: {what}: blob {blob.digest} is {blob.size} bytes")
+        blobs.append(_read_blob(src, blob, what))
+    tx.attach(tag[:-4].replace("-", ":", 1), tag, data, blobs)
 
 
 def _from_index(src: _Source, desc: Descriptor, platform: Platform) -> Descriptor:
@@ -699,12 +746,33 @@ def _index_for(
             entry["platform"] = p
         entry["annotations"] = {REF_NAME: ref_name}
         entries.append(entry)
+        if digest != image.digest:
+            continue  # converted: what is attached to the stored manifest does not apply
+        for tag, attached in sorted(Images(image.store).attached(image.digest).items()):
+            data = Images(image.store).blobs.read(attached, "attached manifest")
+            if attached not in manifests:
+                entries.append(
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": attached,
+                        "size": len(data),
+                        "annotations": {REF_NAME: tag},
+                    }
+                )
+            manifests[attached] = data
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, manifests
 
 
 def _image_blobs(image: Image) -> list[tuple[str, int]]:
+    """The blobs an export of ``image`` holds besides manifests: its config and layers, and
+    those of what is attached to it (its signatures)."""
     out = [(image.config_descriptor.digest, image.config_descriptor.size)]
     out += [(li.blob, li.blob_size) for li in image.layer_infos]
+    images = Images(image.store)
+    for attached in images.attached(image.digest).values():
+        doc = loads(images.blobs.read(attached, "attached manifest"), "attached manifest")
+        for d in [doc["config"], *doc["layers"]]:
+            out.append((str(d["digest"]), int(d["size"])))
     return out
 
 

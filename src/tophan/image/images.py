@@ -342,6 +342,10 @@ class Image:
             "platform": str(self.platform),
             "size": self.size,
             "source": self.source,
+            # what the policy said at pull or start (tophan.trust.record), as recorded
+            "verification": loads(self.ref["trust"].encode(), "trust record")
+            if self.ref.get("trust")
+            else None,
             "config_digest": self.config_descriptor.digest,
             "config": self.config.as_oci(),
             "layers": [
@@ -775,6 +779,7 @@ class Transaction:
         self.diffids: dict[str, str] = {}  # DiffID -> layer digest
         self.refs: dict[str, dict[str, str]] = {}  # image name -> ref fields
         self.replace: set[str] = set()
+        self.attached: dict[str, dict[str, str]] = {}  # subject -> tag -> manifest digest
 
     def __enter__(self) -> Transaction:
         return self
@@ -999,6 +1004,17 @@ class Transaction:
 
     # -- refs ------------------------------------------------------------------------------
 
+    def attach(self, subject: str, tag: str, manifest: bytes, blobs: list[bytes]) -> str:
+        """Stage an artifact attached to the manifest ``subject`` under ``tag`` (a cosign
+        signature manifest under ``sha256-H.sig``): its blobs, then its manifest. Published
+        with the refs; an image's attachments live and die with it."""
+        for data in blobs:
+            self.add_bytes(data, what=f"blob attached to {subject}")
+        digest = self.add_bytes(manifest, what=f"manifest attached to {subject}")
+        with self._lock:
+            self.attached.setdefault(subject, {})[tag] = digest
+        return digest
+
     def set_ref(
         self,
         name: str,
@@ -1040,6 +1056,8 @@ class Transaction:
             for diff_id, layer in self.diffids.items():
                 images.write_diff_id(diff_id, layer)
             now = int(time.time())
+            for subject, tags in self.attached.items():
+                images.write_attached(subject, {**images.attached(subject), **tags})
             for name, fields in self.refs.items():
                 # What the ref needs must be there now: a concurrent `image rm` or gc may have
                 # removed a blob we found stored when we started.
@@ -1104,6 +1122,52 @@ class Images:
         if not is_digest(ref.get("digest")):
             raise TophanError(f"image {name}: corrupt ref", "run `fsck`")
         return ref
+
+    def ref(self, name: str) -> dict[str, str]:
+        """The fields of ``name``'s ref (digest, source, the trust record...), nothing loaded."""
+        return self._read_ref(normalize_name(name))
+
+    def set_ref_field(self, name: str, digest: str, key: str, value: str) -> None:
+        """Set one field of ``name``'s ref, atomically, if it still names ``digest`` (a
+        re-verification must not be recorded for an image re-pulled meanwhile)."""
+        norm = normalize_name(name)
+        with self.store.lock():
+            ref = self._read_ref(norm)
+            if ref["digest"] != digest:
+                raise TophanError(f"image {norm} changed meanwhile", "try again")
+            write_meta(self.ref_path(norm), {**ref, key: value})
+
+    # -- attachments (signatures) ---------------------------------------------------------
+
+    def _attached_path(self, subject: str) -> str:
+        return self.store.path("refs", "attached", _diffid_file(subject))
+
+    def attached(self, subject: str) -> dict[str, str]:
+        """tag -> manifest digest of what is attached to the manifest ``subject``."""
+        try:
+            fields = meta.read(self._attached_path(subject))
+        except OSError:
+            return {}
+        return {k: v for k, v in fields.items() if is_digest(v)}
+
+    def write_attached(self, subject: str, tags: dict[str, str]) -> None:
+        """With the store lock held: record ``tags`` (tag -> manifest digest) for ``subject``."""
+        os.makedirs(self.store.path("refs", "attached"), 0o755, exist_ok=True)
+        write_meta(self._attached_path(subject), dict(tags))
+
+    def _attached_blobs(self, subject: str) -> set[str]:
+        """Every blob the attachments of ``subject`` need (manifests, configs, layers)."""
+        out = set()
+        for digest in self.attached(subject).values():
+            out.add(digest)
+            try:
+                doc = loads(self.blobs.read(digest, "attached manifest"), "attached manifest")
+            except (TophanError, OSError):
+                continue  # fsck's business
+            for d in [doc.get("config"), *(doc.get("layers") or [])]:
+                if isinstance(d, dict) and is_digest(d.get("digest")):
+                    out.add(str(d["digest"]))
+        return out
 
     def write_diff_id(self, diff_id: str, layer: str) -> None:
         path = self.store.path("refs", "diffids", _diffid_file(diff_id))
@@ -1374,17 +1438,18 @@ class Images:
         """Point ``new_name`` at ``name``'s manifest (moving it if it named another image)."""
         image = self.get(name, ensure_layers=False)
         new = normalize_name(new_name)
+        fields: dict[str, str | int | list[str]] = {
+            "name": new,
+            "digest": image.digest,
+            "source": image.source or f"tagged from {image.name}",
+            "created_at": int(time.time()),
+        }
+        if image.ref.get("trust"):
+            # What a pull verified holds for the manifest, whatever it is called here.
+            fields["trust"] = image.ref["trust"]
         with self.store.lock():
             self.check_complete(image.digest)
-            write_meta(
-                self.ref_path(new),
-                {
-                    "name": new,
-                    "digest": image.digest,
-                    "source": image.source or f"tagged from {image.name}",
-                    "created_at": int(time.time()),
-                },
-            )
+            write_meta(self.ref_path(new), fields)
         return self.get(new, ensure_layers=False)
 
     def remove(self, name: str) -> list[str]:
@@ -1417,6 +1482,7 @@ class Images:
                     pass
                 continue
             blobs.add(image.digest)
+            blobs |= self._attached_blobs(image.digest)
             blobs.add(image.config_descriptor.digest)
             for li in image.layer_infos:
                 blobs.add(li.blob)
@@ -1445,6 +1511,12 @@ class Images:
                 # where registries have it (tophan.image.registry's mount hints) goes with it
                 with contextlib.suppress(OSError):
                     os.unlink(self.store.path("refs", "blobsources", _diffid_file(digest)))
+        attached = self.store.path("refs", "attached")
+        for entry in sorted(os.listdir(attached)) if os.path.isdir(attached) else []:
+            # the attachments of an image that is gone go with it
+            if not is_temporary(entry) and entry.replace("-", ":", 1) not in keep_blobs:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(attached, entry))
         diffids = self.store.path("refs", "diffids")
         for entry in sorted(os.listdir(diffids)):
             if is_temporary(entry):

@@ -1419,9 +1419,11 @@ def pull(
     *,
     options: Options | None = None,
     progress: Progress | None = None,
+    trust: str = "",
 ) -> TransferReport:
     """Pull ``source`` (``host/repo[:tag|@digest]``) into the store as ``name`` (default: the
-    reference as written). Layers the store has are neither downloaded nor unpacked again;
+    reference as written). ``trust``: the policy's verdict (``tophan.trust.record``), stored in
+    the image's ref with it. Layers the store has are neither downloaded nor unpacked again;
     everything else is verified while it streams and published in one step, or not at all."""
     from tophan.image.images import Images
 
@@ -1495,7 +1497,11 @@ def pull(
             tasks = [functools.partial(fetch, d, diff_id) for d, diff_id in pairs.values()]
             _run_parallel(options.jobs, tasks, client.cancel)
             tx.set_ref(
-                local, manifest.digest, source=f"pulled from {ref}", index=index_digest or ""
+                local,
+                manifest.digest,
+                source=f"pulled from {ref}",
+                index=index_digest or "",
+                trust=trust,
             )
             tx.commit()
     finally:

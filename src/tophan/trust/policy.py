@@ -9,15 +9,12 @@ full reference, then the repository, then each shorter namespace, then the regis
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from tophan.errors import TophanError
-from tophan.trust import keys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,8 +25,8 @@ if TYPE_CHECKING:
     from tophan.image.spec import Reference
     from tophan.trust.signature import Result
 
-SYSTEM_POLICY = "/etc/containers/policy.json"
 MAX_POLICY = 1 << 20  # a policy is a few KiB; a megabyte is not a policy
+_MAX_KEY_FILE = 64 * 1024
 
 
 class PolicyError(TophanError):
@@ -78,6 +75,42 @@ class Requirement:
     type: str
     keys: list[ec.EllipticCurvePublicKey] = field(default_factory=list)
     identity: Identity = field(default_factory=Identity)
+    # sha256 of each key's DER, in the order of ``keys``: what a recorded verification names,
+    # computed without ``cryptography`` so the start of a container need not import it.
+    fingerprints: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    """Why the policy accepted an image: recorded with it at pull, checked again at start."""
+
+    source: str  # the policy file
+    scope: str
+    kinds: list[str]  # each requirement's type, in order
+    signers: list[tuple[str, str]] = field(default_factory=list)  # (key fingerprint, identity)
+    notes: list[str] = field(default_factory=list)  # what each requirement found
+
+    @property
+    def summary(self) -> str:
+        return f"policy {self.source}, scope {self.scope}: " + ", ".join(self.notes or self.kinds)
+
+
+def fingerprint(pem: bytes) -> str:
+    """sha256 (hex) of a PEM public key's DER body; "" when it is not one PEM block."""
+    import base64
+    import binascii
+    import hashlib
+
+    lines = pem.decode("ascii", "replace").strip().splitlines()
+    if len(lines) < 3 or not lines[0].startswith("-----BEGIN "):
+        return ""
+    if not lines[-1].startswith("-----END "):
+        return ""
+    try:
+        der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return ""
+    return hashlib.sha256(der).hexdigest()
 
 
 @dataclass
@@ -138,7 +171,23 @@ def _identity(doc: object, what: str) -> Identity:
     return Identity(str(kind), str(ref))
 
 
-def _keys(d: dict[str, Any], what: str, base: str) -> list[ec.EllipticCurvePublicKey]:
+def _read_key(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_KEY_FILE + 1)
+    except OSError as e:
+        raise PolicyError(
+            f"cannot read key {path}: {e.strerror}", "check the policy's keyPath"
+        ) from e
+    if len(data) > _MAX_KEY_FILE:
+        raise PolicyError(f"{path} is larger than any key file", "keyPath names a .pub file")
+    return data
+
+
+def _keys(
+    d: dict[str, Any], what: str, base: str, load_keys: bool
+) -> tuple[list[ec.EllipticCurvePublicKey], list[str]]:
+    """(keys, fingerprints); the keys only when ``load_keys`` (that imports ``cryptography``)."""
     given = [k for k in ("keyPath", "keyPaths", "keyData", "keyDatas") if k in d]
     if len(given) != 1:
         raise PolicyError(
@@ -149,15 +198,23 @@ def _keys(d: dict[str, Any], what: str, base: str) -> list[ec.EllipticCurvePubli
     values = value if isinstance(value, list) else [value]
     if not values or not all(isinstance(v, str) for v in values):
         raise PolicyError(f"{what}: {given[0]} must be a string (or a list of strings)")
+    import base64
+
     if given[0].startswith("keyPath"):
-        return [keys.read_public_key(os.path.join(base, v)) for v in values]
-    try:
-        return [keys.load_public_key(base64.b64decode(v, validate=True), what) for v in values]
-    except ValueError as e:
-        raise PolicyError(f"{what}: keyData is not base64") from e
+        pems = [_read_key(os.path.join(base, v)) for v in values]
+    else:
+        try:
+            pems = [base64.b64decode(v, validate=True) for v in values]
+        except ValueError as e:
+            raise PolicyError(f"{what}: keyData is not base64") from e
+    if not load_keys:
+        return [], [fingerprint(p) for p in pems]
+    from tophan.trust import keys
+
+    return [keys.load_public_key(p, what) for p in pems], [fingerprint(p) for p in pems]
 
 
-def _requirement(doc: object, what: str, base: str) -> Requirement:
+def _requirement(doc: object, what: str, base: str, load_keys: bool) -> Requirement:
     kind = doc.get("type") if isinstance(doc, dict) else None
     if kind in ("insecureAcceptAnything", "reject"):
         _strict(doc, {"type"}, what)
@@ -169,7 +226,8 @@ def _requirement(doc: object, what: str, base: str) -> Requirement:
             what,
         )
         ident = _identity(d["signedIdentity"], what) if "signedIdentity" in d else Identity()
-        return Requirement("sigstoreSigned", _keys(d, what, base), ident)
+        found, prints = _keys(d, what, base, load_keys)
+        return Requirement("sigstoreSigned", found, ident, prints)
     if kind in ("signedBy", "signedBaseLayer"):
         # GPG "simple signing" (Fedora/RHEL policies name it for their registries): refused
         # when its scope is used, so a system policy holding it still works for other scopes.
@@ -180,20 +238,24 @@ def _requirement(doc: object, what: str, base: str) -> Requirement:
     )
 
 
-def _requirements(doc: object, what: str, base: str) -> list[Requirement]:
+def _requirements(doc: object, what: str, base: str, load_keys: bool) -> list[Requirement]:
     if not isinstance(doc, list) or not doc:
         raise PolicyError(f"{what} must be a non-empty list of requirements")
-    return [_requirement(r, f"{what}[{i}]", base) for i, r in enumerate(doc)]
+    return [_requirement(r, f"{what}[{i}]", base, load_keys) for i, r in enumerate(doc)]
 
 
-def parse(data: bytes, source: str) -> Policy:
+def parse(data: bytes, source: str, *, load_keys: bool = True) -> Policy:
+    """The policy in ``data``. Without ``load_keys`` the keys are only fingerprinted (enough to
+    compare with a recorded verification; nothing can be verified with such a policy)."""
+    import json
+
     try:
         doc = json.loads(data)
     except ValueError as e:
         raise PolicyError(f"{source} is not JSON: {e}", "fix the policy file") from e
     top = _strict(doc, {"default", "transports"}, source)
     base = os.path.dirname(os.path.abspath(source))
-    default = _requirements(top.get("default"), f"{source}: default", base)
+    default = _requirements(top.get("default"), f"{source}: default", base, load_keys)
     transports = top.get("transports") or {}
     if not isinstance(transports, dict):
         raise PolicyError(f"{source}: transports is not an object")
@@ -201,14 +263,14 @@ def parse(data: bytes, source: str) -> Policy:
     if not isinstance(docker_doc, dict):
         raise PolicyError(f"{source}: transports.docker is not an object")
     docker = {
-        scope: _requirements(reqs, f"{source}: docker scope {scope!r}", base)
+        scope: _requirements(reqs, f"{source}: docker scope {scope!r}", base, load_keys)
         for scope, reqs in docker_doc.items()
     }
     # Other transports (docker-daemon, oci-archive...) are parsed only for their shape.
     return Policy(default, docker, source)
 
 
-def load(path: str) -> Policy:
+def load(path: str, *, load_keys: bool = True) -> Policy:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_POLICY + 1)
@@ -216,31 +278,27 @@ def load(path: str) -> Policy:
         raise PolicyError(f"cannot read policy {path}: {e.strerror}", "check --policy") from e
     if len(data) > MAX_POLICY:
         raise PolicyError(f"policy {path} is larger than {MAX_POLICY} bytes", "not a policy")
-    return parse(data, path)
+    return parse(data, path, load_keys=load_keys)
 
 
 def find(explicit: str | None, store_root: str | None) -> str | None:
-    """``--policy``, else ``$TOPHAN_POLICY``, else the store's ``policy.json``, else the system's;
-    None when there is none (then nothing is enforced, as before policies existed)."""
-    if explicit:
-        return explicit
-    if os.environ.get("TOPHAN_POLICY"):
-        return os.environ["TOPHAN_POLICY"]
-    candidates = [os.path.join(store_root, "policy.json")] if store_root else []
-    candidates.append(SYSTEM_POLICY)
-    return next((p for p in candidates if os.path.exists(p)), None)
+    """See :func:`tophan.trust.find.policy_path`."""
+    from tophan.trust.find import policy_path
+
+    return policy_path(explicit, store_root)
 
 
 def evaluate(
     policy: Policy,
     ref: Reference,
     verify: Callable[[ec.EllipticCurvePublicKey, Callable[[str], bool]], list[Result]],
-) -> str:
-    """Raise :class:`Refused` unless every requirement of ``ref``'s scope accepts. Returns a
-    one-line summary of why it was accepted (recorded with the image)."""
+) -> Verdict:
+    """Raise :class:`Refused` unless every requirement of ``ref``'s scope accepts. Returns why
+    it was accepted, with the keys and identities of the signatures that verified."""
     scope, reqs = policy.scope_for(ref)
     where = f"policy {policy.source}, scope {scope}"
     accepted = []
+    signers: list[tuple[str, str]] = []
     for req in reqs:
         if req.type == "insecureAcceptAnything":
             accepted.append("insecureAcceptAnything")
@@ -257,9 +315,10 @@ def evaluate(
         else:
             ok = []
             reasons: list[str] = []
-            for key in req.keys:
+            for key, print_ in zip(req.keys, req.fingerprints, strict=True):
                 results = verify(key, functools.partial(_accepts, req.identity, ref))
                 ok += [r for r in results if r.ok]
+                signers += [(print_, r.identity) for r in results if r.ok]
                 reasons += [r.reason for r in results]
             if not ok:
                 why = "it has no signatures" if not reasons else "; ".join(sorted(set(reasons)))
@@ -268,4 +327,4 @@ def evaluate(
                     "sign it with a key the policy trusts (tophan sign), or check the policy",
                 )
             accepted.append(f"sigstoreSigned ({len(ok)} signature(s), {req.identity.type})")
-    return f"{where}: " + ", ".join(accepted)
+    return Verdict(policy.source, scope, [r.type for r in reqs], signers, accepted)

@@ -18,6 +18,25 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
 
+def _reads(ref: Reference) -> bool:
+    """Whether registries.d lets signatures be read from ``ref``'s registry attachments."""
+    from tophan.trust import registries
+
+    return registries.use_attachments(ref)[0]
+
+
+def check_writes(ref: Reference) -> None:
+    from tophan.errors import UsageError
+    from tophan.trust import registries
+
+    ok, scope = registries.use_attachments(ref)
+    if not ok:
+        raise UsageError(
+            f"{ref}: sigstore attachments are off for {scope} (use-sigstore-attachments: false)",
+            f"set it to true in {registries.directory()} to keep signatures in that registry",
+        )
+
+
 def identity_of(ref: Reference) -> str:
     """What a signature names: the repository (``host/path``), as cosign signs it."""
     return f"{ref.domain}/{ref.path}"
@@ -49,12 +68,17 @@ def _upload(repo: Repository, data: bytes) -> str:
 
 def attach(repo: Repository, digest: str, sig: sg.Signature) -> str:
     """Append ``sig`` to the signatures of ``digest`` (same payload twice is stored once)."""
+    return attach_all(repo, digest, [sig])
+
+
+def attach_all(repo: Repository, digest: str, sigs: list[sg.Signature]) -> str:
+    """Append each of ``sigs`` to the signatures of ``digest`` in one manifest update."""
     tag = sg.signature_tag(digest)
     layers = [layer for layer, _ in _existing(repo, tag)]
-    payload_digest = _upload(repo, sig.payload)
-    new = sig.layer(payload_digest)
-    if new not in layers:
-        layers.append(new)
+    for sig in sigs:
+        new = sig.layer(_upload(repo, sig.payload))
+        if new not in layers:
+            layers.append(new)
     config = sg.build_config(str(layer["digest"]) for layer in layers)
     config_digest = _upload(repo, config)
     manifest = sg.build_manifest(layers, config_digest, len(config))
@@ -68,6 +92,7 @@ def sign(
     """Sign the image ``reference`` names in its registry. Returns (digest, signature tag)."""
     repo, ref = repository_for(reference, options)
     try:
+        check_writes(ref)
         digest = _digest(repo, ref)
         sig = sg.sign_payload(key, sg.make_payload(identity_of(ref), digest))
         return digest, attach(repo, digest, sig)
@@ -90,6 +115,29 @@ def fetch(repo: Repository, digest: str) -> list[sg.Signature]:
     return out
 
 
+def push_signatures(
+    reference: str, digest: str, sigs: list[sg.Signature], options: Options | None = None
+) -> str:
+    """Attach ``sigs`` (stored with an image just pushed as ``digest``) in its repository."""
+    repo, ref = repository_for(reference, options)
+    try:
+        check_writes(ref)
+        return attach_all(repo, digest, sigs)
+    finally:
+        repo.client.close()
+
+
+def pull_signatures(
+    reference: str, digest: str, options: Options | None = None
+) -> list[sg.Signature]:
+    """The signatures of ``digest`` in ``reference``'s repository, to store with the image."""
+    repo, ref = repository_for(reference, options)
+    try:
+        return [s for s in fetch(repo, digest) if s.payload] if _reads(ref) else []
+    finally:
+        repo.client.close()
+
+
 def verify(
     reference: str,
     key: ec.EllipticCurvePublicKey,
@@ -103,7 +151,7 @@ def verify(
     accept = identity_ok or (lambda ident: _repository_of(ident) == want)
     try:
         digest = _digest(repo, ref)
-        sigs = fetch(repo, digest)
+        sigs = fetch(repo, digest) if _reads(ref) else []
     finally:
         repo.client.close()
     return digest, [sg.check(i, s, key, digest, accept) for i, s in enumerate(sigs)]
@@ -117,17 +165,22 @@ def _repository_of(identity: str) -> str:
     return name[:colon] if colon > slash else name
 
 
-def admit(reference: str, pol: policy.Policy, options: Options | None = None) -> tuple[str, str]:
+def admit(
+    reference: str, pol: policy.Policy, options: Options | None = None, digest: str = ""
+) -> tuple[str, policy.Verdict]:
     """Check ``reference`` against the policy before anything is stored. Returns (the digest
     checked, why it was accepted); the caller pulls exactly that digest, so what a registry
-    serves afterwards cannot differ from what was verified. Raises ``policy.Refused``."""
+    serves afterwards cannot differ from what was verified. ``digest``: check that manifest
+    (an image already stored, ``--verify-again``) under ``reference``'s scope. Raises
+    ``policy.Refused``."""
     repo, ref = repository_for(reference, options)
     try:
         scope, reqs = pol.scope_for(ref)
         if all(r.type == "insecureAcceptAnything" for r in reqs):
-            return "", f"policy {pol.source}, scope {scope}: insecureAcceptAnything"
-        digest = _digest(repo, ref)
-        sigs = fetch(repo, digest) if any(r.type == "sigstoreSigned" for r in reqs) else []
+            return digest, policy.Verdict(pol.source, scope, [r.type for r in reqs])
+        digest = digest or _digest(repo, ref)
+        wanted = any(r.type == "sigstoreSigned" for r in reqs) and _reads(ref)
+        sigs = fetch(repo, digest) if wanted else []
     finally:
         repo.client.close()
 
