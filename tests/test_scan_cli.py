@@ -1,0 +1,142 @@
+"""`tophan scan` end to end on real package files and the real OSV records: the table, --json's
+exact shape, SARIF 2.1.0, --severity, --fail-on's exit code, ignore files (with expiry),
+`scan --all` storing results per image, and one-line errors."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from scanlib import DEBIAN_9_OS_RELEASE, OSV, files, image, layer, real_tree, stanza, status
+from tophan.scan import report
+from tophan.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store.init(str(tmp_path / "store"))
+    deb = status(stanza("libssl1.1", "1.1.0l-1~deb9u5", source="openssl"))
+    layer(s, "base", files({"/var/lib/dpkg/status": deb, "/etc/os-release": DEBIAN_9_OS_RELEASE}))
+    py = real_tree("pypi", "/usr/lib/python3/dist-packages")
+    layer(s, "py", files(py))
+    layer(s, "js", files(real_tree("npm", "/app/node_modules")))
+    image(s, "app", ["base", "py", "js"])
+    image(s, "plain", ["base"])
+    return s
+
+
+def scan(store: Store, *args: str) -> tuple[int, str, str]:
+    r = run_cli("scan", *args, "--db", str(OSV), root=Path(store.root))
+    assert "Traceback" not in r.err
+    return r.rc, r.out, r.err
+
+
+def test_json_exact_shape_and_real_findings(store: Store) -> None:
+    rc, out, err = scan(store, "app", "--json")
+    assert rc == 0 and err == ""
+    doc = json.loads(out)
+    assert list(doc) == ["vulnerabilities"]
+    keys = {"id", "aliases", "package", "version", "ecosystem", "fixed", "severity", "layer"}
+    assert all(set(v) == keys for v in doc["vulnerabilities"])
+    got = {(v["package"], v["id"]) for v in doc["vulnerabilities"]}
+    assert ("libssl1.1", "DLA-3008-1") in got  # binary -> source
+    assert ("urllib3", "PYSEC-2023-212") in got and ("Werkzeug", "PYSEC-2023-221") in got
+    assert ("lodash", "GHSA-p6mc-m468-83gw") in got and ("node-fetch", "GHSA-w7rc-rwvf-8q5r") in got
+    layers = {v["package"]: v["layer"] for v in doc["vulnerabilities"]}
+    assert layers["libssl1.1"] != layers["urllib3"] != layers["lodash"]
+    (dla,) = [v for v in doc["vulnerabilities"] if v["id"] == "DLA-3008-1"]
+    assert dla["ecosystem"] == "Debian:9" and dla["fixed"] == "1.1.0l-1~deb9u6"
+    assert "CVE-2022-1292" in dla["aliases"]
+
+
+def test_table_severity_filter_and_fail_on(store: Store) -> None:
+    rc, out, _ = scan(store, "app")
+    assert rc == 0
+    head = out.splitlines()[0].split()
+    assert head == ["PACKAGE", "INSTALLED", "FIXED", "IN", "ID", "SEVERITY", "LAYER"]
+    assert "DLA-3008-1" in out and "1.1.0l-1~deb9u6" in out
+    rc, out, _ = scan(store, "app", "--severity", "critical", "--json")
+    sevs = {v["severity"] for v in json.loads(out)["vulnerabilities"]}
+    assert sevs == {"CRITICAL"}
+    assert scan(store, "app", "--fail-on", "CRITICAL")[0] == 1
+    # Only UNKNOWN findings (Debian states no severity here): nothing at or above LOW.
+    rc, out, _ = scan(store, "plain", "--fail-on", "LOW")
+    assert rc == 0 and "DLA-3008-1" in out
+    assert scan(store, "plain", "--fail-on", "UNKNOWN")[0] == 1
+
+
+def test_ignore_file_ids_aliases_comments_and_expiry(store: Store, tmp_path: Path) -> None:
+    today = datetime.date.today()
+    past, future = today - datetime.timedelta(days=2), today + datetime.timedelta(days=30)
+    ig = tmp_path / ".tophanignore"
+    ig.write_text(
+        "# accepted risks\n"
+        "CVE-2022-1292   # an alias of DLA-3008-1\n"
+        f"PYSEC-2023-212 exp:{future}\n"
+        f"PYSEC-2023-192 exp:{past}\n"
+    )
+    _, out, _ = scan(store, "app", "--json", "--ignore-file", str(ig))
+    ids = {v["id"] for v in json.loads(out)["vulnerabilities"]}
+    assert "DLA-3008-1" not in ids and "PYSEC-2023-212" not in ids
+    assert "PYSEC-2023-192" in ids  # its exception expired
+    ig.write_text("X exp:tomorrow\n")
+    r = run_cli("scan", "app", "--db", str(OSV), "--ignore-file", str(ig), root=Path(store.root))
+    assert r.rc == 2 and "exp:YYYY-MM-DD" in r.err and r.err.count("\n") == 1
+
+
+def test_sarif_required_structure(store: Store) -> None:
+    rc, out, _ = scan(store, "app", "--sarif")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["version"] == "2.1.0" and doc["$schema"].endswith("sarif-2.1.0.json")
+    (run,) = doc["runs"]
+    driver = run["tool"]["driver"]
+    assert driver["name"] == "tophan"
+    rule_ids = [r["id"] for r in driver["rules"]]
+    assert len(rule_ids) == len(set(rule_ids)) > 5
+    for res in run["results"]:
+        assert res["ruleId"] in rule_ids and res["message"]["text"]
+        assert res["level"] in ("error", "warning", "note")
+        uri = res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        assert not uri.startswith("/")
+
+
+def test_scan_all_stores_results_per_image(store: Store) -> None:
+    rc, out, _ = scan(store, "--all")
+    assert rc == 0
+    assert {line.split("\t")[0] for line in out.splitlines()} == {"app:latest", "plain:latest"}
+    doc = report.last(store, store.images.get("plain").digest)
+    assert doc is not None and doc["counts"]["UNKNOWN"] == 1
+    assert report.vulns_column(doc) == "C:0 H:0 M:0 L:0"
+    app = report.last(store, store.images.get("app").digest)
+    assert app is not None and report.vulns_column(app).startswith("C:")
+    assert report.vulns_column(None) == "-"
+    results = Path(store.root) / "scan" / "results"
+    assert not [p for p in results.iterdir() if not p.name.endswith(".json")]  # no temporaries
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["app", "--fail-on", "SEVERE"], "unknown severity"),
+        (["app", "--severity", ","], "no severity"),
+        (["app", "--json", "--sarif"], "not both"),
+        ([], "give one of"),
+        (["app", "--all"], "give one of"),
+        (["nosuch"], "nosuch"),
+        (["app", "--ignore-file", "/nonexistent"], "ignore file"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(store: Store, args: list[str], words: str) -> None:
+    r = run_cli("scan", *args, "--db", str(OSV), root=Path(store.root))
+    assert r.rc in (1, 2) and r.out == ""
+    assert r.err.startswith("tophan: ") and r.err.count("\n") == 1 and words in r.err
+
+
+def test_no_database_says_what_to_do(store: Store) -> None:
+    r = run_cli("scan", "app", root=Path(store.root))
+    assert r.rc == 1 and "tophan db update" in r.err and r.err.count("\n") == 1
