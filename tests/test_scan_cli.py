@@ -140,3 +140,18 @@ def test_bad_arguments_are_one_line_errors(store: Store, args: list[str], words:
 def test_no_database_says_what_to_do(store: Store) -> None:
     r = run_cli("scan", "app", root=Path(store.root))
     assert r.rc == 1 and "tophan db update" in r.err and r.err.count("\n") == 1
+
+
+def test_app_ps_vulns_column(store: Store) -> None:
+    root = Path(store.root)
+    r = run_cli("app", "create", "web", "plain", "--", "true", root=root)
+    assert r.rc == 0, r.err
+    ps = run_cli("app", "ps", "-a", root=root).out.splitlines()
+    col = ps[0].index("VULNS")
+    assert ps[0].split()[-2:] == ["VULNS", "STACK"] and ps[1][col:].startswith("-  ")
+    assert scan(store, "--all")[0] == 0
+    ps = run_cli("app", "ps", "-a", root=root).out.splitlines()
+    assert ps[1][col:].startswith("C:0 H:0 M:0 L:0")
+    (row,) = json.loads(run_cli("app", "ps", "-a", "--json", root=root).out)
+    assert row["vulns"] == "C:0 H:0 M:0 L:0"
+    run_cli("app", "rm", "web", root=root)

@@ -176,7 +176,9 @@ def _ps(cli: Cli, argv: list[str]) -> int:
     if args.flag("json"):
         cli.emit_json(rows)
         return 0
-    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "NETWORK", "PORTS", "STACK")
+    header: tuple[str, ...] = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "NETWORK")
+    header += ("PORTS",)
+    header += ("VULNS", "STACK")
     table = [header] + [
         (
             r["name"],
@@ -187,6 +189,7 @@ def _ps(cli: Cli, argv: list[str]) -> int:
             _ago(r["started_at"]) if r["status"] == "running" else "-",
             r["network"],
             ",".join(r["ports"]) or "-",
+            r["vulns"],
             r["stack"],
         )
         for r in rows
@@ -218,8 +221,18 @@ def _row(app: App, state: dict[str, Any]) -> dict[str, Any]:
         "stack": stack,
         "network": app.spec.run.network,
         "ports": _ports(app, state, status),
+        "vulns": _vulns(app),
         "error": state.get("error"),
     }
+
+
+def _vulns(app: App) -> str:
+    """The last scan's counts (``tophan scan``, ``scan --all``) of the app's image, else ``-``."""
+    from tophan.scan import report
+
+    if not app.spec.run.image:
+        return "-"
+    return report.vulns_column(report.last_of_image(app.store, app.spec.run.image))
 
 
 def _ports(app: App, state: dict[str, Any], status: str) -> list[str]:

@@ -248,6 +248,16 @@ def last(store: StoreRoot, digest: str) -> dict[str, Any] | None:
     return doc
 
 
+def last_of_image(store: StoreRoot, name: str) -> dict[str, Any] | None:
+    """The last scan of image ``name`` as it is now (a re-tagged name is scanned anew)."""
+    from tophan.image.images import Images
+
+    try:
+        return last(store, Images(store).get(name).digest)
+    except TophanError:
+        return None
+
+
 def stored_findings(doc: dict[str, Any]) -> list[Finding]:
     out = []
     for d in doc.get("findings", []):
