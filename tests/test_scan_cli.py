@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,31 @@ def test_app_ps_vulns_column(store: Store) -> None:
     (row,) = json.loads(run_cli("app", "ps", "-a", "--json", root=root).out)
     assert row["vulns"] == "C:0 H:0 M:0 L:0"
     run_cli("app", "rm", "web", root=root)
+
+
+def test_build_scan_and_fail_on(tmp_path: Path) -> None:
+    """`build --scan` scans what it built against the store's database (here: the Debian records
+    placed where `db update` puts them); --fail-on sets the exit code; no database fails fast."""
+    root = tmp_path / "bstore"
+    Store.init(str(root))
+    ctx = tmp_path / "ctx"
+    (ctx / "var/lib/dpkg").mkdir(parents=True)
+    (ctx / "etc").mkdir()
+    (ctx / "var/lib/dpkg/status").write_bytes(
+        status(stanza("libssl1.1", "1.1.0l-1~deb9u5", source="openssl"))
+    )
+    (ctx / "etc/os-release").write_bytes(DEBIAN_9_OS_RELEASE)
+    (ctx / "Containerfile").write_text("FROM scratch\nCOPY var /var\nCOPY etc /etc\n")
+    r = run_cli("build", "-t", "deb", "--scan", str(ctx), root=root)
+    assert r.rc == 1 and "tophan db update" in r.err and r.out == ""
+    assert "STEP" not in r.out  # failed before building
+    shutil.copytree(OSV / "Debian", root / "scan" / "db")
+    r = run_cli("build", "-t", "deb", "--scan", str(ctx), root=root)
+    assert r.rc == 0, r.err
+    assert "\nbuilt sha256:" in r.out and "DLA-3008-1" in r.out
+    r = run_cli("build", "-t", "deb", "--scan", "--fail-on", "unknown", str(ctx), root=root)
+    assert r.rc == 1 and "DLA-3008-1" in r.out
+    r = run_cli("build", "-t", "deb", "--fail-on", "HIGH", str(ctx), root=root)
+    assert r.rc == 2 and "needs --scan" in r.err
+    digest = Store(str(root)).images.get("deb").digest
+    assert report.last(Store(str(root)), digest) is not None

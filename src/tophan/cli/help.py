@@ -224,6 +224,8 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "-q, --quiet          print only the image digest;  --iidfile F  write it to F\n"
         "--tls-verify=false  --cert-dir DIR  --creds U:P  --authfile F   for FROM images\n"
         "                     pulled on demand\n"
+        "--scan               scan the image built (the store's database: `db update`)\n"
+        "--fail-on SEVERITY   with --scan: exit 1 if a finding is at or above it\n"
         "`build prune`: drop the build cache and the layers only it kept",
         "{prog} build -t web:1.0 .",
     ),
