@@ -139,7 +139,15 @@ _RM_FLAGS = {"-f": ("force", False, False), "--force": ("force", False, False)}
 
 
 def _start(cli: Cli, argv: list[str]) -> int:
-    return _each(cli, argv, "start", {}, lambda apps, name, _: apps.start(name))
+    from tophan.cli.run import SCAN_POLICY, scan_policy
+
+    def start(apps: Apps, name: str, args: Args) -> object:
+        spec = apps.get(name).spec
+        flag = args.opts.get("scan_policy")
+        scan_policy(apps.store, spec.run.image, spec.run.layers, flag, spec.scan_allow)
+        return apps.start(name)
+
+    return _each(cli, argv, "start", SCAN_POLICY, start)
 
 
 def _stop(cli: Cli, argv: list[str]) -> int:

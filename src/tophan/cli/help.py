@@ -376,9 +376,11 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} app create web --restart always -v data:/data web-img",
     ),
     "app start": (
-        "NAME [NAME ...]",
+        "NAME [NAME ...] [--scan-policy SEV]",
         "Start each app's supervisor (tophand NAME) and the app.",
-        "",
+        "--scan-policy SEV    refuse an image with vulnerabilities at or above SEV (its last\n"
+        "                     scan; also scan.fail_on in the store's config.toml), but for\n"
+        "                     the ids the app's scan_allow lists",
         "{prog} app start web",
     ),
     "app stop": (
