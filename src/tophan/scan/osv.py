@@ -235,6 +235,8 @@ class Database:
         self._parsed: dict[tuple[int, str], Record | None] = {}
         self.index: dict[str, list[tuple[int, str]]] = {}
         self.counts: dict[str, int] = {}
+        # match.match_package's memory: a package (as found in its layer) -> its findings.
+        self.matches: dict[tuple[str, ...], list[Any]] = {}
         self._load_index(index_dir)
 
     def close(self) -> None:
