@@ -106,6 +106,21 @@ def test_sarif_required_structure(store: Store) -> None:
         assert not uri.startswith("/")
 
 
+def test_layers_and_a_zip_database(store: Store, tmp_path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "npm.zip", "w") as zf:
+        for p in (OSV / "npm").iterdir():
+            zf.write(p, p.name)
+    r = run_cli(
+        "scan", "-l", "js", "--db", str(tmp_path / "npm.zip"), "--json", root=Path(store.root)
+    )
+    assert r.rc == 0, r.err
+    got = {(v["package"], v["version"]) for v in json.loads(r.out)["vulnerabilities"]}
+    assert got == {("lodash", "4.17.15"), ("axios", "0.21.1"), ("minimist", "1.2.5"),
+                   ("node-fetch", "3.0.0-beta.8")}  # fmt: skip
+
+
 def test_scan_all_stores_results_per_image(store: Store) -> None:
     rc, out, _ = scan(store, "--all")
     assert rc == 0

@@ -128,6 +128,9 @@ def test_update_status_and_scan_with_the_store_db(store: Store, server: Server) 
     assert r.rc == 0, r.err
     assert [v["id"] for v in json.loads(r.out)["vulnerabilities"]] == ["DLA-3008-1"]
     assert not list((Path(store.root) / "scan" / "db-staging").iterdir())
+    # A second update: the old database's index is dropped, the new one kept.
+    assert db(store, "update", "--ecosystems", "PyPI", "--url", server.url)[0] == 0
+    assert len(list((Path(store.root) / "scan" / "dbindex").iterdir())) == 1
 
 
 def test_interrupted_download_resumes_with_range(store: Store, server: Server) -> None:
@@ -171,12 +174,12 @@ RECORD = (OSV / "npm" / "GHSA-8hc4-vh64-cxmj.json").read_bytes()
 def test_hostile_exports_are_refused_and_the_old_db_kept(
     store: Store, server: Server, body: bytes, words: str
 ) -> None:
-    server.files["/npm/all.zip"] = export("npm")
+    first = server.files["/npm/all.zip"] = export("npm")
     assert db(store, "update", "--ecosystems", "npm", "--url", server.url)[0] == 0
     server.files["/npm/all.zip"] = body
     rc, out, err = db(store, "update", "--ecosystems", "npm", "--url", server.url)
     assert rc == 1 and out == "" and words in err and err.count("\n") == 1
-    assert (Path(store.root) / "scan" / "db" / "npm.zip").read_bytes() == export("npm")
+    assert (Path(store.root) / "scan" / "db" / "npm.zip").read_bytes() == first
     assert not list((Path(store.root) / "scan" / "db-staging").iterdir())
     assert not (Path(store.root).parent / "etc").exists()
 

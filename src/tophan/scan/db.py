@@ -240,7 +240,21 @@ def update(
         atomic_write(_meta_path(store), json.dumps(meta, sort_keys=True).encode())
     db = Database(final, index_dir=store.path("scan", "dbindex"))  # indexed now, not at scan
     db.close()
+    _prune_indexes(os.path.dirname(db.index_file), keep=db.index_file)
     return status(store, db)
+
+
+def _prune_indexes(top: str, keep: str) -> None:
+    """Drop the indexes of databases that are gone (each update makes a new one; one for a
+    `--db PATH` is only built again when next used)."""
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(top, name)
+        if path != keep and name.endswith(".json"):
+            _unlink(path)
 
 
 def status(store: StoreRoot, db: Database | None = None) -> dict[str, Any]:
