@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from scanlib import DEBIAN_9_OS_RELEASE, OSV, files, image, layer, real_tree, stanza, status
+from scanlib import (
+    DEBIAN_9_OS_RELEASE,
+    OSV,
+    files,
+    image,
+    layer,
+    real_tree,
+    stanza,
+    status,
+    whiteout,
+)
 from tophan.scan import report
 from tophan.store import Store
 
@@ -199,3 +209,25 @@ def test_build_scan_and_fail_on(tmp_path: Path) -> None:
     assert r.rc == 2 and "needs --scan" in r.err
     digest = Store(str(root)).images.get("deb").digest
     assert report.last(Store(str(root)), digest) is not None
+
+
+def test_upgraded_and_removed_in_upper_layers(store: Store) -> None:
+    """An upper layer upgrading urllib3 (old dist-info whited out, a fixed one added) and
+    removing Werkzeug: their findings go; what the lower layer still shows stays."""
+    dist = "usr/lib/python3/dist-packages"
+    meta = (Path(__file__).parent / "data/scan/pypi/urllib3-1.26.4.dist-info/METADATA").read_text()
+    fixed = meta.replace("Version: 1.26.4", "Version: 1.26.18").encode()
+    layer(
+        store,
+        "upgrade",
+        [
+            *files({f"/{dist}/urllib3-1.26.18.dist-info/METADATA": fixed}),
+            whiteout(f"/{dist}/urllib3-1.26.4.dist-info"),
+            whiteout(f"/{dist}/Werkzeug-2.2.2.dist-info"),
+        ],
+    )
+    image(store, "upgraded", ["base", "py", "upgrade"])
+    _, out, _ = scan(store, "upgraded", "--json")
+    got = {(v["package"], v["version"]) for v in json.loads(out)["vulnerabilities"]}
+    assert not any(p in ("urllib3", "Werkzeug") for p, _ in got)
+    assert ("requests", "2.19.1") in got and ("libssl1.1", "1.1.0l-1~deb9u5") in got

@@ -158,7 +158,9 @@ def _copy(resp: Any, part: str, have: int, url: str) -> None:
             got += len(chunk)
             if got > MAX_DOWNLOAD:
                 raise DatabaseError(f"{url}: larger than {MAX_DOWNLOAD} bytes, refused")
-            os.write(fd, chunk)
+            view = memoryview(chunk)
+            while view:  # a short write is not an error: go on from where it stopped
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
