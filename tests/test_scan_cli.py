@@ -104,8 +104,20 @@ def test_sarif_required_structure(store: Store) -> None:
     assert rc == 0
     doc = json.loads(out)
     assert doc["version"] == "2.1.0" and doc["$schema"].endswith("sarif-2.1.0.json")
+    # The properties SARIF 2.1.0's schema allows on each object emitted (its definitions set
+    # additionalProperties false; oasis-tcs/sarif-spec Schemata/sarif-schema-2.1.0.json).
+    assert set(doc) <= {"$schema", "version", "runs", "inlineExternalProperties", "properties"}
     (run,) = doc["runs"]
     driver = run["tool"]["driver"]
+    assert set(driver) <= {"name", "version", "informationUri", "rules", "fullName", "properties"}
+    for rule in driver["rules"]:
+        assert set(rule) <= {"id", "shortDescription", "helpUri", "defaultConfiguration",
+                             "properties", "fullDescription", "name", "help"}  # fmt: skip
+        assert rule["shortDescription"]["text"]
+        assert rule["defaultConfiguration"]["level"] in ("none", "note", "warning", "error")
+    for res in run["results"]:
+        assert set(res) <= {"ruleId", "level", "message", "locations", "properties"}
+        assert set(res["locations"][0]) <= {"physicalLocation", "message"}
     assert driver["name"] == "tophan"
     rule_ids = [r["id"] for r in driver["rules"]]
     assert len(rule_ids) == len(set(rule_ids)) > 5
