@@ -103,8 +103,11 @@ class AppSpec:
         log: LogOptions | None = None,
         name: str = "",
         created_at: float = 0.0,
+        scan_allow: list[str] | None = None,
     ) -> None:
         self.run = run
+        # Vulnerability ids a deploy scan policy lets this app start with (accepted risks).
+        self.scan_allow = list(scan_allow or [])
         self.restart = restart or RestartPolicy()
         self.health = health
         self.no_healthcheck = no_healthcheck
@@ -128,6 +131,7 @@ class AppSpec:
             "stop_signal": self.stop_signal,
             "stop_timeout": self.stop_timeout,
             "log": self.log.to_json(),
+            "scan_allow": self.scan_allow,
         }
 
     @classmethod
@@ -145,7 +149,7 @@ class AppSpec:
                 "written by another tophan version: recreate the app",
             )
         known = {"version", "name", "created_at", "run", "restart", "health", "no_healthcheck",
-                 "stop_signal", "stop_timeout", "log"}  # fmt: skip
+                 "stop_signal", "stop_timeout", "log", "scan_allow"}  # fmt: skip
         extra = set(doc) - known
         if extra:
             raise TophanError(f"app spec: unknown keys {', '.join(sorted(extra))}")
@@ -166,6 +170,7 @@ class AppSpec:
                 log=LogOptions(int(log["max_size"]), int(log["max_files"])) if log else None,
                 name=str(doc.get("name") or ""),
                 created_at=float(doc.get("created_at") or 0.0),
+                scan_allow=[str(x) for x in doc.get("scan_allow") or []],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise TophanError(f"app spec: malformed ({type(e).__name__}: {e})") from e
@@ -203,6 +208,7 @@ class AppSpec:
             ),
             name=str(doc.get("name") or ""),
             created_at=float(doc.get("created_at") or 0.0),
+            scan_allow=list(doc.get("scan_allow") or []),
         )
 
 
@@ -616,6 +622,8 @@ def _load_key(w: _Where, spec: dict[str, Any], key: str, value: Any) -> None:
         spec["image"] = _typed(w, key, value, str)
     elif key == "layers":
         spec["layers"] = _strings(w, key, value)
+    elif key == "scan_allow":
+        spec["scan_allow"] = _strings(w, key, value)
     elif key in ("command", "entrypoint"):
         argv = ["/bin/sh", "-c", value] if isinstance(value, str) else _strings(w, key, value)
         if key == "command":
@@ -647,6 +655,7 @@ def _known_keys_hint() -> str:
         "ulimits",
         "stop_signal",
         "stop_timeout",
+        "scan_allow",
         *_TOP_KEYS,
         "[resources]",
         "[security]",

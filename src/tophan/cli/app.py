@@ -142,12 +142,14 @@ def _start(cli: Cli, argv: list[str]) -> int:
     from tophan.cli import run as cli_run
 
     def start(apps: Apps, name: str, args: Args) -> object:
-        image = apps.get(name).spec.run.image
-        if image:
-            cli_run.trusted(cli, cli.store(), image, args.flag("verify_again"))
+        spec = apps.get(name).spec
+        if spec.run.image:
+            cli_run.trusted(cli, cli.store(), spec.run.image, args.flag("verify_again"))
+        flag = args.opts.get("scan_policy")
+        cli_run.scan_policy(apps.store, spec.run.image, spec.run.layers, flag, spec.scan_allow)
         return apps.start(name)
 
-    return _each(cli, argv, "start", cli_run.VERIFY_AGAIN, start)
+    return _each(cli, argv, "start", {**cli_run.VERIFY_AGAIN, **cli_run.SCAN_POLICY}, start)
 
 
 def _stop(cli: Cli, argv: list[str]) -> int:
@@ -184,7 +186,9 @@ def _ps(cli: Cli, argv: list[str]) -> int:
     if args.flag("json"):
         cli.emit_json(rows)
         return 0
-    header = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "NETWORK", "PORTS", "STACK")
+    header: tuple[str, ...] = ("NAME", "STATUS", "HEALTH", "PID", "RESTARTS", "UPTIME", "NETWORK")
+    header += ("PORTS",)
+    header += ("VULNS", "STACK")
     table = [header] + [
         (
             r["name"],
@@ -195,6 +199,7 @@ def _ps(cli: Cli, argv: list[str]) -> int:
             _ago(r["started_at"]) if r["status"] == "running" else "-",
             r["network"],
             ",".join(r["ports"]) or "-",
+            r["vulns"],
             r["stack"],
         )
         for r in rows
@@ -226,8 +231,18 @@ def _row(app: App, state: dict[str, Any]) -> dict[str, Any]:
         "stack": stack,
         "network": app.spec.run.network,
         "ports": _ports(app, state, status),
+        "vulns": _vulns(app),
         "error": state.get("error"),
     }
+
+
+def _vulns(app: App) -> str:
+    """The last scan's counts (``tophan scan``, ``scan --all``) of the app's image, else ``-``."""
+    from tophan.scan import report
+
+    if not app.spec.run.image:
+        return "-"
+    return report.vulns_column(report.last_of_image(app.store, app.spec.run.image))
 
 
 def _ports(app: App, state: dict[str, Any], status: str) -> list[str]:

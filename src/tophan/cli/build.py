@@ -31,6 +31,8 @@ FLAGS: dict[str, tuple[str, bool, bool]] = {
     "--cert-dir": ("cert_dir", True, False),
     "--creds": ("creds", True, False),
     "--authfile": ("authfile", True, False),
+    "--scan": ("scan", False, False),
+    "--fail-on": ("fail_on", True, False),
 }
 
 
@@ -40,6 +42,8 @@ def build(cli: Cli, argv: list[str]) -> int:
     argv = ["--tls-verify=true" if a == "--tls-verify" else a for a in argv]
     args = parse(argv, (1, 1, FLAGS), "build")
     opts = _options(args.opts, args.pos[0])
+    fail_on = _fail_on(args.opts)
+    db = _scan_db(cli) if args.opts.get("scan") else None
     from tophan.build.builder import Output, build_from_tar
     from tophan.build.builder import build as run_build
 
@@ -49,7 +53,40 @@ def build(cli: Cli, argv: list[str]) -> int:
         result = build_from_tar(store, sys.stdin.buffer, opts, Output(quiet=quiet))
     else:
         result = run_build(store, opts, Output(quiet=quiet))
-    return _report(cli, result.digest, result.steps, result.cached, quiet, args.opts)
+    rc = _report(cli, result.digest, result.steps, result.cached, quiet, args.opts)
+    return rc if db is None else _scan(cli, result.image, db, fail_on)
+
+
+def _fail_on(o: dict[str, Any]) -> str | None:
+    """--fail-on, checked before the build (a typo should not cost one)."""
+    if "fail_on" not in o:
+        return None
+    if not o.get("scan"):
+        raise UsageError("build: --fail-on needs --scan", "see `tophan build --help`")
+    from tophan.scan.match import check_severity
+
+    return check_severity(o["fail_on"])
+
+
+def _scan_db(cli: Cli) -> Any:
+    """The store's vulnerability database, opened before the build: none fails fast."""
+    from tophan.scan import report
+
+    return report.open_db(cli.store())
+
+
+def _scan(cli: Cli, image: Any, db: Any, fail_on: str | None) -> int:
+    """The built image against the store's database: the table, stored, exit 1 at --fail-on."""
+    from tophan.scan import report, targets
+    from tophan.scan.inventory import Inventories
+
+    store = cli.store()
+    result = report.scan(Inventories(store), targets.of_image(store, image), db)
+    report.save(store, result, db)
+    cli.emit(report.table(result.findings) if result.findings else "no vulnerabilities found\n")
+    if fail_on is not None and report.at_or_above(result.findings, fail_on):
+        return 1
+    return 0
 
 
 def _report(cli: Cli, digest: str, steps: int, cached: int, quiet: bool, o: dict[str, Any]) -> int:

@@ -228,6 +228,8 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "-q, --quiet          print only the image digest;  --iidfile F  write it to F\n"
         "--tls-verify=false  --cert-dir DIR  --creds U:P  --authfile F   for FROM images\n"
         "                     pulled on demand\n"
+        "--scan               scan the image built (the store's database: `db update`)\n"
+        "--fail-on SEVERITY   with --scan: exit 1 if a finding is at or above it\n"
         "`build prune`: drop the build cache and the layers only it kept",
         "{prog} build -t web:1.0 .",
     ),
@@ -241,6 +243,43 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "-o, --output FILE    write FILE (all or nothing) instead of stdout\n"
         "-l, --layer LAYER    a layer instead of an image (repeat; the first is the top)",
         "{prog} sbom web:1.0 --format spdx -o web.spdx.json",
+    ),
+    "scan": (
+        "IMAGE|-l LAYER...|--all [--db PATH] [--json|--sarif] [--severity S,...]\n"
+        "       [--fail-on SEVERITY] [--ignore-file F]",
+        "Match the image's packages (dpkg, apk, Python, npm; inventories cached per layer)\n"
+        "against OSV records: the store's database (`db update`) or --db. Prints package,\n"
+        "installed, fixed in, id, severity and layer. --all re-matches every image in the\n"
+        "store and keeps each result (`app ps` shows them). Exit 1 with --fail-on when a\n"
+        "finding is at or above that severity.",
+        "--db PATH            a directory or zip of OSV records instead of the store's\n"
+        '--json               {"vulnerabilities": [{id, aliases, package, version, ...}]}\n'
+        "--sarif              SARIF 2.1.0\n"
+        "--severity S,...     show only these (UNKNOWN, LOW, MEDIUM, HIGH, CRITICAL)\n"
+        "--fail-on SEVERITY   exit 1 if anything shown is at or above it\n"
+        "--ignore-file F      ids to leave out, one a line (# comments, exp:YYYY-MM-DD)\n"
+        "-l, --layer LAYER    a layer instead of an image (repeat; the first is the top)",
+        "{prog} scan web:1.0 --fail-on HIGH",
+    ),
+    "db": (
+        "<update|status> ...",
+        "The vulnerability database `scan` uses: osv.dev's per-ecosystem exports.",
+        "",
+        "{prog} db update && {prog} scan --all",
+    ),
+    "db update": (
+        "[--ecosystems E,...] [--url BASE]",
+        "Download osv.dev's exports (BASE/ECOSYSTEM/all.zip; resumable), verify them, swap\n"
+        "them into the store and index them.",
+        "--ecosystems E,...   default Debian,Ubuntu,Alpine,PyPI,npm\n"
+        "--url BASE           default $TOPHAN_OSV_URL, else osv.dev's bucket (https only)",
+        "{prog} db update --ecosystems Debian,PyPI",
+    ),
+    "db status": (
+        "[--json]",
+        "Show the database's ecosystems, record counts and age.",
+        "--json   the report as JSON",
+        "{prog} db status",
     ),
     "build prune": (
         "",
@@ -350,10 +389,13 @@ ENTRIES: dict[str, tuple[str, str, str, str]] = {
         "{prog} app create web --restart always -v data:/data web-img",
     ),
     "app start": (
-        "[--verify-again] NAME [NAME ...]",
+        "[--verify-again] [--scan-policy SEV] NAME [NAME ...]",
         "Start each app's supervisor (tophand NAME) and the app. Under a policy (docs/trust.md)"
         " the app's image must satisfy it as its pull recorded.",
-        "--verify-again   check the image's signatures in its registry now (and record it)",
+        "--verify-again       check the image's signatures in its registry now (and record it)\n"
+        "--scan-policy SEV    refuse an image with vulnerabilities at or above SEV (its last\n"
+        "                     scan; also scan.fail_on in the store's config.toml), but for\n"
+        "                     the ids the app's scan_allow lists",
         "{prog} app start web",
     ),
     "app stop": (

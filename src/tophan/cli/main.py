@@ -85,6 +85,9 @@ images, containers and apps (each has --help):
   network create|ls|rm|inspect        private networks (bridges, subnets) for --network NAME
   sbom IMAGE|-l L... [--format cyclonedx|spdx] [-o FILE]
                                       the image's packages as CycloneDX 1.6 or SPDX 2.3 JSON
+  scan IMAGE|-l L...|--all [--db PATH] [--json|--sarif] [--fail-on SEV]
+                                      known vulnerabilities (OSV) of the image's packages
+  db update|status                    the vulnerability database (osv.dev's exports)
 """
 
 # Command -> (module, attribute): a handler ``(cli, argv) -> int`` or a table of subcommands.
@@ -102,6 +105,8 @@ EXTENSIONS = {
     "sign": ("tophan.cli.trust", "sign"),
     "verify": ("tophan.cli.trust", "verify"),
     "sbom": ("tophan.cli.sbom", "sbom"),
+    "scan": ("tophan.cli.scan", "scan"),
+    "db": ("tophan.cli.scan", "DB_COMMANDS"),
 }
 HELP_FLAGS = ("-h", "--help")
 

@@ -8,6 +8,7 @@ flag's key is the ``RunOptions.update`` name it sets.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tophan.cli.main import APP_HEALTH_FLAGS
@@ -15,9 +16,10 @@ from tophan.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from typing import Any
 
+    from tophan._internal.root import StoreRoot
     from tophan.cli.main import Cli
     from tophan.run.container import Spec
     from tophan.run.options import RunOptions
@@ -54,6 +56,8 @@ security: --cap-add CAP  --cap-drop CAP  (ALL allowed)   --privileged
           --security-opt seccomp=unconfined | no-new-privileges=false
 trust:    --verify-again          check the image's signatures in its registry under the
                                   policy now, not what its pull recorded (docs/trust.md)
+          --scan-policy SEV       refuse an image with vulnerabilities at or above SEV (its
+                                  last `tophan scan`; also scan.fail_on in the store's config)
 accepted for habit's sake: --rm (always). The container never holds your terminal (it
 could type into it): without -t, a terminal of yours is proxied through pipes.
 """
@@ -270,17 +274,37 @@ def trusted(cli: Cli, store: Store, image: str, again: bool) -> None:
     check_start(cli, store, image, path, again)
 
 
+SCAN_POLICY = {"--scan-policy": ("scan_policy", True, False)}
+
+
+def scan_policy(
+    store: StoreRoot,
+    image: str | None,
+    layers: Sequence[str],
+    flag: str | None,
+    allow: Sequence[str],
+) -> None:
+    """Refuse to start what the deploy scan policy forbids (tophan.scan.policy). Without a flag
+    and without a store config, nothing is imported: starts without a policy pay one stat."""
+    if flag is None and not os.path.exists(store.path("config.toml")):
+        return
+    from tophan.scan import policy
+
+    policy.enforce(store, image, layers, flag, allow)
+
+
 def _spec(cli: Cli, argv: list[str]) -> tuple[RunOptions, Store, Spec]:
-    p = parse_run_args(argv, {**FLAGS, **VERIFY_AGAIN}, "run")
+    p = parse_run_args(argv, {**FLAGS, **VERIFY_AGAIN, **SCAN_POLICY}, "run")
     if p.opts.get("detach"):
         raise UsageError("run: --detach is not supported", APP_HINT)
     for key in p.opts:
         if key.startswith("app_only"):
             raise UsageError(f"run: {key[8:]} applies to apps", APP_HINT)
-    opts = p.run_options(skip=("detach", "verify_again"))
+    opts = p.run_options(skip=("detach", "verify_again", "scan_policy"))
     store = cli.store()
     if opts.image:
         trusted(cli, store, opts.image, bool(p.opts.get("verify_again")))
     elif p.opts.get("verify_again"):
         raise UsageError("run: --verify-again is for an IMAGE", "layers (-l) carry no signatures")
+    scan_policy(store, opts.image, opts.layers, p.opts.get("scan_policy"), ())
     return opts, store, opts.spec(store, "run")

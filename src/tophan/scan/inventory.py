@@ -15,6 +15,7 @@ to be the inode looked up), and each read is bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -300,8 +301,7 @@ def merge(
             if _shown_by(tree, path) != i:
                 continue  # replaced or removed by a layer above
             for p in pkgs:
-                q = Package.from_dict(p.as_dict())
-                q.layer = inv.digest
+                q = dataclasses.replace(p, layer=inv.digest, extra=dict(p.extra))
                 if q.type in (DEB, APK):
                     q.distro = purl_distro
                     # dpkg's packages belong to Debian's or Ubuntu's advisories, apk's to Alpine's

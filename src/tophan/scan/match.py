@@ -254,9 +254,20 @@ def _fold(hits: list[tuple[Record, Affected, str]]) -> list[list[tuple[Record, A
 
 
 def match_package(pkg: Package, db: Database) -> list[Finding]:
-    """The findings for one package (one per vulnerability)."""
+    """The findings for one package (one per vulnerability). Remembered by ``db`` for the
+    package as found in its layer: images sharing a layer share its packages, so re-matching
+    many images against one database evaluates each shared package once."""
     if not pkg.ecosystem or not pkg.match_version:
         return []
+    key = (pkg.layer, pkg.path, pkg.type, pkg.name, pkg.version, pkg.arch, pkg.source,
+           pkg.source_version, pkg.ecosystem, pkg.distro)  # fmt: skip
+    known = db.matches.get(key)
+    if known is None:
+        known = db.matches[key] = _match_package(pkg, db)
+    return list(known)
+
+
+def _match_package(pkg: Package, db: Database) -> list[Finding]:
     hits = []
     for record in db.records(pkg.ecosystem, pkg.match_name):
         if record.withdrawn:
@@ -264,7 +275,8 @@ def match_package(pkg: Package, db: Database) -> list[Finding]:
         got = _entry_for(record, pkg)
         if got is not None:
             hits.append((record, got[0], got[1]))
-    out = []
+    out: list[Finding] = []
+    purl = pkg.purl if hits else ""  # one packageurl per package, not per finding
     for group in _fold(hits):
         primary = group[0][0]
         ids = set().union(*(_ids(r) for r, _, _ in group)) - {primary.id}
@@ -286,7 +298,7 @@ def match_package(pkg: Package, db: Database) -> list[Finding]:
                 layer=pkg.layer,
                 score=score,
                 type=pkg.type,
-                purl=pkg.purl,
+                purl=purl,
                 path=pkg.path,
                 source=pkg.match_name if pkg.match_name != pkg.name else "",
                 summary=primary.summary,

@@ -235,6 +235,9 @@ class Database:
         self._parsed: dict[tuple[int, str], Record | None] = {}
         self.index: dict[str, list[tuple[int, str]]] = {}
         self.counts: dict[str, int] = {}
+        # match.match_package's memory: a package (as found in its layer) -> its findings.
+        self.matches: dict[tuple[str, ...], list[Any]] = {}
+        self.index_file = ""  # where the index is kept, if it is
         self._load_index(index_dir)
 
     def close(self) -> None:
@@ -248,6 +251,7 @@ class Database:
         cache = None
         if index_dir is not None:
             cache = os.path.join(index_dir, _fingerprint(self.sources) + ".json")
+            self.index_file = cache
             try:
                 with open(cache, "rb") as f:
                     doc = json.loads(f.read())

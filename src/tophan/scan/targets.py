@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from tophan._internal.root import StoreRoot
+    from tophan.image.images import Image
 
 
 @dataclass(slots=True)
@@ -36,9 +37,13 @@ class Target:
 
 def image(store: StoreRoot, name: str) -> Target:
     from tophan.image.images import Images
+
+    return of_image(store, Images(store).get(name))
+
+
+def of_image(store: StoreRoot, img: Image) -> Target:
     from tophan.layer.layers import Layers
 
-    img = Images(store).get(name)
     layers = Layers(store)
     return Target(img.name, img.digest, [(d, layers.tree_path(d)) for d in img.layers])
 
