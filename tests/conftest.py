@@ -70,6 +70,23 @@ def _our_cgroup_parents() -> list[str]:
     return sorted(p for p in set(out) if os.path.isdir(p))
 
 
+def _our_interfaces() -> set[str]:
+    with open("/proc/thread-self/net/dev") as f:
+        names = {line.split(":", 1)[0].strip() for line in f.readlines()[2:]}
+    return {n for n in names if n == "tophan0" or n.startswith(("tph-", "tv"))}
+
+
+@pytest.fixture(autouse=True)
+def _machine_network_untouched() -> Iterator[None]:
+    """No test makes a bridge or veth of ours in the machine's own network namespace: those
+    belong in a namespace the test makes as "the host" (or `own_netns`). Apps are on a private
+    network by default, so an app test without one would."""
+    before = _our_interfaces()
+    yield
+    made = _our_interfaces() - before
+    assert not made, f"the test made {sorted(made)} in the machine's network namespace"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_leaked_cgroups() -> Iterator[None]:
     """Whatever the tests make under our parent cgroup goes, and so the parent itself (if the

@@ -66,14 +66,17 @@ def test_store_config_sets_the_policy(store: Store) -> None:
 
 def test_app_start_policy_and_scan_allow(store: Store, tmp_path: Path) -> None:
     root = Path(store.root)
-    assert run_cli("app", "create", "web", "py", "--", "/nonexistent", root=root).rc == 0
+    # (network none: about the policy; no namespace is made as the host here)
+    r = run_cli("app", "create", "web", "--network", "none", "py", "--", "/nonexistent", root=root)
+    assert r.rc == 0, r.err
     try:
         r = run_cli("app", "start", "--scan-policy", "HIGH", "web", root=root)
         assert r.rc == 1 and "at or above HIGH" in r.err and r.err.count("\n") == 1
         spec = tmp_path / "web.toml"
         allowed = sorted(high_ids(store))
         spec.write_text(
-            f'image = "py"\ncommand = ["/nonexistent"]\nscan_allow = {json.dumps(allowed)}\n'
+            f'image = "py"\ncommand = ["/nonexistent"]\nnetwork = "none"\n'
+            f"scan_allow = {json.dumps(allowed)}\n"
         )
         assert run_cli("app", "create", "web2", "--file", str(spec), root=root).rc == 0
         r = run_cli("app", "start", "--scan-policy", "HIGH", "web2", root=root)
