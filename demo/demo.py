@@ -9,7 +9,8 @@
    on the default private network with its port published (`-p 8080:8080`): `app ps` until
    healthy, the page fetched from the host through the published port and from inside its
    network namespace, then stopped: nothing left mounted;
-4. the image pushed to a local OCI registry (Debian's docker-registry), signed on the way with a
+4. its SBOM (CycloneDX) and a vulnerability scan against real OSV records;
+5. the image pushed to a local OCI registry (Debian's docker-registry), signed on the way with a
    cosign-compatible key and verified; pulled into a second, empty store under a policy that
    requires that signature (an unsigned image is refused), where it runs again.
 
@@ -100,6 +101,7 @@ def main() -> None:
             layers(work)
             image()
         app()
+        scan(work)
         registry(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -110,8 +112,9 @@ CONTAINERFILE = """\
 FROM scratch AS base
 ADD base.tar /
 
-# runtime: what the app needs to run
+# runtime: what the app needs to run (and an old Python library, for the scan to find)
 FROM base AS runtime
+COPY site/ /usr/lib/python3/dist-packages/
 RUN mkdir -p /srv/bin && printf '#!/bin/sh\\nexec httpd -f -p "$BIND" -c /etc/httpd.conf\\n' \\
       > /srv/bin/serve && chmod 0755 /srv/bin/serve
 
@@ -136,6 +139,8 @@ def build(work: Path) -> None:
     (ctx / "www/index.html").write_text("<h1>hello from a tophan app</h1>\n")
     (ctx / "www/health").write_text("ok\n")
     (ctx / "httpd.conf").write_text("H:/www\n")
+    dist = "urllib3-1.26.4.dist-info"  # real metadata (tests/data/scan/SOURCES.md)
+    shutil.copytree(HERE.parent / "tests/data/scan/pypi" / dist, ctx / "site" / dist)
     (ctx / "Containerfile").write_text(CONTAINERFILE)
     print("1. build: a Containerfile of four stages, each kept as one named layer")
     for line in CONTAINERFILE.splitlines():
@@ -219,6 +224,17 @@ def app() -> None:
         sys.exit("demo failed: something is still mounted")
 
 
+def scan(work: Path) -> None:
+    print("4. what is in the image, and what is known against it: an SBOM and a vulnerability")
+    print("   scan (inventories per layer, cached by digest) against real OSV records")
+    sbom = work / "web.cdx.json"
+    tophan("sbom", "web", "-o", str(sbom))
+    doc = json.loads(sbom.read_text())
+    for c in doc.get("components", []):
+        print(f"    component {c.get('purl')}")
+    tophan("scan", "web", "--db", str(HERE.parent / "tests/data/osv"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -228,7 +244,7 @@ def free_port() -> int:
 def registry(work: Path) -> None:
     exe = shutil.which("docker-registry")
     if exe is None:
-        print("4. (skipped: docker-registry is not installed)")
+        print("5. (skipped: docker-registry is not installed)")
         return
     port = free_port()
     config = work / "registry.yml"
@@ -237,7 +253,7 @@ def registry(work: Path) -> None:
         f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    print(f"4. push to a local OCI registry (docker-registry on 127.0.0.1:{port}), signed with a")
+    print(f"5. push to a local OCI registry (docker-registry on 127.0.0.1:{port}), signed with a")
     print("   cosign-compatible key; pulled elsewhere under a policy that requires the signature")
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
