@@ -127,6 +127,20 @@ def flock_held(path: str, *, exclusive: bool = True) -> bool:
         os.close(fd)
 
 
+def read_bounded(fd: int, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes from ``fd``: more than ``limit`` tells the caller the file
+    is too large without reading a hostile one whole."""
+    chunks: list[bytes] = []
+    got = 0
+    while got <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def write_meta(path: str, items: dict[str, str | int | list[str]]) -> None:
     atomic_write(path, meta.dumps(items))
 

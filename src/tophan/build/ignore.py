@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from tophan._internal.fs import read_bounded
 from tophan.errors import UsageError
 
 TYPE_CHECKING = False
@@ -325,17 +326,9 @@ def _read_text(path: str) -> str:
 
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UsageError(f"{path}: the ignore file is not a regular file", "make it a file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_SIZE:
-            chunk = os.read(fd, MAX_SIZE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_bounded(fd, MAX_SIZE)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     if len(data) > MAX_SIZE:
         raise UsageError(f"{path}: the ignore file is larger than 1 MiB", "is it a text file?")
     if b"\0" in data:

@@ -20,7 +20,7 @@ import json
 import os
 import stat
 
-from tophan._internal.fs import atomic_write
+from tophan._internal.fs import atomic_write, read_bounded
 from tophan.build.tree import Tree
 from tophan.errors import TophanError
 from tophan.scan import apk, dpkg, npm, osrelease, pythonpkg
@@ -137,17 +137,9 @@ def _read(tree: Tree, path: str, limit: int, *, truncate: bool) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        chunks: list[bytes] = []
-        got = 0
-        while got <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        data = read_bounded(fd, limit)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     if len(data) > limit:
         return data[:limit] if truncate else None
     return data
